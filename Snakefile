@@ -1,0 +1,19 @@
+# circuit-insights: WeightLens and CircuitLens explanations of transcoder features.
+# Run: snakemake --cores all (config/config.yaml, the embedded default) or --configfile another.
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/corpus.smk"
+include: "workflow/rules/transcoders.smk"
+include: "workflow/rules/activations.smk"
+include: "workflow/rules/sampling.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,3 @@
+"""circuit-insights: WeightLens and CircuitLens explanations of transcoder features."""
+
+__version__ = "0.1.0"

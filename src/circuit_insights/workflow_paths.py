@@ -1,0 +1,54 @@
+"""The file layout of the workflow's outputs, shared by the rules and the library.
+
+``{results}/{model}/layer{layer}/{kind}/{shard}.parquet`` for per-shard artifacts;
+``{results}/{model}/corpus/tokens.parquet``; ``{results}/{model}/layer{layer}/transcoder/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_MODELS = ("gemma-3-270m",)
+
+
+def is_embedded(source: str) -> bool:
+    """Whether a model source names a model built from a registry package."""
+    return source.startswith(EMBEDDED_PREFIX)
+
+
+def embedded_folder(resources: str, source: str) -> str:
+    """Folder of an embedded model, e.g. ``resources/models/gemma-3-270m``."""
+    return f"{resources}/models/{source.removeprefix(EMBEDDED_PREFIX)}"
+
+
+def model_location(resources: str, source: str) -> str:
+    """Where to load a model from: the embedded folder, a local folder or a hub id."""
+    return embedded_folder(resources, source) if is_embedded(source) else source
+
+
+def tokens_file(results: str, model: str) -> str:
+    return f"{results}/{model}/corpus/tokens.parquet"
+
+
+def transcoder_dir(results: str, model: str, layer: int | str) -> str:
+    return f"{results}/{model}/layer{layer}/transcoder"
+
+
+def transcoder_files(results: str, model: str, layer: int | str) -> list[str]:
+    folder = transcoder_dir(results, model, layer)
+    return [f"{folder}/transcoder.safetensors", f"{folder}/config.json"]
+
+
+def transcoder_report(results: str, model: str, layer: int | str) -> str:
+    return f"{transcoder_dir(results, model, layer)}/report.json"
+
+
+def layer_artifact(results: str, model: str, layer: int | str, kind: str, shard: str) -> str:
+    """A per-shard artifact, e.g. ``results/m/layer3/samples/f000000-000512.parquet``."""
+    return f"{results}/{model}/layer{layer}/{kind}/{shard}.parquet"
+
+
+def shard_of(path: str | Path) -> str:
+    """The shard name of a per-shard artifact path."""
+    return Path(path).stem

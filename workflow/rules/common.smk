@@ -1,0 +1,75 @@
+# Config validation, wildcard constraints and every input function of the workflow.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from circuit_insights.config import load_schema, validate_config  # noqa: E402
+from circuit_insights.shards import make_shards  # noqa: E402
+from circuit_insights import workflow_paths as paths  # noqa: E402
+
+config.update(
+    validate_config(
+        config, load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+    )
+)
+RESULTS = config["results_dir"]
+RESOURCES = config["resources_dir"]
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9_.\-]+",
+    layer=r"\d+",
+    shard=r"f\d{6}-\d{6}",
+
+
+def model_config(wildcards):
+    """The validated config block of the {model} wildcard."""
+    return config["models"][wildcards.model]
+
+
+def embedded_model_files(wildcards):
+    """The embedded model's files when the model is built from a registry package, else nothing."""
+    return embedded_model_files_of(wildcards.model)
+
+
+def shard_names(model):
+    """Shard file stems of one model's layers (the feature count is known from config)."""
+    n_features = config["models"][model]["transcoders"]["n_features"]
+    return [shard.name for shard in make_shards(n_features, config["cache"]["shard_size"])]
+
+
+def shard_outputs(model, kind):
+    """Per-shard output patterns (with a {layer} wildcard) of one model's cache rule."""
+    return [
+        paths.layer_artifact(RESULTS, model, "{layer}", kind, name) for name in shard_names(model)
+    ]
+
+
+def embedded_model_files_of(model):
+    """embedded_model_files for a model named at parse time."""
+    source = config["models"][model]["source"]
+    if not paths.is_embedded(source):
+        return []
+    return f"{paths.embedded_folder(RESOURCES, source)}/model.safetensors"
+
+
+def transcoder_files_of(model):
+    """transcoder_files for a model named at parse time (a {layer} wildcard stays)."""
+    if config["models"][model]["transcoders"]["kind"] != "train":
+        return []
+    return paths.transcoder_files(RESULTS, model, "{layer}")
+
+
+def all_targets():
+    """Every final output of the stages implemented so far, for every model, layer and shard."""
+    targets = []
+    for model, block in config["models"].items():
+        for layer in block["layers"]:
+            targets += [
+                paths.layer_artifact(RESULTS, model, layer, "samples", name)
+                for name in shard_names(model)
+            ]
+            if block["transcoders"]["kind"] == "train":
+                targets.append(paths.transcoder_report(RESULTS, model, layer))
+    return targets

