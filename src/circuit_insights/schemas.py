@@ -57,8 +57,8 @@ MAXIMA_SCHEMA = pa.schema(
 #: One row per feature of the shard, dead features included. Statistics are over non-excluded
 #: positions only; ``n_active_excluded_tokens`` counts the firings at excluded positions.
 #: ``mean_activation``, ``max_activation`` and the quantiles (of the active values, from a
-#: streaming log-spaced histogram, see ``circuit_insights.cache.LogHistogramSpec``) are NaN for
-#: a feature that never fires.
+#: streaming log-spaced histogram, see ``circuit_insights.cache.LogHistogramSpec``) are null
+#: (NaN in pandas) for a feature that never fires; ``frequency`` is null when no token was seen.
 FEATURE_STATS_SCHEMA = pa.schema(
     [
         pa.field("feature", pa.int32(), nullable=False),
@@ -66,12 +66,12 @@ FEATURE_STATS_SCHEMA = pa.schema(
         pa.field("n_active_tokens", pa.int64(), nullable=False),
         pa.field("n_active_excluded_tokens", pa.int64(), nullable=False),
         pa.field("n_active_contexts", pa.int64(), nullable=False),
-        pa.field("frequency", pa.float64(), nullable=False),
-        pa.field("mean_activation", pa.float64(), nullable=False),
-        pa.field("max_activation", pa.float32(), nullable=False),
-        pa.field("quantile_50", pa.float32(), nullable=False),
-        pa.field("quantile_90", pa.float32(), nullable=False),
-        pa.field("quantile_99", pa.float32(), nullable=False),
+        pa.field("frequency", pa.float64()),
+        pa.field("mean_activation", pa.float64()),
+        pa.field("max_activation", pa.float32()),
+        pa.field("quantile_50", pa.float32()),
+        pa.field("quantile_90", pa.float32()),
+        pa.field("quantile_99", pa.float32()),
     ]
 )
 
@@ -81,7 +81,8 @@ FEATURE_STATS_SCHEMA = pa.schema(
 #: (CircuitLens quantile sampling), ``top`` (MaxAct baseline) or ``negative`` (contexts where the
 #: feature never fires at a non-excluded position). ``rank`` is the draw order (quantile,
 #: negative) or the rank by activation (top), from 0. The consumer truncates the context's tokens
-#: to ``tokens[: target_position + 1]``. ``bin`` is -1 and ``weight`` NaN outside ``quantile``.
+#: to ``tokens[: target_position + 1]``. ``bin`` is -1 and ``weight`` null (NaN in pandas) outside
+#: ``quantile``.
 SAMPLES_SCHEMA = pa.schema(
     [
         pa.field("feature", pa.int32(), nullable=False),
@@ -91,6 +92,169 @@ SAMPLES_SCHEMA = pa.schema(
         pa.field("target_position", pa.int32(), nullable=False),
         pa.field("activation", pa.float32(), nullable=False),
         pa.field("bin", pa.int32(), nullable=False),
-        pa.field("weight", pa.float64(), nullable=False),
+        pa.field("weight", pa.float64()),
+    ]
+)
+
+# --- weightlens ------------------------------------------------------------------------------
+
+#: One row per explained feature of a (layer, shard) (``circuit_insights.weightlens``; every
+#: definition in ``docs/weightlens.md``). Token lists hold ids (the truth) and display strings
+#: (escaped, ``<id>`` without a tokenizer). ``candidate_*``: own input-token candidates (highest z
+#: first, at most ``max_candidate_tokens`` of ``n_candidate_tokens_total``) then inherited tokens;
+#: ``candidate_sources`` is ``input`` or the ``L{layer}#{feature}`` upstream features it came from;
+#: ``candidate_activations`` the single-token activation ([BOS, token], last position).
+#: ``validated_*``: the candidates with activation > 0, by activation. ``promoted_*`` /
+#: ``suppressed_*``: output tokens (not validated; suppressed z are negative). ``upstream_*``: kept
+#: upstream features (z within their layer > t_up), by relative contribution, with the validated
+#: tokens inherited from each (``upstream_has_result`` False where the upstream results lacked the
+#: feature). Score columns are null when undefined, with ``score_reason``.
+WEIGHTLENS_SCHEMA = pa.schema(
+    [
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("feature", pa.int32(), nullable=False),
+        pa.field("preset", pa.string(), nullable=False),
+        pa.field("projection", pa.string(), nullable=False),
+        pa.field("z_scope", pa.string(), nullable=False),
+        pa.field("t_tok", pa.float32(), nullable=False),
+        pa.field("t_up", pa.float32(), nullable=False),
+        pa.field("input_score_mean", pa.float64(), nullable=False),
+        pa.field("input_score_std", pa.float64(), nullable=False),
+        pa.field("n_candidate_tokens_total", pa.int32(), nullable=False),
+        pa.field("candidate_token_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("candidate_tokens", pa.list_(pa.string()), nullable=False),
+        pa.field("candidate_z", pa.list_(pa.float32()), nullable=False),
+        pa.field("candidate_sources", pa.list_(pa.string()), nullable=False),
+        pa.field("candidate_activations", pa.list_(pa.float32()), nullable=False),
+        pa.field("validated_token_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("validated_tokens", pa.list_(pa.string()), nullable=False),
+        pa.field("validated_activations", pa.list_(pa.float32()), nullable=False),
+        pa.field("validated_sources", pa.list_(pa.string()), nullable=False),
+        pa.field("n_promoted_total", pa.int32(), nullable=False),
+        pa.field("promoted_token_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("promoted_tokens", pa.list_(pa.string()), nullable=False),
+        pa.field("promoted_z", pa.list_(pa.float32()), nullable=False),
+        pa.field("n_suppressed_total", pa.int32(), nullable=False),
+        pa.field("suppressed_token_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("suppressed_tokens", pa.list_(pa.string()), nullable=False),
+        pa.field("suppressed_z", pa.list_(pa.float32()), nullable=False),
+        pa.field("n_upstream_total", pa.int32(), nullable=False),
+        pa.field("upstream_layers", pa.list_(pa.int32()), nullable=False),
+        pa.field("upstream_features", pa.list_(pa.int32()), nullable=False),
+        pa.field("upstream_contributions", pa.list_(pa.float32()), nullable=False),
+        pa.field("upstream_z", pa.list_(pa.float32()), nullable=False),
+        pa.field("upstream_relative_contributions", pa.list_(pa.float32()), nullable=False),
+        pa.field("upstream_has_result", pa.list_(pa.bool_()), nullable=False),
+        pa.field("upstream_inherited_token_ids", pa.list_(pa.list_(pa.int32())), nullable=False),
+        pa.field("input_abs_contribution", pa.float64(), nullable=False),
+        pa.field("total_abs_contribution", pa.float64(), nullable=False),
+        pa.field("description", pa.string(), nullable=False),
+        pa.field("is_token_based", pa.bool_(), nullable=False),
+        pa.field("classification", pa.string(), nullable=False),
+        pa.field("classification_basis", pa.string(), nullable=False),
+        pa.field("n_top_contexts", pa.int32(), nullable=False),
+        pa.field("n_top_contexts_explained", pa.int32(), nullable=False),
+        pa.field("top_context_share", pa.float64()),
+        pa.field("min_token_share", pa.float64(), nullable=False),
+        pa.field("auroc", pa.float64()),
+        pa.field("precision", pa.float64()),
+        pa.field("recall", pa.float64()),
+        pa.field("n_positive", pa.int64(), nullable=False),
+        pa.field("n_predicted", pa.int64(), nullable=False),
+        pa.field("n_true_positive", pa.int64(), nullable=False),
+        pa.field("n_scored_positions", pa.int64(), nullable=False),
+        pa.field("score_reason", pa.string(), nullable=False),
+    ]
+)
+
+#: Optional TWERA ranking of upstream connections (``circuit_insights.weightlens.twera``): per
+#: target feature, source features that co-activate with it, by |twera| (``rank`` from 0).
+#: ``coactivation`` = E[a_s a_t] / E[a_t]; ``virtual_weight`` = W_dec^s · W_enc^t (residual-stream
+#: directions); ``twera`` their product; ``n_coactive`` positions where both fire.
+WEIGHTLENS_TWERA_SCHEMA = pa.schema(
+    [
+        pa.field("target_layer", pa.int32(), nullable=False),
+        pa.field("target_feature", pa.int32(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("source_layer", pa.int32(), nullable=False),
+        pa.field("source_feature", pa.int32(), nullable=False),
+        pa.field("coactivation", pa.float64(), nullable=False),
+        pa.field("virtual_weight", pa.float64(), nullable=False),
+        pa.field("twera", pa.float64(), nullable=False),
+        pa.field("n_coactive", pa.int64(), nullable=False),
+    ]
+)
+
+# --- attribution -----------------------------------------------------------------------------
+
+#: CircuitLens contributions (``circuit_insights.attribution``; definitions in
+#: ``docs/attribution.md``), the significant ones per (feature, sample), in request order.
+#: ``kind``: ``embedding``, ``feature``, ``error``, ``mlp_error``, ``bias`` (``partition`` "leaf":
+#: these sum exactly to the pre-activation before filtering), ``head`` ("mediator": the total effect
+#: of one head's value vector at one source position; not part of the leaf sum), ``logit``
+#: ("output": the feature's effect on the logit of the actual token at ``position + 1``) and
+#: ``top_token`` ("output_vocab": ``detail`` "promoted" / "suppressed"). ``layer`` is the
+#: contributor's layer (null for embeddings, the feature's own layer for output rows); ``head`` only
+#: for heads; ``source_feature`` only for features; ``position`` the contributor's (source) position,
+#: null for biases (summed over positions); ``delta = position - target_position``; ``token``: the
+#: token at ``position`` (leaves, heads) or the token whose logit is meant (output rows); ``detail``:
+#: the bias part (``attention``, ``pre_attention_norm``, ``post_attention_norm``, ``pre_mlp_norm``,
+#: ``post_mlp_norm``, ``b_dec_out``, ``b_dec_in``, ``b_enc``) or the top-token direction;
+#: ``share`` = |value| / sum of |value| over the whole partition of the (feature, sample) (for
+#: ``top_token``: over the whole vocabulary).
+ATTRIBUTION_CONTRIBUTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("feature", pa.int32(), nullable=False),
+        pa.field("sample", pa.int64(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("partition", pa.string(), nullable=False),
+        pa.field("layer", pa.int32(), nullable=True),
+        pa.field("head", pa.int32(), nullable=True),
+        pa.field("source_feature", pa.int32(), nullable=True),
+        pa.field("position", pa.int32(), nullable=True),
+        pa.field("delta", pa.int32(), nullable=True),
+        pa.field("token", pa.int32(), nullable=True),
+        pa.field("detail", pa.string(), nullable=True),
+        pa.field("value", pa.float32(), nullable=False),
+        pa.field("share", pa.float32(), nullable=False),
+    ]
+)
+
+#: One row per attribution request: the exact totals that make the filtered contributions
+#: checkable. ``status`` is "ok" or "skipped_bos" (target on the BOS token: no contributions, NaN
+#: numbers). ``pre_activation`` / ``activation``: from the plain forward pass;
+#: ``frozen_pre_activation``: the frozen replay's value; ``leaf_sum``: sum of all leaf
+#: contributions before filtering (== ``pre_activation`` up to float rounding); ``kept_*`` /
+#: ``dropped_*``: counts and sums of the leaves (and heads) kept and dropped by the significance
+#: filter; ``head_sum``: sum of all head contributions; ``n_output_positions``: logit positions
+#: attributed (fewer than requested where the context ends).
+ATTRIBUTION_TOTALS_SCHEMA = pa.schema(
+    [
+        pa.field("feature", pa.int32(), nullable=False),
+        pa.field("sample", pa.int64(), nullable=False),
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("target_position", pa.int32(), nullable=False),
+        pa.field("target_token", pa.int32(), nullable=False),
+        pa.field("context_length", pa.int32(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("fires", pa.bool_(), nullable=False),
+        pa.field("pre_activation", pa.float64(), nullable=False),
+        pa.field("activation", pa.float64(), nullable=False),
+        pa.field("frozen_pre_activation", pa.float64(), nullable=False),
+        pa.field("leaf_sum", pa.float64(), nullable=False),
+        pa.field("leaf_abs_sum", pa.float64(), nullable=False),
+        pa.field("n_leaves", pa.int32(), nullable=False),
+        pa.field("n_leaves_kept", pa.int32(), nullable=False),
+        pa.field("kept_leaf_sum", pa.float64(), nullable=False),
+        pa.field("n_leaves_dropped", pa.int32(), nullable=False),
+        pa.field("dropped_leaf_sum", pa.float64(), nullable=False),
+        pa.field("head_sum", pa.float64(), nullable=False),
+        pa.field("head_abs_sum", pa.float64(), nullable=False),
+        pa.field("n_heads", pa.int32(), nullable=False),
+        pa.field("n_heads_kept", pa.int32(), nullable=False),
+        pa.field("kept_head_sum", pa.float64(), nullable=False),
+        pa.field("n_heads_dropped", pa.int32(), nullable=False),
+        pa.field("dropped_head_sum", pa.float64(), nullable=False),
+        pa.field("n_output_positions", pa.int32(), nullable=False),
     ]
 )

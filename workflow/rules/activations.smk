@@ -1,4 +1,5 @@
-# The sparse activation cache: one forward pass per (model, layer) writes every feature shard.
+# The sparse activation cache: one forward pass per (model, layer) writes every feature shard,
+# for the caching split and (heldout_*) the held-out evaluation split.
 # A rule per model, because the shard list (its outputs) depends on the model's feature count.
 
 for cached_model in config["models"]:
@@ -14,16 +15,19 @@ for cached_model in config["models"]:
             activations=shard_outputs(cached_model, "activations"),
             maxima=shard_outputs(cached_model, "maxima"),
             feature_stats=shard_outputs(cached_model, "feature_stats"),
+            heldout_activations=shard_outputs(cached_model, "heldout_activations"),
+            heldout_maxima=shard_outputs(cached_model, "heldout_maxima"),
+            heldout_feature_stats=shard_outputs(cached_model, "heldout_feature_stats"),
         params:
+            model_name=cached_model,
             model=config["models"][cached_model],
             cache=config["cache"],
             resources=RESOURCES,
             results=RESULTS,
-            threads=config["threads"],
         log:
-            f"logs/{cached_model}/layer{{layer}}/cache.log",
+            f"{RESULTS}/logs/{cached_model}/layer{{layer}}/cache.log",
         benchmark:
-            f"benchmarks/snakemake/{cached_model}/layer{{layer}}/cache.tsv"
+            f"{RESULTS}/benchmarks/{cached_model}/layer{{layer}}/cache.tsv"
         threads: config["threads"]
         resources:
             mem_mb=lambda wildcards, attempt: 6000 * attempt,  # model + one batch of activations

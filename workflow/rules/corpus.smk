@@ -12,9 +12,9 @@ rule corpus:
         corpus=config["corpus"],
         resources=RESOURCES,
     log:
-        "logs/{model}/corpus.log",
+        f"{RESULTS}/logs/{{model}}/corpus.log",
     benchmark:
-        "benchmarks/snakemake/{model}/corpus.tsv"
+        f"{RESULTS}/benchmarks/{{model}}/corpus.tsv"
     resources:
         mem_mb=4000,
         runtime=30,

@@ -7,9 +7,9 @@ rule build_embedded_model:
         weights=f"{RESOURCES}/models/gemma-3-270m/model.safetensors",
         tokenizer=f"{RESOURCES}/models/gemma-3-270m/tokenizer.json",
     log:
-        "logs/build_embedded_model.log",
+        f"{RESULTS}/logs/build_embedded_model.log",
     benchmark:
-        "benchmarks/snakemake/build_embedded_model.tsv"
+        f"{RESULTS}/benchmarks/build_embedded_model.tsv"
     resources:
         mem_mb=6000,  # dequantizing the 262k-word embedding to float32 peaks near 4 GB
         runtime=20,

@@ -11,9 +11,9 @@ rule sample:
     params:
         sampling=config["sampling"],
     log:
-        "logs/{model}/layer{layer}/sample/{shard}.log",
+        f"{RESULTS}/logs/{{model}}/layer{{layer}}/sample/{{shard}}.log",
     benchmark:
-        "benchmarks/snakemake/{model}/layer{layer}/sample/{shard}.tsv"
+        f"{RESULTS}/benchmarks/{{model}}/layer{{layer}}/sample/{{shard}}.tsv"
     resources:
         mem_mb=2000,
         runtime=10,

@@ -11,13 +11,13 @@ rule train_transcoder:
         config=f"{RESULTS}/{{model}}/layer{{layer}}/transcoder/config.json",
         report=f"{RESULTS}/{{model}}/layer{{layer}}/transcoder/report.json",
     params:
+        model_name="{model}",
         model=model_config,
         resources=RESOURCES,
-        threads=config["threads"],
     log:
-        "logs/{model}/layer{layer}/train_transcoder.log",
+        f"{RESULTS}/logs/{{model}}/layer{{layer}}/train_transcoder.log",
     benchmark:
-        "benchmarks/snakemake/{model}/layer{layer}/train_transcoder.tsv"
+        f"{RESULTS}/benchmarks/{{model}}/layer{{layer}}/train_transcoder.tsv"
     threads: config["threads"]
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,  # model + MLP pairs of train_contexts

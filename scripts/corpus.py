@@ -1,0 +1,19 @@
+"""Rule corpus: documents -> fixed-length contexts (BOS first) -> cache / eval split parquet."""
+
+from typing import TYPE_CHECKING
+
+from circuit_insights.logs import configure_logging
+from circuit_insights.stages import run_corpus
+
+if TYPE_CHECKING:
+    from snakemake.script import Snakemake
+
+    snakemake: Snakemake
+
+configure_logging(snakemake.log[0])
+run_corpus(
+    snakemake.params.model,
+    snakemake.params.corpus,
+    snakemake.params.resources,
+    snakemake.output.tokens,
+)

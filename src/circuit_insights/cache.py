@@ -1,0 +1,713 @@
+"""Streaming, sharded, sparse activation cache for one (model, layer).
+
+The model side hands :class:`ActivationCacheWriter` one batch of feature activations at a time;
+per feature shard the writer streams three parquet artifacts (schemas in
+:mod:`circuit_insights.schemas`):
+
+- ``activations``: every non-zero activation (context, position, feature, activation, excluded),
+  in row groups that each hold one *feature bucket* (``bucket_features`` consecutive features)
+  sorted by (feature, context, position), so :func:`read_feature_activations` reads only the row
+  groups of the requested features' buckets;
+- ``maxima``: per (feature, context) where the feature fires at a non-excluded position, the
+  maximum activation and its position; written the same way;
+- ``feature_stats``: one row per feature of the shard (dead ones included) with counts, mean,
+  max and quantiles of the active values, from a fixed log-spaced histogram per feature
+  (:class:`LogHistogramSpec`), so memory does not grow with the corpus.
+
+Memory: rows wait in one buffer per (shard, sparse artifact) of at most
+``max_buffered_rows / (2 * n_shards)`` rows (plus one batch); when a buffer is full, every bucket
+holding at least ``1 / (2 * n_buckets)`` of it is written as a row group, which frees at least
+half of it. Statistics take
+``n_features * (n_histogram_bins + 8) * 8`` bytes. Nothing else is kept: a context arrives whole
+in one batch, so its maxima are final when the batch is done.
+
+Conventions: an activation "fires" when it is non-zero (activations must be non-negative, as the
+outputs of ReLU, JumpReLU and TopK transcoders are). Excluded positions (BOS and other attention
+sinks; ``exclude_positions`` for every context, plus the per-token ``excluded`` mask of a batch)
+are stored in ``activations`` with ``excluded = True`` but count nowhere else: not in maxima,
+not in statistics, not as tokens. Context ids must increase strictly over the whole stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from circuit_insights.errors import InputError
+from circuit_insights.io import atomic_path
+from circuit_insights.schemas import ACTIVATIONS_SCHEMA, FEATURE_STATS_SCHEMA, MAXIMA_SCHEMA
+from circuit_insights.shards import Shard
+
+#: The keys of ``out_paths[shard]``: one parquet artifact each.
+ARTIFACTS: tuple[str, ...] = ("activations", "maxima", "feature_stats")
+
+#: Quantiles of the active values in ``feature_stats``, with their column names.
+STATS_QUANTILES: dict[str, float] = {"quantile_50": 0.5, "quantile_90": 0.9, "quantile_99": 0.99}
+
+_MAX_INT32 = np.iinfo(np.int32).max
+
+
+@dataclass(frozen=True)
+class LogHistogramSpec:
+    """Fixed log-spaced histogram of positive activation values, the same for every feature.
+
+    Bin 0 holds values below ``10**log10_min``, the last bin values at or above
+    ``10**log10_max``; in between, ``bins_per_decade`` bins per power of ten, each spanning the
+    ratio ``r = 10**(1 / bins_per_decade)``. A quantile is estimated by the geometric midpoint of
+    the bin holding its order statistic, clamped to the feature's exact [min, max]; for an order
+    statistic in ``[10**log10_min, 10**log10_max)`` its relative error is at most
+    :attr:`relative_error_bound` ``= sqrt(r) - 1`` (1.8% with the defaults).
+    """
+
+    log10_min: int = -5
+    """Lower edge of the first log bin (values below land in the underflow bin)."""
+    log10_max: int = 5
+    """Upper edge of the last log bin (values at or above land in the overflow bin)."""
+    bins_per_decade: int = 64
+    """Bins per power of ten; sets the error bound and the memory (n_bins int64 per feature)."""
+
+    def __post_init__(self) -> None:
+        if self.log10_max <= self.log10_min:
+            raise InputError(
+                f"LogHistogramSpec: log10_max ({self.log10_max}) must exceed log10_min "
+                f"({self.log10_min})"
+            )
+        if self.bins_per_decade <= 0:
+            raise InputError(
+                f"LogHistogramSpec: bins_per_decade must be positive, got {self.bins_per_decade}"
+            )
+
+    @property
+    def n_log_bins(self) -> int:
+        return (self.log10_max - self.log10_min) * self.bins_per_decade
+
+    @property
+    def n_bins(self) -> int:
+        """All bins: underflow, the log bins, overflow."""
+        return self.n_log_bins + 2
+
+    @property
+    def relative_error_bound(self) -> float:
+        """Largest relative error of a quantile whose value lies inside the log bins."""
+        return 10.0 ** (0.5 / self.bins_per_decade) - 1.0
+
+    def bin_index(self, values: np.ndarray) -> np.ndarray:
+        """Bin of each positive value, in ``[0, n_bins)``."""
+        with np.errstate(divide="ignore"):
+            scaled = (np.log10(values.astype(np.float64)) - self.log10_min) * self.bins_per_decade
+        return np.clip(np.floor(scaled) + 1, 0, self.n_bins - 1).astype(np.int64)
+
+    def bin_values(self) -> np.ndarray:
+        """Representative value of each bin: the geometric midpoint (the edge for under/overflow)."""
+        middle = self.log10_min + (np.arange(self.n_log_bins) + 0.5) / self.bins_per_decade
+        return np.concatenate(
+            [[10.0**self.log10_min], 10.0**middle, [10.0**self.log10_max]]
+        ).astype(np.float64)
+
+
+def histogram_quantiles(
+    counts: np.ndarray,
+    quantiles: Sequence[float],
+    spec: LogHistogramSpec,
+    minimum: np.ndarray,
+    maximum: np.ndarray,
+) -> np.ndarray:
+    """Estimate quantiles per feature from log-spaced histogram counts.
+
+    ``counts``: (n_features, spec.n_bins) int; ``minimum`` / ``maximum``: (n_features,) exact
+    extremes of the counted values. The q-quantile is the order statistic ``x_(k)``,
+    ``k = ceil(q * n)`` (numpy's ``method="inverted_cdf"``). Returns (n_features, len(quantiles))
+    float64, NaN where a feature has no values.
+    """
+    n = counts.sum(axis=1)  # (n_features,)
+    cumulative = np.cumsum(counts, axis=1)  # (n_features, n_bins)
+    representative = spec.bin_values()
+    out = np.full((counts.shape[0], len(quantiles)), np.nan)
+    has_values = n > 0
+    for column, q in enumerate(quantiles):
+        rank = np.maximum(np.ceil(q * n), 1)  # (n_features,) 1-based order statistic
+        bin_of_rank = (cumulative < rank[:, None]).sum(axis=1)
+        bin_of_rank = np.minimum(bin_of_rank, spec.n_bins - 1)
+        estimate = np.clip(representative[bin_of_rank], minimum, maximum)
+        out[has_values, column] = estimate[has_values]
+    return out
+
+
+class _FeatureBucketBuffer:
+    """Rows of one artifact of one shard, written as one row group per feature bucket.
+
+    Rows arrive in chunks sorted by (feature, context, position) with contexts increasing over
+    the stream, so a stable sort by feature of the concatenated chunks keeps that order, and a
+    feature's rows over the row groups of its bucket, in file order, are in (context, position)
+    order too.
+    """
+
+    def __init__(
+        self,
+        writer: pq.ParquetWriter,
+        schema: pa.Schema,
+        shard: Shard,
+        bucket_features: int,
+        max_rows: int,
+        row_group_rows: int,
+    ) -> None:
+        self.writer = writer
+        self.schema = schema
+        self.shard = shard
+        self.bucket_features = bucket_features
+        self.n_buckets = math.ceil(shard.size / bucket_features)
+        self.max_rows = max_rows
+        self.row_group_rows = row_group_rows
+        self.chunks: list[dict[str, np.ndarray]] = []
+        self.n_rows = 0
+
+    def add(self, chunk: dict[str, np.ndarray]) -> None:
+        """Buffer ``chunk`` (columns of equal length, sorted by feature); flush when full."""
+        n = len(chunk["feature"])
+        if n == 0:
+            return
+        self.chunks.append(chunk)
+        self.n_rows += n
+        if self.n_rows > self.max_rows:
+            self.flush(everything=False)
+
+    def flush(self, *, everything: bool) -> None:
+        """Write the large buckets (``everything=False``) or all buckets as row groups."""
+        if self.n_rows == 0:
+            return
+        columns = {
+            name: np.concatenate([chunk[name] for chunk in self.chunks])
+            for name in self.schema.names
+        }
+        local = columns["feature"] - self.shard.start  # (n_rows,) in [0, shard.size)
+        if self.shard.size <= np.iinfo(np.int16).max:
+            local = local.astype(np.int16)  # numpy's stable sort is a radix sort for 16 bits
+        order = np.argsort(local, kind="stable")
+        columns = {name: values[order] for name, values in columns.items()}
+        bucket = local[order] // self.bucket_features  # (n_rows,) sorted
+        bounds = np.searchsorted(bucket, np.arange(self.n_buckets + 1))  # (n_buckets + 1,)
+        sizes = np.diff(bounds)
+        if everything:
+            flushed = sizes > 0
+        else:
+            flushed = sizes >= max(1, self.n_rows // (2 * self.n_buckets))
+        for index in np.flatnonzero(flushed):
+            start, stop = bounds[index], bounds[index + 1]
+            table = pa.Table.from_arrays(
+                [pa.array(columns[name][start:stop]) for name in self.schema.names],
+                schema=self.schema,
+            )
+            self.writer.write_table(table, row_group_size=self.row_group_rows)
+        kept = np.repeat(~flushed, sizes)  # (n_rows,)
+        remaining = {name: values[kept] for name, values in columns.items()}
+        self.n_rows = int(kept.sum())
+        self.chunks = [remaining] if self.n_rows else []
+
+
+@dataclass
+class _SparseBatch:
+    """Non-zero activations of one batch over the covered feature range, sorted by feature.
+
+    ``feature`` is local to the covered range; ``batch_index`` indexes the batch's contexts.
+    """
+
+    feature: np.ndarray  # (nnz,) int64
+    batch_index: np.ndarray  # (nnz,) int64
+    position: np.ndarray  # (nnz,) int32
+    activation: np.ndarray  # (nnz,) float32
+    excluded: np.ndarray  # (nnz,) bool
+
+
+class ActivationCacheWriter:
+    """Write the sparse activation cache of one (model, layer), per feature shard.
+
+    Use as a context manager: leaving the block normally calls :meth:`close` (the artifacts
+    appear, each by an atomic rename); leaving it with an exception calls :meth:`abort` (only
+    temporary ``.*.partial`` files ever existed, and they are removed).
+
+    ``shards``: disjoint feature shards to write; ``out_paths[shard]`` maps each of
+    :data:`ARTIFACTS` to its path. ``activations[..., j]`` of a batch is feature
+    ``feature_offset + j``: pass the full width with ``feature_offset=0`` or a slice starting at
+    its first feature. ``exclude_positions``: positions excluded in every context (BOS by
+    default; ``frozenset()`` for a model without BOS). ``bucket_features``: consecutive features
+    per bucket; every row group of the activations and maxima files holds one bucket.
+    ``max_buffered_rows``: rows held in memory over all shards and both sparse artifacts
+    together (about 17 bytes each), plus one batch. ``row_group_rows``: the largest row group.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        out_paths: Mapping[Shard, Mapping[str, str | os.PathLike[str]]],
+        *,
+        exclude_positions: Iterable[int] = frozenset({0}),
+        feature_offset: int = 0,
+        histogram: LogHistogramSpec | None = None,
+        bucket_features: int = 32,
+        max_buffered_rows: int = 8_000_000,
+        row_group_rows: int = 1_000_000,
+    ) -> None:
+        self.shards = sorted(shards)
+        if not self.shards:
+            raise InputError("ActivationCacheWriter: no shards given")
+        for left, right in zip(self.shards, self.shards[1:], strict=False):
+            if right.start < left.stop:
+                raise InputError(f"shards {left.name} and {right.name} overlap")
+        for shard in self.shards:
+            missing = set(ARTIFACTS) - set(out_paths.get(shard, {}))
+            if missing:
+                raise InputError(f"out_paths[{shard.name}] lacks {sorted(missing)}")
+        self.exclude_positions = frozenset(int(p) for p in exclude_positions)
+        if any(p < 0 for p in self.exclude_positions):
+            raise InputError(
+                f"exclude_positions must be >= 0, got {sorted(self.exclude_positions)}"
+            )
+        if feature_offset < 0 or feature_offset > self.shards[0].start:
+            raise InputError(
+                f"feature_offset {feature_offset} must lie in [0, {self.shards[0].start}] "
+                f"(the first shard is {self.shards[0].name})"
+            )
+        if bucket_features <= 0 or max_buffered_rows <= 0 or row_group_rows <= 0:
+            raise InputError(
+                "bucket_features, max_buffered_rows and row_group_rows must be positive, got "
+                f"{bucket_features}, {max_buffered_rows}, {row_group_rows}"
+            )
+        self.feature_offset = feature_offset
+        self.histogram = histogram if histogram is not None else LogHistogramSpec()
+        self.start = self.shards[0].start  # first covered feature
+        self.stop = self.shards[-1].stop  # one past the last covered feature
+        n_features = self.stop - self.start
+
+        # Streaming statistics over the covered range [start, stop), non-excluded positions.
+        self.n_tokens_total = 0
+        self.n_active_tokens = np.zeros(n_features, np.int64)
+        self.n_active_excluded_tokens = np.zeros(n_features, np.int64)
+        self.n_active_contexts = np.zeros(n_features, np.int64)
+        self.activation_sum = np.zeros(n_features, np.float64)
+        self.activation_min = np.full(n_features, np.inf, np.float64)
+        self.activation_max = np.full(n_features, -np.inf, np.float64)
+        self.histogram_counts = np.zeros((n_features, self.histogram.n_bins), np.int64)
+        self.last_context = -1
+        self.closed = False
+
+        self.stats_paths = {shard: Path(out_paths[shard]["feature_stats"]) for shard in self.shards}
+        self.buffers: dict[tuple[Shard, str], _FeatureBucketBuffer] = {}
+        self.parquet_writers: list[pq.ParquetWriter] = []
+        self.temporary_stats: dict[Shard, Path] = {}
+        rows_per_buffer = max(1, max_buffered_rows // (2 * len(self.shards)))
+        self.exit_stack = contextlib.ExitStack()
+        try:
+            for shard in self.shards:
+                for artifact, schema, dictionary, sorted_by in (
+                    (
+                        "activations",
+                        ACTIVATIONS_SCHEMA,
+                        ["feature", "position"],
+                        ["feature", "context", "position"],
+                    ),
+                    ("maxima", MAXIMA_SCHEMA, ["feature", "max_position"], ["feature", "context"]),
+                ):
+                    temporary = self.exit_stack.enter_context(
+                        atomic_path(out_paths[shard][artifact])
+                    )
+                    writer = pq.ParquetWriter(
+                        temporary,
+                        schema,
+                        use_dictionary=dictionary,
+                        sorting_columns=[
+                            pq.SortingColumn(schema.get_field_index(name)) for name in sorted_by
+                        ],
+                    )
+                    self.parquet_writers.append(writer)
+                    self.buffers[shard, artifact] = _FeatureBucketBuffer(
+                        writer, schema, shard, bucket_features, rows_per_buffer, row_group_rows
+                    )
+                self.temporary_stats[shard] = self.exit_stack.enter_context(
+                    atomic_path(out_paths[shard]["feature_stats"])
+                )
+        except BaseException as error:
+            self._discard(error)
+            raise
+
+    # --- public API ------------------------------------------------------------------------
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows waiting in memory, over all shards and artifacts."""
+        return sum(buffer.n_rows for buffer in self.buffers.values())
+
+    def add_batch(
+        self,
+        context_ids: torch.Tensor | Sequence[int],
+        activations: torch.Tensor,
+        excluded: torch.Tensor | None = None,
+    ) -> None:
+        """Add whole contexts.
+
+        ``context_ids``: (batch,) ints, strictly increasing and above every earlier id.
+        ``activations``: (batch, pos, n_columns), column j being feature ``feature_offset + j``,
+        on any device and float dtype. ``excluded``: optional (batch, pos) bool, True at
+        positions to exclude (in addition to ``exclude_positions``).
+        """
+        if self.closed:
+            raise InputError("ActivationCacheWriter.add_batch called after close")
+        contexts = self._check_contexts(context_ids)
+        if activations.dim() != 3 or activations.shape[0] != len(contexts):
+            raise InputError(
+                f"activations must be (batch={len(contexts)}, pos, n_features), "
+                f"got {tuple(activations.shape)}"
+            )
+        n_positions = activations.shape[1]
+        first, last = self.start - self.feature_offset, self.stop - self.feature_offset
+        if activations.shape[2] < last:
+            raise InputError(
+                f"activations have {activations.shape[2]} feature columns from feature "
+                f"{self.feature_offset}; shard {self.shards[-1].name} needs {last}"
+            )
+        excluded_mask = self._excluded_mask(excluded, len(contexts), n_positions, activations)
+        sparse = _sparse_by_feature(activations[..., first:last], excluded_mask)
+        _check_values(sparse.activation)
+
+        counted = ~sparse.excluded
+        feature = sparse.feature[counted]
+        batch_index = sparse.batch_index[counted]
+        position = sparse.position[counted]
+        value = sparse.activation[counted]
+        maxima_index, max_value, max_position = _maxima(feature, batch_index, position, value)
+
+        # Everything below mutates state; nothing below raises on bad input.
+        self.last_context = int(contexts[-1])
+        self.n_tokens_total += int((~excluded_mask).sum().item())
+        self._update_statistics(sparse, feature, value, maxima_index, max_value)
+        global_context = contexts.astype(np.int32)
+        activation_rows = {
+            "feature": (sparse.feature + self.start).astype(np.int32),
+            "context": global_context[sparse.batch_index],
+            "position": sparse.position,
+            "activation": sparse.activation,
+            "excluded": sparse.excluded,
+        }
+        maxima_rows = {
+            "feature": (feature[maxima_index] + self.start).astype(np.int32),
+            "context": global_context[batch_index[maxima_index]],
+            "max_activation": max_value,
+            "max_position": max_position,
+        }
+        for artifact, rows in (("activations", activation_rows), ("maxima", maxima_rows)):
+            bounds = np.searchsorted(
+                rows["feature"], [[shard.start, shard.stop] for shard in self.shards]
+            )
+            for shard, (begin, end) in zip(self.shards, bounds, strict=True):
+                if end > begin:
+                    chunk = {name: values[begin:end] for name, values in rows.items()}
+                    self.buffers[shard, artifact].add(chunk)
+
+    def close(self) -> None:
+        """Write what is buffered and the statistics, then move every artifact into place."""
+        if self.closed:
+            return
+        try:
+            for buffer in self.buffers.values():
+                buffer.flush(everything=True)
+            for writer in self.parquet_writers:
+                writer.close()
+            statistics = self.feature_statistics()
+            for shard in self.shards:
+                rows = statistics[
+                    (statistics["feature"] >= shard.start) & (statistics["feature"] < shard.stop)
+                ]
+                table = pa.Table.from_pandas(
+                    rows, schema=FEATURE_STATS_SCHEMA, preserve_index=False
+                )
+                pq.write_table(table, self.temporary_stats[shard])
+        except BaseException as error:
+            self._discard(error)
+            raise
+        self.closed = True
+        self.exit_stack.close()  # fsync and rename each artifact
+
+    def abort(self) -> None:
+        """Drop everything: no artifact appears and the temporary files are removed."""
+        if not self.closed:
+            self._discard(RuntimeError("ActivationCacheWriter aborted"))
+
+    def __enter__(self) -> ActivationCacheWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+        elif not self.closed:
+            self._discard(exc)
+
+    def feature_statistics(self) -> pd.DataFrame:
+        """The statistics so far, one row per covered feature (columns of FEATURE_STATS_SCHEMA)."""
+        n_active = self.n_active_tokens
+        active = n_active > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(active, self.activation_sum / np.maximum(n_active, 1), np.nan)
+        frequency = (
+            n_active / self.n_tokens_total if self.n_tokens_total else np.full_like(mean, np.nan)
+        )
+        minimum = np.where(active, self.activation_min, np.nan)
+        maximum = np.where(active, self.activation_max, np.nan)
+        quantiles = histogram_quantiles(
+            self.histogram_counts, list(STATS_QUANTILES.values()), self.histogram, minimum, maximum
+        )
+        frame = pd.DataFrame(
+            {
+                "feature": np.arange(self.start, self.stop, dtype=np.int32),
+                "n_tokens_total": np.full(len(n_active), self.n_tokens_total, np.int64),
+                "n_active_tokens": n_active,
+                "n_active_excluded_tokens": self.n_active_excluded_tokens,
+                "n_active_contexts": self.n_active_contexts,
+                "frequency": np.asarray(frequency, np.float64),
+                "mean_activation": mean,
+                "max_activation": maximum.astype(np.float32),
+            }
+        )
+        for column, name in enumerate(STATS_QUANTILES):
+            frame[name] = quantiles[:, column].astype(np.float32)
+        return frame
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _discard(self, error: BaseException) -> None:
+        self.closed = True
+        for writer in self.parquet_writers:
+            with contextlib.suppress(Exception):
+                writer.close()
+        self.buffers.clear()
+        # Each atomic_path removes its temporary file when it sees the exception.
+        self.exit_stack.__exit__(type(error), error, error.__traceback__)
+
+    def _check_contexts(self, context_ids: torch.Tensor | Sequence[int]) -> np.ndarray:
+        if isinstance(context_ids, torch.Tensor):
+            contexts = context_ids.detach().to("cpu").numpy().astype(np.int64)
+        else:
+            contexts = np.asarray(context_ids, dtype=np.int64)
+        if contexts.ndim != 1 or len(contexts) == 0:
+            raise InputError(
+                f"context_ids must be a non-empty (batch,) vector, got {contexts.shape}"
+            )
+        if contexts[0] <= self.last_context or np.any(np.diff(contexts) <= 0):
+            raise InputError(
+                "context_ids must increase strictly over the whole stream; got "
+                f"{contexts.tolist()[:8]}... after context {self.last_context}"
+            )
+        if contexts[-1] > _MAX_INT32:
+            raise InputError(f"context id {contexts[-1]} does not fit in int32")
+        return contexts
+
+    def _excluded_mask(
+        self, excluded: torch.Tensor | None, batch: int, n_positions: int, like: torch.Tensor
+    ) -> torch.Tensor:
+        """(batch, pos) bool on ``like``'s device: the given mask or-ed with exclude_positions."""
+        beyond = [p for p in self.exclude_positions if p >= n_positions]
+        if beyond:
+            raise InputError(f"exclude_positions {beyond} beyond the context length {n_positions}")
+        mask = torch.zeros((batch, n_positions), dtype=torch.bool, device=like.device)
+        if self.exclude_positions:
+            mask[:, sorted(self.exclude_positions)] = True
+        if excluded is not None:
+            if tuple(excluded.shape) != (batch, n_positions):
+                raise InputError(
+                    f"excluded must be (batch, pos) = {(batch, n_positions)}, "
+                    f"got {tuple(excluded.shape)}"
+                )
+            mask |= excluded.to(device=like.device, dtype=torch.bool)
+        return mask
+
+    def _update_statistics(
+        self,
+        sparse: _SparseBatch,
+        feature: np.ndarray,
+        value: np.ndarray,
+        maxima_index: np.ndarray,
+        max_value: np.ndarray,
+    ) -> None:
+        """Fold one batch into the streaming statistics; O(nnz) numpy, O(1) Python calls."""
+        n_features = len(self.n_active_tokens)
+        self.n_active_tokens += np.bincount(feature, minlength=n_features)
+        self.n_active_excluded_tokens += np.bincount(
+            sparse.feature[sparse.excluded], minlength=n_features
+        )
+        self.activation_sum += np.bincount(feature, weights=value, minlength=n_features)
+        histogram_cell = feature * self.histogram.n_bins + self.histogram.bin_index(value)
+        np.add.at(self.histogram_counts.reshape(-1), histogram_cell, 1)
+        maxima_feature = feature[maxima_index]  # sorted, one entry per (feature, context)
+        self.n_active_contexts += np.bincount(maxima_feature, minlength=n_features)
+        if len(feature):
+            starts = np.flatnonzero(np.r_[True, feature[1:] != feature[:-1]])
+            present = feature[starts]
+            np.minimum.at(self.activation_min, present, np.minimum.reduceat(value, starts))
+            np.maximum.at(self.activation_max, maxima_feature, max_value)
+
+
+def _sparse_by_feature(
+    activations: torch.Tensor, excluded: torch.Tensor, *, on_device: bool | None = None
+) -> _SparseBatch:
+    """Non-zero entries of (batch, pos, n_features) ``activations``, sorted by feature.
+
+    Within a feature, entries stay in (batch, position) order (stable sort). Finding the
+    non-zeros runs in torch on the tensor's device (``on_device``; the default for CUDA tensors)
+    or in numpy (the default for CPU tensors, where ``np.nonzero`` and its gathers are faster);
+    either way only the non-zeros are copied, and numpy's stable sort (a radix sort for 16-bit
+    keys) orders them by feature.
+    """
+    if on_device is None:
+        on_device = activations.device.type != "cpu"
+    if on_device:
+        index = torch.nonzero(activations)  # (nnz, 3): batch, position, feature
+        values = activations[index[:, 0], index[:, 1], index[:, 2]]  # (nnz,)
+        row_excluded = excluded[index[:, 0], index[:, 1]]  # (nnz,)
+        index_np = index.to("cpu").numpy()
+        batch_index, position, feature = index_np[:, 0], index_np[:, 1], index_np[:, 2]
+        value_np = values.detach().to(device="cpu", dtype=torch.float32).numpy()
+        excluded_np = row_excluded.to("cpu").numpy()
+    else:
+        dense = activations.detach()
+        if dense.dtype not in (torch.float32, torch.float64, torch.float16):
+            dense = dense.to(torch.float32)  # bfloat16 has no numpy dtype
+        dense_np = dense.numpy()
+        batch_index, position, feature = np.nonzero(dense_np)  # (nnz,) each
+        value_np = dense_np[batch_index, position, feature].astype(np.float32)
+        excluded_np = excluded.numpy()[batch_index, position]
+    key = feature.astype(np.int16) if activations.shape[2] <= np.iinfo(np.int16).max else feature
+    order = np.argsort(key, kind="stable")  # (nnz,)
+    return _SparseBatch(
+        feature=feature[order].astype(np.int64),
+        batch_index=batch_index[order].astype(np.int64),
+        position=position[order].astype(np.int32),
+        activation=value_np[order],
+        excluded=excluded_np[order],
+    )
+
+
+def _check_values(values: np.ndarray) -> None:
+    if len(values) == 0:
+        return
+    if not np.all(np.isfinite(values)):
+        raise InputError("activations contain NaN or infinite values")
+    smallest = float(values.min())
+    if smallest < 0:
+        raise InputError(
+            f"activations must be non-negative (ReLU, JumpReLU or TopK outputs); got {smallest}"
+        )
+
+
+def _maxima(
+    feature: np.ndarray, batch_index: np.ndarray, position: np.ndarray, value: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (feature, context) segment of counted rows sorted by (feature, batch, position).
+
+    Returns the index of each segment's first row, its maximum value and the position of its
+    first maximum (the earliest position on ties).
+    """
+    if len(feature) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int32)
+    is_start = np.r_[True, (feature[1:] != feature[:-1]) | (batch_index[1:] != batch_index[:-1])]
+    starts = np.flatnonzero(is_start)  # (n_segments,)
+    segment = np.cumsum(is_start) - 1  # (nnz,)
+    max_value = np.maximum.reduceat(value, starts)  # (n_segments,)
+    at_max = np.flatnonzero(value == max_value[segment])  # rows equal to their segment's max
+    first_at_max = at_max[np.r_[True, segment[at_max][1:] != segment[at_max][:-1]]]
+    return starts, max_value, position[first_at_max]
+
+
+# --- readers -----------------------------------------------------------------------------------
+
+
+def _read_by_feature(
+    path: str | os.PathLike[str], schema: pa.Schema, features: Iterable[int] | None
+) -> pd.DataFrame:
+    """Rows of ``features`` (all when None), reading only row groups that may hold them."""
+    parquet = pq.ParquetFile(path)
+    if features is None:
+        table = parquet.read()
+    else:
+        wanted = np.unique(np.fromiter(features, dtype=np.int64))
+        feature_column = parquet.schema_arrow.get_field_index("feature")
+        groups = []
+        for group in range(parquet.metadata.num_row_groups):
+            stats = parquet.metadata.row_group(group).column(feature_column).statistics
+            if stats is None or not stats.has_min_max:
+                groups.append(group)
+                continue
+            first = np.searchsorted(wanted, stats.min, side="left")
+            if first < len(wanted) and wanted[first] <= stats.max:
+                groups.append(group)
+        table = parquet.read_row_groups(groups) if groups else schema.empty_table()
+        table = table.filter(pc.is_in(table["feature"], pa.array(wanted, pa.int32())))
+    frame = table.cast(schema).to_pandas()
+    # Row groups of one bucket are in stream order: a stable sort by feature gives
+    # (feature, context, position) order.
+    return frame.sort_values("feature", kind="stable", ignore_index=True)
+
+
+def read_feature_activations(
+    path: str | os.PathLike[str], features: Iterable[int] | None = None
+) -> pd.DataFrame:
+    """Non-zero activations of ``features`` (all when None) from an ``activations`` file.
+
+    Columns of ``ACTIVATIONS_SCHEMA``, sorted by (feature, context, position); reads only the
+    row groups of the requested features' buckets.
+    """
+    return _read_by_feature(path, ACTIVATIONS_SCHEMA, features)
+
+
+def read_maxima(
+    path: str | os.PathLike[str], features: Iterable[int] | None = None
+) -> pd.DataFrame:
+    """Per (feature, context) maxima of ``features`` (all when None), sorted by (feature, context)."""
+    return _read_by_feature(path, MAXIMA_SCHEMA, features)
+
+
+def dense_from_sparse(
+    activations: pd.DataFrame, context_ids: Sequence[int], n_positions: int, shard: Shard
+) -> torch.Tensor:
+    """Rebuild dense (len(context_ids), n_positions, shard.size) float32 activations.
+
+    ``activations``: rows of an ``activations`` file (excluded positions included). Rows of
+    other contexts are ignored; a feature outside ``shard`` or a position beyond
+    ``n_positions`` is an error.
+    """
+    contexts = np.asarray(context_ids, dtype=np.int64)
+    dense = torch.zeros((len(contexts), n_positions, shard.size), dtype=torch.float32)
+    if len(activations) == 0 or len(contexts) == 0:
+        return dense
+    feature = activations["feature"].to_numpy(np.int64)
+    position = activations["position"].to_numpy(np.int64)
+    if feature.min() < shard.start or feature.max() >= shard.stop:
+        raise InputError(f"activations hold features outside shard {shard.name}")
+    if position.min() < 0 or position.max() >= n_positions:
+        raise InputError(f"activations hold positions outside [0, {n_positions})")
+    order = np.argsort(contexts, kind="stable")
+    sorted_contexts = contexts[order]
+    row_context = activations["context"].to_numpy(np.int64)
+    slot = np.minimum(np.searchsorted(sorted_contexts, row_context), len(contexts) - 1)
+    known = sorted_contexts[slot] == row_context
+    context_index = torch.from_numpy(order[slot[known]])
+    dense[
+        context_index,
+        torch.from_numpy(position[known]),
+        torch.from_numpy(feature[known] - shard.start),
+    ] = torch.from_numpy(activations["activation"].to_numpy(np.float32)[known])
+    return dense

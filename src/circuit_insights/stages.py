@@ -1,0 +1,385 @@
+"""One function per workflow stage: what each Snakemake script calls.
+
+Each takes the validated config blocks and paths, does the work through the library modules and
+writes its outputs atomically. They are importable and testable without Snakemake.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from circuit_insights import workflow_paths as paths
+from circuit_insights.errors import InputError
+from circuit_insights.io import atomic_path, write_json_atomic
+from circuit_insights.models import SubjectModel, adapter_for
+from circuit_insights.shards import Shard
+from circuit_insights.transcoders import Transcoder
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --- models and tokenizers ---------------------------------------------------------------------
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` torch threads (small ops slow down badly when oversubscribed)."""
+    torch.set_num_threads(max(1, int(threads)))
+
+
+def load_subject_model(model_config: Mapping[str, Any], resources: str, name: str = "") -> SubjectModel:
+    """Load the subject model a config block describes."""
+    location = paths.model_location(resources, model_config["source"])
+    model = SubjectModel.from_pretrained(
+        location,
+        name=name or Path(location).name,
+        dtype=DTYPES[model_config["dtype"]],
+        device=model_config["device"],
+        prepend_bos=model_config["prepend_bos"],
+    )
+    for layer in model_config["layers"]:
+        model.check_layer(layer, what=f"config models.{name or model.name}.layers entry")
+    return model
+
+
+def load_tokenizer_and_bos(model_config: Mapping[str, Any], resources: str) -> tuple[Any, int | None]:
+    """The model's tokenizer and the BOS id its contexts start with (None: no BOS), without weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    location = paths.model_location(resources, model_config["source"])
+    try:
+        config = AutoConfig.from_pretrained(location)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"unknown model {location!r}: {exc}") from exc
+    adapter = adapter_for(config.model_type)
+    prepend = model_config["prepend_bos"]
+    prepend = adapter.uses_bos if prepend is None else prepend
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    bos = getattr(config, "bos_token_id", None)
+    if bos is None:
+        bos = tokenizer.bos_token_id
+    if prepend and bos is None:
+        raise InputError(f"model {location!r} should start contexts with BOS but has none")
+    return tokenizer, (bos if prepend else None)
+
+
+# --- corpus ----------------------------------------------------------------------------------
+
+
+def run_corpus(
+    model_config: Mapping[str, Any], corpus_config: Mapping[str, Any], resources: str, out_path: str
+) -> dict[str, Any]:
+    """Rule corpus: documents -> contexts with BOS -> cache / eval split parquet."""
+    from circuit_insights.corpus import CorpusSpec, prepare_corpus
+
+    tokenizer, bos = load_tokenizer_and_bos(model_config, resources)
+    spec = CorpusSpec(
+        source=corpus_config["source"],
+        gensim_sources=tuple(corpus_config["gensim_parts"]),
+        paths=tuple(corpus_config["paths"]),
+        dataset=corpus_config["dataset"] or None,
+        dataset_split=corpus_config["dataset_split"],
+        text_field=corpus_config["text_field"],
+        max_documents=corpus_config["max_documents"],
+    )
+    return prepare_corpus(
+        spec,
+        tokenizer,
+        bos,
+        corpus_config["context_length"],
+        corpus_config["max_contexts"],
+        corpus_config["eval_fraction"],
+        corpus_config["seed"],
+        out_path,
+    )
+
+
+# --- reading MLP inputs and outputs ------------------------------------------------------------
+
+
+def iter_context_batches(
+    tokens: np.ndarray, context_ids: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Consecutive batches of contexts: (context ids (batch,), token ids (batch, pos))."""
+    for start in range(0, len(tokens), batch_size):
+        yield (
+            context_ids[start : start + batch_size],
+            torch.from_numpy(tokens[start : start + batch_size].astype(np.int64)),
+        )
+
+
+def mlp_pairs(
+    model: SubjectModel,
+    tokens: np.ndarray,
+    layer: int,
+    input_hook: str,
+    output_hook: str,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(transcoder input, MLP output) pairs at every non-BOS position: two (n_tokens, d_model)."""
+    skip_first = 1 if model.bos_token_id is not None else 0
+    inputs, outputs = [], []
+    for _, ids in iter_context_batches(tokens, np.arange(len(tokens)), batch_size):
+        values = model.hook_values(ids, {layer: [input_hook, output_hook]})
+        inputs.append(values[(layer, input_hook)][:, skip_first:].reshape(-1, model.d_model))
+        outputs.append(values[(layer, output_hook)][:, skip_first:].reshape(-1, model.d_model))
+    return torch.cat(inputs), torch.cat(outputs)
+
+
+# --- transcoders -----------------------------------------------------------------------------
+
+
+def mean_next_token_loss(model: SubjectModel, tokens: np.ndarray, batch_size: int) -> float:
+    """Mean cross-entropy of next-token prediction over ``tokens`` (n, pos), BOS not predicted."""
+    total, count = 0.0, 0
+    for _, ids in iter_context_batches(tokens, np.arange(len(tokens)), batch_size):
+        logits = model.logits(ids)  # (batch, pos, vocab)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+        )
+        total += float(loss)
+        count += ids[:, 1:].numel()
+    return total / count
+
+
+def spliced_loss_report(
+    model: SubjectModel, transcoder: Transcoder, layer: int, tokens: np.ndarray, batch_size: int
+) -> dict[str, float]:
+    """Next-token loss of the model, with the transcoder spliced in, and with the MLP zeroed."""
+    clean = mean_next_token_loss(model, tokens, batch_size)
+    with model.splice({layer: transcoder}):
+        spliced = mean_next_token_loss(model, tokens, batch_size)
+    mlp = model.block_part(layer, "mlp")
+    handle = mlp.register_forward_hook(lambda _m, _a, output: torch.zeros_like(output))
+    try:
+        ablated = mean_next_token_loss(model, tokens, batch_size)
+    finally:
+        handle.remove()
+    recovered = (ablated - spliced) / (ablated - clean) if ablated != clean else math.nan
+    return {
+        "loss_clean": clean,
+        "loss_spliced": spliced,
+        "loss_increase": spliced - clean,
+        "loss_mlp_zero_ablated": ablated,
+        "fraction_of_loss_recovered": recovered,
+    }
+
+
+def run_train_transcoder(
+    model_config: Mapping[str, Any],
+    tokens_path: str,
+    layer: int,
+    resources: str,
+    weights_path: str,
+    report_path: str,
+    *,
+    batch_size: int = 16,
+    model_name: str = "",
+) -> dict[str, Any]:
+    """Rule train_transcoder: MLP input -> output pairs of the caching set -> a transcoder."""
+    from circuit_insights.corpus import load_contexts
+    from circuit_insights.training import train_transcoder
+
+    settings = model_config["transcoders"]
+    model = load_subject_model(model_config, resources, model_name)
+    model.check_layer(layer)
+    _, cache_tokens = load_contexts(tokens_path, "cache")
+    _, eval_tokens = load_contexts(tokens_path, "eval")
+    train_tokens = cache_tokens[: settings["train_contexts"]]
+    started = time.perf_counter()
+    x, y = mlp_pairs(
+        model, train_tokens, layer, settings["input_hook"], settings["output_hook"], batch_size
+    )
+    x_eval, y_eval = mlp_pairs(
+        model, eval_tokens, layer, settings["input_hook"], settings["output_hook"], batch_size
+    )
+    log.info("collected %d training and %d held-out token pairs in %.0f s", len(x), len(x_eval),
+             time.perf_counter() - started)
+    transcoder, report = train_transcoder(
+        [(x, y)],
+        d_model=model.d_model,
+        d_transcoder=settings["n_features"],
+        activation=settings["activation"],
+        top_k=settings["top_k"],
+        l1_coefficient=settings["l1_coefficient"],
+        learning_rate=settings["learning_rate"],
+        steps=settings["steps"],
+        seed=settings["seed"],
+        batch_size=settings["batch_tokens"],
+        held_out=[(x_eval, y_eval)],
+        layer=layer,
+        input_hook=settings["input_hook"],
+        output_hook=settings["output_hook"],
+    )
+    summary = {
+        "model": model_name,
+        "layer": layer,
+        "n_features": settings["n_features"],
+        **report.to_dict(),
+        **spliced_loss_report(model, transcoder, layer, eval_tokens, batch_size),
+    }
+    save_transcoder_files(transcoder, weights_path)
+    write_json_atomic(summary, report_path)
+    log.info("transcoder layer %d: %s", layer, summary)
+    return summary
+
+
+def save_transcoder_files(transcoder: Transcoder, weights_path: str) -> None:
+    """Save a transcoder in the native format; each file appears by an atomic rename."""
+    folder = Path(weights_path).parent
+    staging = folder / ".staging"
+    transcoder.save(staging)
+    for file in sorted(staging.iterdir(), key=lambda f: f.suffix != ".safetensors"):
+        with atomic_path(folder / file.name) as tmp:
+            tmp.write_bytes(file.read_bytes())
+        file.unlink()
+    staging.rmdir()
+
+
+def load_layer_transcoder(
+    model_config: Mapping[str, Any], model: SubjectModel, layer: int, results: str, model_name: str
+) -> Transcoder:
+    """The transcoder of ``layer``: trained here, or a pretrained file in a published format."""
+    from circuit_insights.transcoder_formats import load_transcoder
+
+    settings = model_config["transcoders"]
+    if settings["kind"] == "train":
+        path, fmt = paths.transcoder_dir(results, model_name, layer), "native"
+    else:
+        path, fmt = settings["path"].format(layer=layer), settings["format"]
+    transcoder = load_transcoder(path, fmt, layer=layer, d_model=model.d_model)
+    if transcoder.n_features != settings["n_features"]:
+        raise InputError(
+            f"transcoder {path} has {transcoder.n_features} features but config key "
+            f"'models.{model_name}.transcoders.n_features' says {settings['n_features']}"
+        )
+    return transcoder.to(model.device)
+
+
+# --- activation cache --------------------------------------------------------------------------
+
+CACHE_SPLITS = {"cache": "", "eval": "heldout_"}
+"""Corpus split -> prefix of its artifact kinds (activations, maxima, feature_stats)."""
+
+
+def cache_artifact_paths(
+    results: str, model_name: str, layer: int, shards: Sequence[Shard], prefix: str
+) -> dict[Shard, dict[str, str]]:
+    """Output paths of one split's cache artifacts, per shard."""
+    from circuit_insights.cache import ARTIFACTS
+
+    return {
+        shard: {
+            artifact: paths.layer_artifact(results, model_name, layer, prefix + artifact, shard.name)
+            for artifact in ARTIFACTS
+        }
+        for shard in shards
+    }
+
+
+def cache_split(
+    model: SubjectModel,
+    transcoder: Transcoder,
+    layer: int,
+    context_ids: np.ndarray,
+    tokens: np.ndarray,
+    shards: Sequence[Shard],
+    out_paths: Mapping[Shard, Mapping[str, str]],
+    *,
+    batch_size: int,
+    exclude_bos: bool,
+    label: str = "cache",
+) -> dict[str, float]:
+    """Stream one split's contexts through the model and the transcoder into the sparse cache."""
+    from circuit_insights.cache import ActivationCacheWriter
+
+    excluded = {0} if exclude_bos and model.bos_token_id is not None else set()
+    start, stop = min(s.start for s in shards), max(s.stop for s in shards)
+    n_tokens, started, last_report = 0, time.perf_counter(), time.perf_counter()
+    with ActivationCacheWriter(
+        shards, out_paths, exclude_positions=frozenset(excluded), feature_offset=start
+    ) as writer:
+        for batch_ids, ids in iter_context_batches(tokens, context_ids, batch_size):
+            x = model.hook_values(ids, {layer: [transcoder.input_hook]})[
+                (layer, transcoder.input_hook)
+            ]  # (batch, pos, d_model)
+            with torch.no_grad():
+                activations = transcoder.encode_slice(x, start, stop)  # (batch, pos, stop - start)
+            writer.add_batch(torch.from_numpy(batch_ids.astype(np.int64)), activations)
+            n_tokens += ids.numel()
+            if time.perf_counter() - last_report > 30:
+                last_report = time.perf_counter()
+                rate = n_tokens / (last_report - started)
+                remaining = (tokens.size - n_tokens) / rate
+                log.info("%s layer %d: %d / %d tokens, %.0f tok/s, about %.0f s left",
+                         label, layer, n_tokens, tokens.size, rate, remaining)
+    seconds = time.perf_counter() - started
+    log.info("%s layer %d: %d tokens in %.1f s (%.0f tok/s)", label, layer, n_tokens, seconds,
+             n_tokens / seconds)
+    return {"tokens": n_tokens, "seconds": seconds}
+
+
+def run_cache(
+    model_config: Mapping[str, Any],
+    cache_config: Mapping[str, Any],
+    tokens_path: str,
+    layer: int,
+    shards: Sequence[Shard],
+    resources: str,
+    results: str,
+    model_name: str,
+) -> None:
+    """Rule cache: the caching split and the held-out split, every shard of one layer."""
+    from circuit_insights.corpus import load_contexts
+
+    model = load_subject_model(model_config, resources, model_name)
+    model.check_layer(layer)
+    transcoder = load_layer_transcoder(model_config, model, layer, results, model_name)
+    for split, prefix in CACHE_SPLITS.items():
+        context_ids, tokens = load_contexts(tokens_path, split)
+        cache_split(
+            model,
+            transcoder,
+            layer,
+            context_ids,
+            tokens,
+            shards,
+            cache_artifact_paths(results, model_name, layer, shards, prefix),
+            batch_size=cache_config["batch_size"],
+            exclude_bos=cache_config["exclude_bos"],
+            label=split,
+        )
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+
+def run_sample(
+    maxima_path: str, tokens_path: str, shard_name: str, sampling_config: Mapping[str, Any],
+    out_path: str,
+) -> None:
+    """Rule sample: quantile, top-k and negative contexts of every feature of one shard."""
+    from circuit_insights.corpus import load_contexts
+    from circuit_insights.sampling import SamplingConfig, write_shard_samples
+    from circuit_insights.shards import parse_shard
+
+    context_ids, tokens = load_contexts(tokens_path, "cache")
+    frame = write_shard_samples(
+        maxima_path,
+        context_ids,
+        parse_shard(shard_name),
+        SamplingConfig(**sampling_config),
+        context_length=tokens.shape[1],
+        out_path=out_path,
+    )
+    log.info("shard %s: %d samples of %d features", shard_name, len(frame),
+             frame["feature"].nunique() if len(frame) else 0)

@@ -1,0 +1,86 @@
+"""Config validation: defaults filled in, one message naming the key at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from circuit_insights.config import load_config, load_schema, validate_config
+from circuit_insights.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
+
+
+def _keys_of(schema, prefix=""):
+    """Every (dotted key, sub-schema) of the schema."""
+    for key, sub in schema.get("properties", {}).items():
+        yield prefix + key, sub
+        yield from _keys_of(sub, prefix + key + ".")
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        yield from _keys_of(extra, prefix + "<name>.")
+
+
+def test_every_key_has_a_default_and_a_description():
+    for key, sub in _keys_of(SCHEMA):
+        assert "description" in sub, key
+        assert "default" in sub, key
+
+
+def test_empty_config_gets_every_default():
+    config = validate_config({}, SCHEMA)
+    assert config["models"]["gemma-3-270m"]["layers"] == [3, 8, 13]
+    assert config["sampling"] == {
+        "n_bins": 20, "alpha": 0.9, "n_samples": 100, "top_k": 20, "n_negatives": 20, "seed": 0,
+    }
+    assert config["corpus"]["source"] == "gensim"
+
+
+def test_a_model_block_gets_its_defaults():
+    config = validate_config({"models": {"gpt2": {"source": "openai-community/gpt2"}}}, SCHEMA)
+    block = config["models"]["gpt2"]
+    assert block["transcoders"]["kind"] == "train"
+    assert block["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")))
+def test_shipped_configs_are_valid(path):
+    load_config(path, ROOT / "workflow/schemas/config.schema.yaml")
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"cache": {"shard_size": 0}}, "'cache.shard_size': 0 is less than the minimum of 1"),
+        ({"cache": {"shard_sise": 10}}, "config key 'cache.shard_sise' is not known"),
+        ({"sampling": {"alpha": "high"}}, "'sampling.alpha': 'high' is not of type 'number'"),
+        ({"models": {"m": {"layers": [-1]}}}, "'models.m.layers.0'"),
+        ({"models": {"m": {"dtype": "int8"}}}, "'models.m.dtype'"),
+        ({"corpus": {"source": "files"}}, "'corpus.paths' must list files"),
+        (
+            {"corpus": {"source": "files", "paths": ["/no/such/corpus.txt"]}},
+            "corpus file /no/such/corpus.txt does not exist",
+        ),
+        (
+            {"models": {"m": {"transcoders": {"kind": "pretrained"}}}},
+            "'models.m.transcoders.path' must be set",
+        ),
+        ({"models": {}}, "'models'"),
+        ({"models": {"m/x": {}}}, "'models.m/x'"),
+    ],
+)
+def test_bad_config_names_the_key(config, message):
+    with pytest.raises(InputError) as error:
+        validate_config(config, SCHEMA)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_load_config_reads_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"cache": {"shard_size": 64}}))
+    config = load_config(path, ROOT / "workflow/schemas/config.schema.yaml")
+    assert config["cache"]["shard_size"] == 64
