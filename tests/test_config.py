@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from circuit_insights.config import load_config, load_schema, validate_config
+from circuit_insights.config import (
+    check_models_at_start,
+    load_config,
+    load_schema,
+    validate_config,
+)
 from circuit_insights.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +89,31 @@ def test_load_config_reads_yaml(tmp_path):
     path.write_text(yaml.safe_dump({"cache": {"shard_size": 64}}))
     config = load_config(path, ROOT / "workflow/schemas/config.schema.yaml")
     assert config["cache"]["shard_size"] == 64
+
+
+def _with_model(**block):
+    return validate_config({"models": {"m": block}}, SCHEMA)
+
+
+def test_layer_out_of_range_of_the_embedded_model_fails_at_start():
+    config = _with_model(layers=[3, 18])
+    with pytest.raises(InputError, match=r"'models.m.layers': layer 18 is out of range"):
+        check_models_at_start(config, "resources")
+
+
+def test_layer_out_of_range_of_a_local_model_fails_at_start(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 2}')
+    config = _with_model(source=str(tmp_path), layers=[2])
+    with pytest.raises(InputError, match="layer 2 is out of range"):
+        check_models_at_start(config, "resources")
+    check_models_at_start(_with_model(source=str(tmp_path), layers=[1]), "resources")
+
+
+@pytest.mark.parametrize("source", ["/no/such/model", "embedded:gpt-5", "not a model id"])
+def test_unknown_model_fails_at_start(source):
+    with pytest.raises(InputError, match=f"'models.m.source': unknown model {source!r}"):
+        check_models_at_start(_with_model(source=source), "resources")
+
+
+def test_hub_ids_pass_the_offline_check():
+    check_models_at_start(_with_model(source="openai-community/gpt2", layers=[40]), "resources")

@@ -97,3 +97,53 @@ def load_config(path: str | Path, schema_path: str | Path) -> dict[str, Any]:
     with open(path) as handle:
         raw = yaml.safe_load(handle) or {}
     return validate_config(raw, load_schema(schema_path))
+
+
+def check_models_at_start(config: Mapping[str, Any], resources: str) -> None:
+    """Checks of each model that need no network: the source exists, the layers are in range.
+
+    Hub ids are only checked for their form here; a job that loads one reports a missing one.
+    """
+    import json
+
+    from circuit_insights.workflow_paths import (
+        EMBEDDED_MODELS,
+        EMBEDDED_N_LAYERS,
+        EMBEDDED_PREFIX,
+        is_embedded,
+    )
+
+    for name, model in config["models"].items():
+        source = model["source"]
+        key = f"models.{name}"
+        n_layers: int | None = None
+        if is_embedded(source):
+            embedded = source.removeprefix(EMBEDDED_PREFIX)
+            if embedded not in EMBEDDED_MODELS:
+                raise InputError(
+                    f"config key '{key}.source': unknown model {source!r} "
+                    f"(embedded models: {', '.join(EMBEDDED_MODELS)})"
+                )
+            n_layers = EMBEDDED_N_LAYERS[embedded]
+        elif Path(source).exists() or source.startswith((".", "/", "~")):
+            config_file = Path(source).expanduser() / "config.json"
+            if not config_file.is_file():
+                raise InputError(
+                    f"config key '{key}.source': unknown model {source!r}: "
+                    f"{config_file} does not exist"
+                )
+            model_config = json.loads(config_file.read_text())
+            model_config = model_config.get("text_config", model_config)
+            n_layers = model_config.get("num_hidden_layers", model_config.get("n_layer"))
+        elif source.count("/") != 1 or not all(source.split("/")):
+            raise InputError(
+                f"config key '{key}.source': unknown model {source!r} (neither a folder, "
+                "a Hugging Face id like org/name, nor embedded:gemma-3-270m)"
+            )
+        if n_layers is not None:
+            for layer in model["layers"]:
+                if layer >= n_layers:
+                    raise InputError(
+                        f"config key '{key}.layers': layer {layer} is out of range "
+                        f"(model {source!r} has layers 0..{n_layers - 1})"
+                    )

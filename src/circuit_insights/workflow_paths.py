@@ -52,3 +52,7 @@ def layer_artifact(results: str, model: str, layer: int | str, kind: str, shard:
 def shard_of(path: str | Path) -> str:
     """The shard name of a per-shard artifact path."""
     return Path(path).stem
+
+
+#: Layer counts of the embedded models, known before they are built (for checks at start).
+EMBEDDED_N_LAYERS = {"gemma-3-270m": 18}

@@ -4,7 +4,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from circuit_insights.config import load_schema, validate_config  # noqa: E402
+from circuit_insights.config import (  # noqa: E402
+    check_models_at_start,
+    load_schema,
+    validate_config,
+)
 from circuit_insights.shards import make_shards  # noqa: E402
 from circuit_insights import workflow_paths as paths  # noqa: E402
 
@@ -15,6 +19,7 @@ config.update(
 )
 RESULTS = config["results_dir"]
 RESOURCES = config["resources_dir"]
+check_models_at_start(config, RESOURCES)
 
 
 wildcard_constraints:

@@ -1,0 +1,234 @@
+"""The workflow end to end on the CI config: the real embedded Gemma 3 270M, a transcoder trained
+here, the sparse cache and sampling; plus dry runs and bad input through Snakemake itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from circuit_insights import schemas
+from circuit_insights.cache import dense_from_sparse
+from circuit_insights.corpus import load_contexts
+from circuit_insights.models import SubjectModel
+from circuit_insights.shards import parse_shard
+from circuit_insights.transcoder_formats import load_transcoder
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+CI_CONFIG = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
+MODEL = "gemma-3-270m"
+LAYER = CI_CONFIG["models"][MODEL]["layers"][0]
+
+
+def snakemake(results: Path, *args: str, config: str = "config/ci.yaml", check: bool = True):
+    """Run Snakemake in the repository on ``config`` with outputs under ``results``."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [
+        str(SNAKEMAKE),
+        *args,  # targets first: the options below take several values each
+        "--cores",
+        "2",
+        "--configfile",
+        config,
+        "--config",
+        f"results_dir={results}",
+        "--rerun-triggers",
+        "mtime",
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return done
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """One run of the CI config; every test below reads its outputs."""
+    folder = tmp_path_factory.mktemp("results")
+    snakemake(folder)
+    return folder
+
+
+def layer_dir(results: Path) -> Path:
+    return results / MODEL / f"layer{LAYER}"
+
+
+def shards(results: Path) -> list[str]:
+    return sorted(path.stem for path in (layer_dir(results) / "samples").glob("*.parquet"))
+
+
+def test_dry_run_of_the_default_config_lists_every_rule(tmp_path):
+    done = snakemake(tmp_path, "-n", "--forceall", config="config/config.yaml")
+    for rule in ("build_embedded_model", "corpus", "train_transcoder", f"cache_{MODEL}", "sample"):
+        assert rule in done.stdout, rule
+    assert (
+        "train_transcoder        3" in done.stdout.replace("\t", " ")
+        or done.stdout.count("rule train_transcoder") == 3
+    )
+
+
+def test_every_expected_output_exists_and_nothing_partial(results):
+    n_features = CI_CONFIG["models"][MODEL]["transcoders"]["n_features"]
+    shard_size = CI_CONFIG["cache"]["shard_size"]
+    assert len(shards(results)) == n_features // shard_size
+    for kind in ("activations", "maxima", "feature_stats", "samples", "heldout_activations"):
+        assert sorted(p.stem for p in (layer_dir(results) / kind).glob("*.parquet")) == shards(
+            results
+        )
+    assert not list(results.rglob("*.partial"))
+    assert (results / "logs" / MODEL / f"layer{LAYER}" / "cache.log").is_file()
+
+
+def test_tokens_start_with_bos_and_split(results):
+    path = results / MODEL / "corpus" / "tokens.parquet"
+    assert pq.read_schema(path).equals(schemas.CORPUS_TOKENS_SCHEMA, check_metadata=False)
+    _, cache = load_contexts(path, "cache")
+    _, held_out = load_contexts(path, "eval")
+    assert cache.shape[1] == CI_CONFIG["corpus"]["context_length"]
+    assert (cache[:, 0] == 2).all() and (held_out[:, 0] == 2).all()  # Gemma's own BOS
+    assert (cache[:, 1:] != 2).all()
+    expected_eval = round(
+        CI_CONFIG["corpus"]["max_contexts"] * CI_CONFIG["corpus"]["eval_fraction"]
+    )
+    assert len(held_out) == expected_eval
+    assert len(cache) + len(held_out) == CI_CONFIG["corpus"]["max_contexts"]
+
+
+def test_transcoder_report(results):
+    report = json.loads((layer_dir(results) / "transcoder" / "report.json").read_text())
+    n_features = CI_CONFIG["models"][MODEL]["transcoders"]["n_features"]
+    assert 0 < report["fvu"] < 1
+    assert 0 < report["mean_l0"] < n_features
+    assert 0 <= report["dead_share"] <= 1
+    assert report["loss_spliced"] > report["loss_clean"] > 0
+    assert np.isfinite(report["loss_increase"])
+
+
+@pytest.fixture(scope="module")
+def model_and_transcoder(results):
+    model = SubjectModel.from_pretrained(ROOT / "resources" / "models" / MODEL)
+    transcoder = load_transcoder(layer_dir(results) / "transcoder", "native", layer=LAYER)
+    return model, transcoder
+
+
+def test_sparse_cache_reproduces_the_dense_activations(results, model_and_transcoder):
+    model, transcoder = model_and_transcoder
+    context_ids, tokens = load_contexts(results / MODEL / "corpus" / "tokens.parquet", "cache")
+    chosen = context_ids[[0, 7, len(context_ids) - 1]]
+    ids = torch.from_numpy(tokens[[0, 7, len(context_ids) - 1]].astype(np.int64))
+    x = model.hook_values(ids, {LAYER: [transcoder.input_hook]})[(LAYER, transcoder.input_hook)]
+    with torch.no_grad():
+        dense = transcoder.encode(x)  # (3, pos, n_features)
+    for name in shards(results):
+        shard = parse_shard(name)
+        sparse = pd.read_parquet(layer_dir(results) / "activations" / f"{name}.parquet")
+        rebuilt = dense_from_sparse(sparse, chosen, tokens.shape[1], shard)
+        torch.testing.assert_close(
+            rebuilt, dense[..., shard.start : shard.stop], atol=1e-4, rtol=1e-4
+        )
+
+
+def test_artifact_schemas(results):
+    name = shards(results)[0]
+    for kind, schema in (
+        ("activations", schemas.ACTIVATIONS_SCHEMA),
+        ("maxima", schemas.MAXIMA_SCHEMA),
+        ("feature_stats", schemas.FEATURE_STATS_SCHEMA),
+        ("samples", schemas.SAMPLES_SCHEMA),
+    ):
+        path = layer_dir(results) / kind / f"{name}.parquet"
+        assert pq.read_schema(path).equals(schema, check_metadata=False), kind
+
+
+def test_maxima_and_samples_agree_with_the_activations(results):
+    name = shards(results)[0]
+    shard = parse_shard(name)
+    activations = pd.read_parquet(layer_dir(results) / "activations" / f"{name}.parquet")
+    maxima = pd.read_parquet(layer_dir(results) / "maxima" / f"{name}.parquet")
+    samples = pd.read_parquet(layer_dir(results) / "samples" / f"{name}.parquet")
+    counted = activations[~activations["excluded"]]
+    assert (counted["position"] > 0).all()  # BOS excluded from maxima
+    expected = counted.groupby(["feature", "context"])["activation"].max()
+    got = maxima.set_index(["feature", "context"])["max_activation"].sort_index()
+    pd.testing.assert_series_equal(got, expected.sort_index(), check_names=False)
+    assert samples["feature"].between(shard.start, shard.stop - 1).all()
+    quantile = samples[samples["kind"] == "quantile"]
+    assert quantile.groupby("feature").size().max() <= CI_CONFIG["sampling"]["n_samples"]
+    assert not samples.duplicated(["feature", "kind", "context"]).any()
+    joined = quantile.merge(maxima, on=["feature", "context"])
+    assert len(joined) == len(quantile)
+    assert (joined["target_position"] == joined["max_position"]).all()
+    np.testing.assert_allclose(joined["activation"], joined["max_activation"])
+    firing = set(zip(maxima["feature"], maxima["context"], strict=True))
+    negatives = samples[samples["kind"] == "negative"]
+    assert not any(
+        (f, c) in firing for f, c in zip(negatives["feature"], negatives["context"], strict=True)
+    )
+
+
+def test_deleting_one_shard_reruns_only_that_shard(results):
+    target = layer_dir(results) / "samples" / f"{shards(results)[0]}.parquet"
+    target.unlink()
+    planned = snakemake(results, "-n").stdout
+    assert planned.count("rule sample:") == 1 and "cache_" not in planned.split("Job stats")[0]
+    snakemake(results, str(target))
+    assert target.is_file()
+
+
+def _bad_config(tmp_path: Path, **changes) -> str:
+    config = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
+    for dotted, value in changes.items():
+        node = config
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_missing_corpus_file_fails_at_start_naming_it(tmp_path):
+    config = _bad_config(tmp_path, **{"corpus.source": "files", "corpus.paths": ["/no/such.txt"]})
+    done = snakemake(tmp_path / "out", "-n", config=config, check=False)
+    assert done.returncode != 0
+    assert "corpus file /no/such.txt does not exist" in done.stderr + done.stdout
+
+
+def test_layer_out_of_range_fails_at_start_naming_it(tmp_path):
+    config = _bad_config(tmp_path, **{f"models.{MODEL}.layers": [3, 40]})
+    done = snakemake(tmp_path / "out", "-n", config=config, check=False)
+    assert done.returncode != 0
+    assert "layer 40 is out of range" in done.stderr + done.stdout
+
+
+def test_unknown_model_fails_at_start_naming_it(tmp_path):
+    config = _bad_config(tmp_path, **{f"models.{MODEL}.source": "./no-such-model"})
+    done = snakemake(tmp_path / "out", "-n", config=config, check=False)
+    assert done.returncode != 0
+    assert "unknown model './no-such-model'" in done.stderr + done.stdout
+
+
+def test_empty_corpus_fails_naming_it_and_leaves_no_output(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    config = _bad_config(tmp_path, **{"corpus.source": "files", "corpus.paths": [str(empty)]})
+    out = tmp_path / "out"
+    done = snakemake(out, config=config, check=False)
+    assert done.returncode != 0
+    log = (out / "logs" / MODEL / "corpus.log").read_text()
+    assert "empty" in log and "empty.txt" in log
+    assert not (out / MODEL / "corpus" / "tokens.parquet").exists()
+    assert not list(out.rglob("*.partial"))
