@@ -3,9 +3,8 @@
 from typing import TYPE_CHECKING
 
 from circuit_insights.logs import configure_logging
-from circuit_insights.shards import parse_shard
-from circuit_insights.stages import run_cache, set_threads
-from circuit_insights.workflow_paths import shard_of
+from circuit_insights.stages import run_cache, set_threads, transcoder_location
+from circuit_insights.workflow_paths import job_model_location
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -14,13 +13,15 @@ if TYPE_CHECKING:
 
 configure_logging(snakemake.log[0])
 set_threads(snakemake.threads)
+layer = int(snakemake.wildcards.layer)
+model_config = snakemake.params.model
 run_cache(
-    snakemake.params.model,
+    model_config,
     snakemake.params.cache,
     snakemake.input.tokens,
-    int(snakemake.wildcards.layer),
-    [parse_shard(shard_of(path)) for path in snakemake.output.maxima],
-    snakemake.params.resources,
-    snakemake.params.results,
+    layer,
+    job_model_location(model_config["source"], snakemake.input.model),
+    transcoder_location(model_config, snakemake.input.transcoder, layer),
+    {kind: list(files) for kind, files in snakemake.output.items()},
     snakemake.params.model_name,
 )

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 from circuit_insights.logs import configure_logging
 from circuit_insights.stages import run_corpus
+from circuit_insights.workflow_paths import job_model_location
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -14,6 +15,6 @@ configure_logging(snakemake.log[0])
 run_corpus(
     snakemake.params.model,
     snakemake.params.corpus,
-    snakemake.params.resources,
+    job_model_location(snakemake.params.model["source"], snakemake.input.model),
     snakemake.output.tokens,
 )

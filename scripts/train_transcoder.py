@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 from circuit_insights.logs import configure_logging
 from circuit_insights.stages import run_train_transcoder, set_threads
+from circuit_insights.workflow_paths import job_model_location
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -16,7 +17,7 @@ run_train_transcoder(
     snakemake.params.model,
     snakemake.input.tokens,
     int(snakemake.wildcards.layer),
-    snakemake.params.resources,
+    job_model_location(snakemake.params.model["source"], snakemake.input.model),
     snakemake.output.weights,
     snakemake.output.report,
     model_name=snakemake.params.model_name,

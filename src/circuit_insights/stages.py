@@ -36,9 +36,8 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
-def load_subject_model(model_config: Mapping[str, Any], resources: str, name: str = "") -> SubjectModel:
-    """Load the subject model a config block describes."""
-    location = paths.model_location(resources, model_config["source"])
+def load_subject_model(model_config: Mapping[str, Any], location: str, name: str = "") -> SubjectModel:
+    """Load the subject model of a config block from ``location`` (folder or hub id)."""
     model = SubjectModel.from_pretrained(
         location,
         name=name or Path(location).name,
@@ -51,11 +50,10 @@ def load_subject_model(model_config: Mapping[str, Any], resources: str, name: st
     return model
 
 
-def load_tokenizer_and_bos(model_config: Mapping[str, Any], resources: str) -> tuple[Any, int | None]:
+def load_tokenizer_and_bos(model_config: Mapping[str, Any], location: str) -> tuple[Any, int | None]:
     """The model's tokenizer and the BOS id its contexts start with (None: no BOS), without weights."""
     from transformers import AutoConfig, AutoTokenizer
 
-    location = paths.model_location(resources, model_config["source"])
     try:
         config = AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as exc:
@@ -76,12 +74,12 @@ def load_tokenizer_and_bos(model_config: Mapping[str, Any], resources: str) -> t
 
 
 def run_corpus(
-    model_config: Mapping[str, Any], corpus_config: Mapping[str, Any], resources: str, out_path: str
+    model_config: Mapping[str, Any], corpus_config: Mapping[str, Any], location: str, out_path: str
 ) -> dict[str, Any]:
     """Rule corpus: documents -> contexts with BOS -> cache / eval split parquet."""
     from circuit_insights.corpus import CorpusSpec, prepare_corpus
 
-    tokenizer, bos = load_tokenizer_and_bos(model_config, resources)
+    tokenizer, bos = load_tokenizer_and_bos(model_config, location)
     spec = CorpusSpec(
         source=corpus_config["source"],
         gensim_sources=tuple(corpus_config["gensim_parts"]),
@@ -178,7 +176,7 @@ def run_train_transcoder(
     model_config: Mapping[str, Any],
     tokens_path: str,
     layer: int,
-    resources: str,
+    location: str,
     weights_path: str,
     report_path: str,
     *,
@@ -190,7 +188,7 @@ def run_train_transcoder(
     from circuit_insights.training import train_transcoder
 
     settings = model_config["transcoders"]
-    model = load_subject_model(model_config, resources, model_name)
+    model = load_subject_model(model_config, location, model_name)
     model.check_layer(layer)
     _, cache_tokens = load_contexts(tokens_path, "cache")
     _, eval_tokens = load_contexts(tokens_path, "eval")
@@ -245,17 +243,21 @@ def save_transcoder_files(transcoder: Transcoder, weights_path: str) -> None:
     staging.rmdir()
 
 
+def transcoder_location(model_config: Mapping[str, Any], inputs: Sequence[str], layer: int) -> str:
+    """Where a layer's transcoder is: the trained files' folder (job inputs) or the configured path."""
+    if model_config["transcoders"]["kind"] == "train":
+        return str(Path(inputs[0]).parent)
+    return model_config["transcoders"]["path"].format(layer=layer)
+
+
 def load_layer_transcoder(
-    model_config: Mapping[str, Any], model: SubjectModel, layer: int, results: str, model_name: str
+    model_config: Mapping[str, Any], model: SubjectModel, layer: int, path: str, model_name: str
 ) -> Transcoder:
-    """The transcoder of ``layer``: trained here, or a pretrained file in a published format."""
+    """The transcoder of ``layer`` at ``path``: trained here (native) or in a published format."""
     from circuit_insights.transcoder_formats import load_transcoder
 
     settings = model_config["transcoders"]
-    if settings["kind"] == "train":
-        path, fmt = paths.transcoder_dir(results, model_name, layer), "native"
-    else:
-        path, fmt = settings["path"].format(layer=layer), settings["format"]
+    fmt = "native" if settings["kind"] == "train" else settings["format"]
     transcoder = load_transcoder(path, fmt, layer=layer, d_model=model.d_model)
     if transcoder.n_features != settings["n_features"]:
         raise InputError(
@@ -274,7 +276,7 @@ CACHE_SPLITS = {"cache": "", "eval": "heldout_"}
 def cache_artifact_paths(
     results: str, model_name: str, layer: int, shards: Sequence[Shard], prefix: str
 ) -> dict[Shard, dict[str, str]]:
-    """Output paths of one split's cache artifacts, per shard."""
+    """Output paths of one split's cache artifacts, per shard, in the workflow's layout."""
     from circuit_insights.cache import ARTIFACTS
 
     return {
@@ -284,6 +286,20 @@ def cache_artifact_paths(
         }
         for shard in shards
     }
+
+
+def cache_paths_from_outputs(
+    outputs: Mapping[str, Sequence[str]], prefix: str
+) -> dict[Shard, dict[str, str]]:
+    """Per-shard cache paths of one split from a job's named outputs (kind -> file list)."""
+    from circuit_insights.cache import ARTIFACTS
+    from circuit_insights.shards import parse_shard
+
+    by_shard: dict[Shard, dict[str, str]] = {}
+    for artifact in ARTIFACTS:
+        for path in outputs[prefix + artifact]:
+            by_shard.setdefault(parse_shard(paths.shard_of(path)), {})[artifact] = str(path)
+    return by_shard
 
 
 def cache_split(
@@ -333,27 +349,31 @@ def run_cache(
     cache_config: Mapping[str, Any],
     tokens_path: str,
     layer: int,
-    shards: Sequence[Shard],
-    resources: str,
-    results: str,
+    location: str,
+    transcoder_path: str,
+    outputs: Mapping[str, Sequence[str]],
     model_name: str,
 ) -> None:
-    """Rule cache: the caching split and the held-out split, every shard of one layer."""
+    """Rule cache: the caching split and the held-out split, every shard of one layer.
+
+    ``outputs`` maps each artifact kind (``activations``, ``heldout_maxima``, ...) to its files.
+    """
     from circuit_insights.corpus import load_contexts
 
-    model = load_subject_model(model_config, resources, model_name)
+    model = load_subject_model(model_config, location, model_name)
     model.check_layer(layer)
-    transcoder = load_layer_transcoder(model_config, model, layer, results, model_name)
+    transcoder = load_layer_transcoder(model_config, model, layer, transcoder_path, model_name)
     for split, prefix in CACHE_SPLITS.items():
         context_ids, tokens = load_contexts(tokens_path, split)
+        out_paths = cache_paths_from_outputs(outputs, prefix)
         cache_split(
             model,
             transcoder,
             layer,
             context_ids,
             tokens,
-            shards,
-            cache_artifact_paths(results, model_name, layer, shards, prefix),
+            sorted(out_paths),
+            out_paths,
             batch_size=cache_config["batch_size"],
             exclude_bos=cache_config["exclude_bos"],
             label=split,

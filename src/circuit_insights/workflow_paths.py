@@ -27,6 +27,14 @@ def model_location(resources: str, source: str) -> str:
     return embedded_folder(resources, source) if is_embedded(source) else source
 
 
+def job_model_location(source: str, model_inputs: list[str] | str) -> str:
+    """A job's model location: the embedded folder (from its input files) or the source itself."""
+    if is_embedded(source):
+        first = model_inputs if isinstance(model_inputs, str) else model_inputs[0]
+        return str(Path(first).parent)
+    return source
+
+
 def tokens_file(results: str, model: str) -> str:
     return f"{results}/{model}/corpus/tokens.parquet"
 

@@ -18,19 +18,19 @@ for cached_model in config["models"]:
             heldout_activations=shard_outputs(cached_model, "heldout_activations"),
             heldout_maxima=shard_outputs(cached_model, "heldout_maxima"),
             heldout_feature_stats=shard_outputs(cached_model, "heldout_feature_stats"),
-        params:
-            model_name=cached_model,
-            model=config["models"][cached_model],
-            cache=config["cache"],
-            resources=RESOURCES,
-            results=RESULTS,
         log:
             f"{RESULTS}/logs/{cached_model}/layer{{layer}}/cache.log",
         benchmark:
             f"{RESULTS}/benchmarks/{cached_model}/layer{{layer}}/cache.tsv"
+        conda:
+            "../../envs/circuit-insights.yaml"
         threads: config["threads"]
         resources:
             mem_mb=lambda wildcards, attempt: 6000 * attempt,  # model + one batch of activations
             runtime=240,
+        params:
+            model_name=cached_model,
+            model=config["models"][cached_model],
+            cache=config["cache"],
         script:
             "../../scripts/cache.py"

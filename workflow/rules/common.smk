@@ -14,7 +14,8 @@ from circuit_insights import workflow_paths as paths  # noqa: E402
 
 config.update(
     validate_config(
-        config, load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+        config,
+        load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"),
     )
 )
 RESULTS = config["results_dir"]
@@ -41,13 +42,16 @@ def embedded_model_files(wildcards):
 def shard_names(model):
     """Shard file stems of one model's layers (the feature count is known from config)."""
     n_features = config["models"][model]["transcoders"]["n_features"]
-    return [shard.name for shard in make_shards(n_features, config["cache"]["shard_size"])]
+    return [
+        shard.name for shard in make_shards(n_features, config["cache"]["shard_size"])
+    ]
 
 
 def shard_outputs(model, kind):
     """Per-shard output patterns (with a {layer} wildcard) of one model's cache rule."""
     return [
-        paths.layer_artifact(RESULTS, model, "{layer}", kind, name) for name in shard_names(model)
+        paths.layer_artifact(RESULTS, model, "{layer}", kind, name)
+        for name in shard_names(model)
     ]
 
 

@@ -7,16 +7,17 @@ rule corpus:
         model=embedded_model_files,
     output:
         tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
-    params:
-        model=model_config,
-        corpus=config["corpus"],
-        resources=RESOURCES,
     log:
         f"{RESULTS}/logs/{{model}}/corpus.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{model}}/corpus.tsv"
+    conda:
+        "../../envs/circuit-insights.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        model=model_config,
+        corpus=config["corpus"],
     script:
         "../../scripts/corpus.py"

@@ -10,6 +10,8 @@ rule build_embedded_model:
         f"{RESULTS}/logs/build_embedded_model.log",
     benchmark:
         f"{RESULTS}/benchmarks/build_embedded_model.tsv"
+    conda:
+        "../../envs/circuit-insights.yaml"
     resources:
         mem_mb=6000,  # dequantizing the 262k-word embedding to float32 peaks near 4 GB
         runtime=20,

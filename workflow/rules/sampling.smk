@@ -8,14 +8,16 @@ rule sample:
         tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
     output:
         samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
-    params:
-        sampling=config["sampling"],
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/sample/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{model}}/layer{{layer}}/sample/{{shard}}.tsv"
+    conda:
+        "../../envs/circuit-insights.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        sampling=config["sampling"],
     script:
         "../../scripts/sample.py"

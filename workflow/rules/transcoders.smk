@@ -10,17 +10,18 @@ rule train_transcoder:
         weights=f"{RESULTS}/{{model}}/layer{{layer}}/transcoder/transcoder.safetensors",
         config=f"{RESULTS}/{{model}}/layer{{layer}}/transcoder/config.json",
         report=f"{RESULTS}/{{model}}/layer{{layer}}/transcoder/report.json",
-    params:
-        model_name="{model}",
-        model=model_config,
-        resources=RESOURCES,
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/train_transcoder.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{model}}/layer{{layer}}/train_transcoder.tsv"
+    conda:
+        "../../envs/circuit-insights.yaml"
     threads: config["threads"]
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,  # model + MLP pairs of train_contexts
         runtime=120,
+    params:
+        model_name="{model}",
+        model=model_config,
     script:
         "../../scripts/train_transcoder.py"
