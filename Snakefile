@@ -11,6 +11,7 @@ include: "workflow/rules/corpus.smk"
 include: "workflow/rules/transcoders.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/sampling.smk"
+include: "workflow/rules/weightlens.smk"
 
 
 rule all:

@@ -221,8 +221,8 @@ ATTRIBUTION_CONTRIBUTIONS_SCHEMA = pa.schema(
 )
 
 #: One row per attribution request: the exact totals that make the filtered contributions
-#: checkable. ``status`` is "ok" or "skipped_bos" (target on the BOS token: no contributions, NaN
-#: numbers). ``pre_activation`` / ``activation``: from the plain forward pass;
+#: checkable. ``status`` is "ok" or "skipped_bos" (target on the BOS token: no contributions, null
+#: numbers, zero counts). ``pre_activation`` / ``activation``: from the plain forward pass;
 #: ``frozen_pre_activation``: the frozen replay's value; ``leaf_sum``: sum of all leaf
 #: contributions before filtering (== ``pre_activation`` up to float rounding); ``kept_*`` /
 #: ``dropped_*``: counts and sums of the leaves (and heads) kept and dropped by the significance
@@ -238,23 +238,80 @@ ATTRIBUTION_TOTALS_SCHEMA = pa.schema(
         pa.field("context_length", pa.int32(), nullable=False),
         pa.field("status", pa.string(), nullable=False),
         pa.field("fires", pa.bool_(), nullable=False),
-        pa.field("pre_activation", pa.float64(), nullable=False),
-        pa.field("activation", pa.float64(), nullable=False),
-        pa.field("frozen_pre_activation", pa.float64(), nullable=False),
-        pa.field("leaf_sum", pa.float64(), nullable=False),
-        pa.field("leaf_abs_sum", pa.float64(), nullable=False),
+        pa.field("pre_activation", pa.float64(), nullable=True),
+        pa.field("activation", pa.float64(), nullable=True),
+        pa.field("frozen_pre_activation", pa.float64(), nullable=True),
+        pa.field("leaf_sum", pa.float64(), nullable=True),
+        pa.field("leaf_abs_sum", pa.float64(), nullable=True),
         pa.field("n_leaves", pa.int32(), nullable=False),
         pa.field("n_leaves_kept", pa.int32(), nullable=False),
-        pa.field("kept_leaf_sum", pa.float64(), nullable=False),
+        pa.field("kept_leaf_sum", pa.float64(), nullable=True),
         pa.field("n_leaves_dropped", pa.int32(), nullable=False),
-        pa.field("dropped_leaf_sum", pa.float64(), nullable=False),
-        pa.field("head_sum", pa.float64(), nullable=False),
-        pa.field("head_abs_sum", pa.float64(), nullable=False),
+        pa.field("dropped_leaf_sum", pa.float64(), nullable=True),
+        pa.field("head_sum", pa.float64(), nullable=True),
+        pa.field("head_abs_sum", pa.float64(), nullable=True),
         pa.field("n_heads", pa.int32(), nullable=False),
         pa.field("n_heads_kept", pa.int32(), nullable=False),
-        pa.field("kept_head_sum", pa.float64(), nullable=False),
+        pa.field("kept_head_sum", pa.float64(), nullable=True),
         pa.field("n_heads_dropped", pa.int32(), nullable=False),
-        pa.field("dropped_head_sum", pa.float64(), nullable=False),
+        pa.field("dropped_head_sum", pa.float64(), nullable=True),
         pa.field("n_output_positions", pa.int32(), nullable=False),
+    ]
+)
+
+# --- evaluation ------------------------------------------------------------------------------
+
+#: FADE scores (``circuit_insights.fade``; definitions in ``docs/fade.md``), one row per
+#: (feature, variant) of a (layer, shard). ``variant`` names the explanation method (e.g.
+#: ``weightlens``, ``cl_full``); ``description`` is null when the variant has none. Metric values
+#: are null (NaN in pandas) when undefined, with ``*_reason`` saying why (reasons listed in
+#: ``circuit_insights.fade_metrics.REASONS``; null when the value is defined). Counts:
+#: ``n_synthetic_texts`` distinct LLM texts, ``n_synthetic_scored`` those with a token to score;
+#: ``n_natural`` held-out contexts (all natural samples), ``n_natural_active`` those where the
+#: feature fires; ``n_rated`` natural samples sent for rating and how many got each rating
+#: (``n_rating_missing``: no valid rating after retries). Steering: ``steering_reference`` is the
+#: activation the factors multiply; per factor (``steering_factors``, 0 included) the share of
+#: rated continuations rated 2 (null where none was rated) and how many were rated; empty lists
+#: when Faithfulness was not run. ``llm_*``: calls, answers whose ``parse_status`` was not
+#: ``ok``, cache hits, tokens and summed latency of this row's LLM requests; ``elapsed_s`` wall
+#: time of the row.
+FADE_EVALUATION_SCHEMA = pa.schema(
+    [
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("feature", pa.int32(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("description", pa.string(), nullable=True),
+        pa.field("preset", pa.string(), nullable=False),
+        pa.field("llm_model", pa.string(), nullable=False),
+        pa.field("prompt_version", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("clarity", pa.float64()),
+        pa.field("clarity_reason", pa.string()),
+        pa.field("responsiveness", pa.float64()),
+        pa.field("responsiveness_reason", pa.string()),
+        pa.field("purity", pa.float64()),
+        pa.field("purity_reason", pa.string()),
+        pa.field("faithfulness", pa.float64()),
+        pa.field("faithfulness_reason", pa.string()),
+        pa.field("n_synthetic_texts", pa.int32(), nullable=False),
+        pa.field("n_synthetic_scored", pa.int32(), nullable=False),
+        pa.field("n_natural", pa.int32(), nullable=False),
+        pa.field("n_natural_active", pa.int32(), nullable=False),
+        pa.field("n_rated", pa.int32(), nullable=False),
+        pa.field("n_rated_0", pa.int32(), nullable=False),
+        pa.field("n_rated_1", pa.int32(), nullable=False),
+        pa.field("n_rated_2", pa.int32(), nullable=False),
+        pa.field("n_rating_missing", pa.int32(), nullable=False),
+        pa.field("steering_reference", pa.float64()),
+        pa.field("steering_factors", pa.list_(pa.float64()), nullable=False),
+        pa.field("concept_share_by_factor", pa.list_(pa.float64()), nullable=False),
+        pa.field("n_continuations_rated", pa.list_(pa.int32()), nullable=False),
+        pa.field("llm_calls", pa.int32(), nullable=False),
+        pa.field("llm_failed_calls", pa.int32(), nullable=False),
+        pa.field("llm_cached_calls", pa.int32(), nullable=False),
+        pa.field("llm_tokens_in", pa.int64(), nullable=False),
+        pa.field("llm_tokens_out", pa.int64(), nullable=False),
+        pa.field("llm_latency_s", pa.float64(), nullable=False),
+        pa.field("elapsed_s", pa.float64(), nullable=False),
     ]
 )

@@ -36,7 +36,9 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
-def load_subject_model(model_config: Mapping[str, Any], location: str, name: str = "") -> SubjectModel:
+def load_subject_model(
+    model_config: Mapping[str, Any], location: str, name: str = ""
+) -> SubjectModel:
     """Load the subject model of a config block from ``location`` (folder or hub id)."""
     model = SubjectModel.from_pretrained(
         location,
@@ -50,7 +52,9 @@ def load_subject_model(model_config: Mapping[str, Any], location: str, name: str
     return model
 
 
-def load_tokenizer_and_bos(model_config: Mapping[str, Any], location: str) -> tuple[Any, int | None]:
+def load_tokenizer_and_bos(
+    model_config: Mapping[str, Any], location: str
+) -> tuple[Any, int | None]:
     """The model's tokenizer and the BOS id its contexts start with (None: no BOS), without weights."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -200,8 +204,12 @@ def run_train_transcoder(
     x_eval, y_eval = mlp_pairs(
         model, eval_tokens, layer, settings["input_hook"], settings["output_hook"], batch_size
     )
-    log.info("collected %d training and %d held-out token pairs in %.0f s", len(x), len(x_eval),
-             time.perf_counter() - started)
+    log.info(
+        "collected %d training and %d held-out token pairs in %.0f s",
+        len(x),
+        len(x_eval),
+        time.perf_counter() - started,
+    )
     transcoder, report = train_transcoder(
         [(x, y)],
         d_model=model.d_model,
@@ -281,7 +289,9 @@ def cache_artifact_paths(
 
     return {
         shard: {
-            artifact: paths.layer_artifact(results, model_name, layer, prefix + artifact, shard.name)
+            artifact: paths.layer_artifact(
+                results, model_name, layer, prefix + artifact, shard.name
+            )
             for artifact in ARTIFACTS
         }
         for shard in shards
@@ -336,11 +346,24 @@ def cache_split(
                 last_report = time.perf_counter()
                 rate = n_tokens / (last_report - started)
                 remaining = (tokens.size - n_tokens) / rate
-                log.info("%s layer %d: %d / %d tokens, %.0f tok/s, about %.0f s left",
-                         label, layer, n_tokens, tokens.size, rate, remaining)
+                log.info(
+                    "%s layer %d: %d / %d tokens, %.0f tok/s, about %.0f s left",
+                    label,
+                    layer,
+                    n_tokens,
+                    tokens.size,
+                    rate,
+                    remaining,
+                )
     seconds = time.perf_counter() - started
-    log.info("%s layer %d: %d tokens in %.1f s (%.0f tok/s)", label, layer, n_tokens, seconds,
-             n_tokens / seconds)
+    log.info(
+        "%s layer %d: %d tokens in %.1f s (%.0f tok/s)",
+        label,
+        layer,
+        n_tokens,
+        seconds,
+        n_tokens / seconds,
+    )
     return {"tokens": n_tokens, "seconds": seconds}
 
 
@@ -384,7 +407,10 @@ def run_cache(
 
 
 def run_sample(
-    maxima_path: str, tokens_path: str, shard_name: str, sampling_config: Mapping[str, Any],
+    maxima_path: str,
+    tokens_path: str,
+    shard_name: str,
+    sampling_config: Mapping[str, Any],
     out_path: str,
 ) -> None:
     """Rule sample: quantile, top-k and negative contexts of every feature of one shard."""
@@ -401,5 +427,89 @@ def run_sample(
         context_length=tokens.shape[1],
         out_path=out_path,
     )
-    log.info("shard %s: %d samples of %d features", shard_name, len(frame),
-             frame["feature"].nunique() if len(frame) else 0)
+    log.info(
+        "shard %s: %d samples of %d features",
+        shard_name,
+        len(frame),
+        frame["feature"].nunique() if len(frame) else 0,
+    )
+
+
+# --- WeightLens --------------------------------------------------------------------------------
+
+
+def load_transcoders(
+    model_config: Mapping[str, Any],
+    model: SubjectModel,
+    locations: Mapping[int, str],
+    model_name: str,
+) -> dict[int, Transcoder]:
+    """The transcoders of several layers: layer -> location (folder of trained files or template)."""
+    return {
+        layer: load_layer_transcoder(model_config, model, layer, location, model_name)
+        for layer, location in sorted(locations.items())
+    }
+
+
+def run_weightlens_stage(
+    model_config: Mapping[str, Any],
+    weightlens_config: Mapping[str, Any],
+    location: str,
+    layer: int,
+    shard_name: str,
+    transcoder_locations: Mapping[int, str],
+    upstream_files: Mapping[int, Sequence[str]],
+    samples_path: str,
+    heldout_path: str,
+    tokens_path: str,
+    out_path: str,
+    model_name: str,
+) -> None:
+    """Rule weightlens: token explanations of one shard from weights, validated single-token.
+
+    Upstream layers' results are read from their parquet files (never recomputed).
+    """
+    import pandas as pd
+
+    from circuit_insights.corpus import load_contexts
+    from circuit_insights.shards import parse_shard
+    from circuit_insights.weightlens import (
+        ContextTokens,
+        HeldOut,
+        TopContexts,
+        WeightLensOptions,
+        read_weightlens,
+        run_weightlens,
+        thresholds_for,
+        write_weightlens,
+    )
+
+    model = load_subject_model(model_config, location, model_name)
+    transcoders = load_transcoders(model_config, model, transcoder_locations, model_name)
+    settings = model_config["weightlens"]
+    overrides = {k: settings[k] for k in ("t_tok", "t_up") if settings[k] is not None}
+    thresholds = thresholds_for(model.adapter.family, settings["preset"], **overrides)
+    upstream = {up: read_weightlens(files) for up, files in sorted(upstream_files.items())}
+    cache_corpus = ContextTokens(*load_contexts(tokens_path, "cache"))
+    eval_corpus = ContextTokens(*load_contexts(tokens_path, "eval"))
+    samples = pd.read_parquet(samples_path)
+    frame = run_weightlens(
+        model,
+        transcoders,
+        layer,
+        parse_shard(shard_name),
+        upstream,
+        thresholds,
+        top_contexts=TopContexts(samples[samples["kind"] == "top"], cache_corpus),
+        heldout=HeldOut(pd.read_parquet(heldout_path), eval_corpus),
+        options=WeightLensOptions(
+            projection=weightlens_config["projection"],
+            min_token_share=weightlens_config["min_token_share"],
+            batch_size=weightlens_config["batch_size"],
+        ),
+    )
+    write_weightlens(frame, out_path)
+    token_based = int((frame["classification"] == "token_based").sum()) if len(frame) else 0
+    log.info(
+        "layer %d shard %s: %d features, %d token-based", layer, shard_name, len(frame), token_based
+    )

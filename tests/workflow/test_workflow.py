@@ -232,3 +232,32 @@ def test_empty_corpus_fails_naming_it_and_leaves_no_output(tmp_path):
     assert "empty" in log and "empty.txt" in log
     assert not (out / MODEL / "corpus" / "tokens.parquet").exists()
     assert not list(out.rglob("*.partial"))
+
+
+def test_weightlens_outputs_validate_on_the_real_model(results, model_and_transcoder):
+    model, transcoder = model_and_transcoder
+    frames = [
+        pd.read_parquet(layer_dir(results) / "weightlens" / f"{name}.parquet")
+        for name in shards(results)
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    for name, part in zip(shards(results), frames, strict=True):
+        path = layer_dir(results) / "weightlens" / f"{name}.parquet"
+        assert pq.read_schema(path).equals(schemas.WEIGHTLENS_SCHEMA, check_metadata=False)
+        shard = parse_shard(name)
+        assert sorted(part["feature"]) == list(range(shard.start, shard.stop))
+    assert set(frame["classification"]) <= {"token_based", "context_dependent"}
+    assert frame["description"].str.len().gt(0).all()
+    with_tokens = frame[frame["validated_token_ids"].map(len) > 0]
+    assert len(with_tokens) > 0
+    for row in with_tokens.head(3).itertuples():
+        assert set(row.validated_token_ids) <= set(row.candidate_token_ids)
+        # Each validated token alone after Gemma's BOS activates the feature, by that amount.
+        ids = torch.tensor([[2, int(token)] for token in row.validated_token_ids])
+        x = model.hook_values(ids, {LAYER: [transcoder.input_hook]})[(LAYER, transcoder.input_hook)]
+        with torch.no_grad():
+            activation = transcoder.encode(x)[:, -1, row.feature]
+        assert (activation > 0).all()
+        np.testing.assert_allclose(
+            activation.numpy(), row.validated_activations, rtol=1e-3, atol=1e-4
+        )

@@ -70,13 +70,38 @@ def transcoder_files_of(model):
     return paths.transcoder_files(RESULTS, model, "{layer}")
 
 
+def earlier_layers(wildcards):
+    """The configured layers of {model} up to and including {layer}, in order."""
+    layer = int(wildcards.layer)
+    return [up for up in sorted(model_config(wildcards)["layers"]) if up <= layer]
+
+
+def weightlens_inputs(wildcards):
+    """Transcoders of {layer} and every earlier configured layer, and the earlier layers'
+    WeightLens results (all shards): named transcoder_{L} and upstream_{L} for unpack().
+    """
+    inputs = {}
+    for up in earlier_layers(wildcards):
+        if model_config(wildcards)["transcoders"]["kind"] == "train":
+            inputs[f"transcoder_{up}"] = paths.transcoder_files(
+                RESULTS, wildcards.model, up
+            )
+        if up < int(wildcards.layer):
+            inputs[f"upstream_{up}"] = [
+                paths.layer_artifact(RESULTS, wildcards.model, up, "weightlens", name)
+                for name in shard_names(wildcards.model)
+            ]
+    return inputs
+
+
 def all_targets():
     """Every final output of the stages implemented so far, for every model, layer and shard."""
     targets = []
     for model, block in config["models"].items():
         for layer in block["layers"]:
             targets += [
-                paths.layer_artifact(RESULTS, model, layer, "samples", name)
+                paths.layer_artifact(RESULTS, model, layer, stage, name)
+                for stage in ("samples", "weightlens")
                 for name in shard_names(model)
             ]
             if block["transcoders"]["kind"] == "train":

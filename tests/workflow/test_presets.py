@@ -1,0 +1,118 @@
+"""The presets of config/presets/: valid configs built from the registry, and ``snakemake -n`` on
+each builds the whole DAG (every layer, every shard) quickly and without the network."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from circuit_insights.config import check_models_at_start, load_config
+from circuit_insights.registry import is_hf_reference, load_registry
+from circuit_insights.shards import make_shards
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+PRESETS = {
+    "gpt2-dunefsky": "gpt2-dunefsky",
+    "gemma-2-2b-gemmascope": "gemma-2-2b-gemmascope",
+    "llama-3.2-1b-skip": "llama-3.2-1b-skip",
+    "gemma-3-gemmascope2": "gemma-3-1b-gemmascope2",
+}
+"""Preset file stem -> its registry entry."""
+DRY_RUN_LIMIT_S = {"gemma-2-2b-gemmascope": 60}
+"""Acceptance: seconds a dry run of the preset may take on the 2-core development machine."""
+
+
+def preset_path(stem: str) -> Path:
+    return ROOT / "config" / "presets" / f"{stem}.yaml"
+
+
+def test_every_preset_is_tested() -> None:
+    assert sorted(p.stem for p in (ROOT / "config/presets").glob("*.yaml")) == sorted(PRESETS)
+
+
+@pytest.mark.parametrize("stem", sorted(PRESETS))
+def test_preset_is_valid_and_matches_its_registry_entry(stem: str) -> None:
+    config = load_config(preset_path(stem), SCHEMA)
+    release = load_registry()[PRESETS[stem]]
+    (name, block), *others = config["models"].items()
+    assert not others, "one model per preset"
+    expected = release.model_config()
+    for key, value in expected.items():
+        if key != "transcoders":
+            assert block[key] == value, key
+    for key, value in expected["transcoders"].items():
+        assert block["transcoders"][key] == value, f"transcoders.{key}"
+    assert block["layers"] == list(range(release.n_layers))
+    assert is_hf_reference(block["transcoders"]["path"])
+    assert "{layer}" in block["transcoders"]["path"]
+    check_models_at_start(config, str(ROOT / "resources"))  # hub ids: form only, no network
+
+
+def dry_run(stem: str, results: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``snakemake -n`` of one preset, offline; returns the run and its wall time."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [
+        str(SNAKEMAKE),
+        "-n",
+        "--quiet",
+        "rules",
+        "--cores",
+        "2",
+        "--configfile",
+        str(preset_path(stem)),
+        # config/config.yaml would otherwise be merged in (its embedded model added to the preset's)
+        "--replace-workflow-config",
+        "--rerun-triggers",
+        "mtime",
+        "--config",
+        f"results_dir={results}",
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise AssertionError(f"dry run failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return done, seconds
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The ``Job stats`` table of a dry run, rule -> count."""
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {
+        match.group(1): int(match.group(2))
+        for match in re.finditer(r"^(\S+)\s+(\d+)\s*$", table, re.MULTILINE)
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", sorted(PRESETS))
+def test_dry_run_builds_every_layer_and_shard_offline(tmp_path, stem: str) -> None:
+    release = load_registry()[PRESETS[stem]]
+    config = yaml.safe_load(preset_path(stem).read_text())
+    (model,) = config["models"]
+    shard_size = load_config(preset_path(stem), SCHEMA)["cache"]["shard_size"]
+    n_shards = len(make_shards(release.n_features, shard_size))
+
+    done, seconds = dry_run(stem, tmp_path / "results")
+
+    counts = job_counts(done.stdout)
+    assert counts == {
+        "corpus": 1,
+        f"cache_{model}": release.n_layers,
+        "sample": release.n_layers * n_shards,
+        "all": 1,
+        "total": 2 + release.n_layers * (1 + n_shards),
+    }, counts
+    assert not (tmp_path / "results").exists(), "a dry run writes nothing"
+    print(f"{stem}: {counts['total']} jobs, dry run {seconds:.1f} s")
+    if stem in DRY_RUN_LIMIT_S:
+        assert seconds < DRY_RUN_LIMIT_S[stem], f"dry run took {seconds:.1f} s"

@@ -1,0 +1,30 @@
+# WeightLens per (model, layer, shard): token explanations from weights alone, validated by
+# single-token forward passes. Layers run in order: a layer reads its upstream layers' results.
+
+
+rule weightlens:
+    input:
+        unpack(weightlens_inputs),
+        model=embedded_model_files,
+        samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
+        heldout=f"{RESULTS}/{{model}}/layer{{layer}}/heldout_activations/{{shard}}.parquet",
+        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+    output:
+        weightlens=f"{RESULTS}/{{model}}/layer{{layer}}/weightlens/{{shard}}.parquet",
+    log:
+        f"{RESULTS}/logs/{{model}}/layer{{layer}}/weightlens/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/layer{{layer}}/weightlens/{{shard}}.tsv"
+    conda:
+        "../../envs/circuit-insights.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,  # model + (vocab x feature chunk) scores
+        runtime=60,
+    params:
+        model_name="{model}",
+        model=model_config,
+        weightlens=config["weightlens"],
+        layers=earlier_layers,
+    script:
+        "../../scripts/weightlens.py"
