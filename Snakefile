@@ -12,6 +12,7 @@ include: "workflow/rules/transcoders.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/weightlens.smk"
+include: "workflow/rules/attribution.smk"
 
 
 rule all:

@@ -315,3 +315,70 @@ FADE_EVALUATION_SCHEMA = pa.schema(
         pa.field("elapsed_s", pa.float64(), nullable=False),
     ]
 )
+
+# --- clustering ---
+
+#: CircuitLens clusters (``circuit_insights.clustering``; definitions in
+#: ``docs/clustering_and_explanations.md``): one row per (feature, cluster) of a (layer, shard),
+#: clusters numbered 0.. by size, plus ``cluster`` -1 (``is_noise``) for the feature's samples in
+#: no cluster (noise, empty sets). ``status`` (per feature): ``clustered``, ``all_noise``,
+#: ``too_few_samples``, ``no_contributors``. ``n_feature_samples``: the N samples clustered (rho is
+#: a share of N); ``share`` = n_samples / N; ``n_elements``: contributors left after the rho filter.
+#: ``defining_*``: the cluster's most frequent contributors (``kinds`` feature / head / token;
+#: ``layers`` null for tokens; ``indices``: source feature, head or token id; ``deltas`` null for
+#: features; ``frequency`` inside the cluster; ``lift`` = frequency / overall frequency), with one
+#: ``trigger_patterns`` sentence each. ``output_*``: top promoted / suppressed tokens and actual
+#: next tokens by the number of member samples they appear in (``*_counts``), the mean logit
+#: effect on the actual next token (null without logit rows). ``example_samples``: the most
+#: central members first.
+CLUSTERS_SCHEMA = pa.schema(
+    [
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("feature", pa.int32(), nullable=False),
+        pa.field("cluster", pa.int32(), nullable=False),
+        pa.field("is_noise", pa.bool_(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("n_clusters", pa.int32(), nullable=False),
+        pa.field("n_samples", pa.int32(), nullable=False),
+        pa.field("share", pa.float64(), nullable=False),
+        pa.field("n_feature_samples", pa.int32(), nullable=False),
+        pa.field("n_elements", pa.int32(), nullable=False),
+        pa.field("defining_labels", pa.list_(pa.string()), nullable=False),
+        pa.field("defining_kinds", pa.list_(pa.string()), nullable=False),
+        pa.field("defining_layers", pa.list_(pa.int32()), nullable=False),
+        pa.field("defining_indices", pa.list_(pa.int32()), nullable=False),
+        pa.field("defining_deltas", pa.list_(pa.int32()), nullable=False),
+        pa.field("defining_frequency", pa.list_(pa.float32()), nullable=False),
+        pa.field("defining_lift", pa.list_(pa.float32()), nullable=False),
+        pa.field("trigger_patterns", pa.list_(pa.string()), nullable=False),
+        pa.field("output_promoted_token_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("output_promoted_tokens", pa.list_(pa.string()), nullable=False),
+        pa.field("output_promoted_counts", pa.list_(pa.int32()), nullable=False),
+        pa.field("output_suppressed_token_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("output_suppressed_tokens", pa.list_(pa.string()), nullable=False),
+        pa.field("output_suppressed_counts", pa.list_(pa.int32()), nullable=False),
+        pa.field("output_n_logit_samples", pa.int32(), nullable=False),
+        pa.field("output_mean_logit", pa.float64()),
+        pa.field("output_next_token_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("output_next_tokens", pa.list_(pa.string()), nullable=False),
+        pa.field("output_next_counts", pa.list_(pa.int32()), nullable=False),
+        pa.field("mean_activation", pa.float64()),
+        pa.field("example_samples", pa.list_(pa.int64()), nullable=False),
+    ]
+)
+
+#: One row per attribution request (totals row) of a (layer, shard): its cluster (-1: none) and
+#: ``status``: ``clustered``, ``noise``, ``empty_set`` (no contributor left after the rho filter),
+#: ``not_firing`` or the attribution's own non-ok status (e.g. ``skipped_bos``) for samples left
+#: out of the clustering. ``set_size``: contributors after the rho filter (0 when left out).
+CLUSTER_ASSIGNMENTS_SCHEMA = pa.schema(
+    [
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("feature", pa.int32(), nullable=False),
+        pa.field("sample", pa.int64(), nullable=False),
+        pa.field("cluster", pa.int32(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("set_size", pa.int32(), nullable=False),
+    ]
+)

@@ -513,3 +513,98 @@ def run_weightlens_stage(
     log.info(
         "layer %d shard %s: %d features, %d token-based", layer, shard_name, len(frame), token_based
     )
+
+
+# --- CircuitLens attribution -------------------------------------------------------------------
+
+
+def attribution_requests(
+    samples: Any,
+    tokens: np.ndarray,
+    context_ids: np.ndarray,
+    *,
+    samples_per_feature: int | None,
+    output_k: int,
+) -> list[Any]:
+    """Requests for the quantile samples of a shard: each context cut ``output_k`` tokens after
+    its target (the target's own pre-activation sees nothing after it; the output side needs the
+    following tokens). ``sample_id`` is the sample's draw rank."""
+    from circuit_insights.attribution import AttributionRequest
+
+    quantile = samples[samples["kind"] == "quantile"].sort_values(["feature", "rank"])
+    if samples_per_feature is not None:
+        quantile = quantile[quantile["rank"] < samples_per_feature]
+    row_of = {int(context): row for row, context in enumerate(context_ids)}
+    requests = []
+    for sample in quantile.itertuples():
+        context = tokens[row_of[int(sample.context)]]
+        stop = min(int(sample.target_position) + output_k + 1, len(context))
+        requests.append(
+            AttributionRequest(
+                context_tokens=[int(token) for token in context[:stop]],
+                target_position=int(sample.target_position),
+                feature=int(sample.feature),
+                sample_id=int(sample.rank),
+            )
+        )
+    return requests
+
+
+def run_attribution_stage(
+    model_config: Mapping[str, Any],
+    attribution_config: Mapping[str, Any],
+    location: str,
+    layer: int,
+    transcoder_locations: Mapping[int, str],
+    samples_path: str,
+    tokens_path: str,
+    contributions_path: str,
+    totals_path: str,
+    model_name: str,
+) -> None:
+    """Rule attribution: CircuitLens contributions of every quantile sample of one shard."""
+    import pandas as pd
+
+    from circuit_insights.attribution import attribute
+    from circuit_insights.corpus import load_contexts
+    from circuit_insights.io import write_parquet_atomic
+    from circuit_insights.schemas import (
+        ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
+        ATTRIBUTION_TOTALS_SCHEMA,
+    )
+
+    model = load_subject_model(model_config, location, model_name)
+    transcoders = load_transcoders(model_config, model, transcoder_locations, model_name)
+    context_ids, tokens = load_contexts(tokens_path, "cache")
+    requests = attribution_requests(
+        pd.read_parquet(samples_path),
+        tokens,
+        context_ids,
+        samples_per_feature=attribution_config["samples_per_feature"],
+        output_k=attribution_config["output_k"],
+    )
+    started = time.perf_counter()
+    result = attribute(
+        model,
+        transcoders,
+        layer,
+        requests,
+        batch_size=attribution_config["batch_size"],
+        threshold=attribution_config["threshold"],
+        keep_top=attribution_config["keep_top"],
+        output_k=attribution_config["output_k"],
+        top_tokens=attribution_config["top_tokens"],
+    )
+    seconds = time.perf_counter() - started
+    write_parquet_atomic(
+        result.contributions_table(), contributions_path, ATTRIBUTION_CONTRIBUTIONS_SCHEMA
+    )
+    write_parquet_atomic(result.totals_table(), totals_path, ATTRIBUTION_TOTALS_SCHEMA)
+    log.info(
+        "layer %d: %d (feature, sample) pairs in %.0f s (%.2f pairs/s), %d contributions",
+        layer,
+        len(requests),
+        seconds,
+        len(requests) / max(seconds, 1e-9),
+        len(result.contributions),
+    )

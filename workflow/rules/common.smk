@@ -94,6 +94,21 @@ def weightlens_inputs(wildcards):
     return inputs
 
 
+def all_layer_transcoders(wildcards):
+    """Trained transcoder files of every configured layer of {model}, named transcoder_{L}."""
+    if model_config(wildcards)["transcoders"]["kind"] != "train":
+        return {}
+    return {
+        f"transcoder_{layer}": paths.transcoder_files(RESULTS, wildcards.model, layer)
+        for layer in model_config(wildcards)["layers"]
+    }
+
+
+def configured_layers(wildcards):
+    """Every configured layer of {model}, in order."""
+    return sorted(model_config(wildcards)["layers"])
+
+
 def all_targets():
     """Every final output of the stages implemented so far, for every model, layer and shard."""
     targets = []
@@ -101,7 +116,7 @@ def all_targets():
         for layer in block["layers"]:
             targets += [
                 paths.layer_artifact(RESULTS, model, layer, stage, name)
-                for stage in ("samples", "weightlens")
+                for stage in ("samples", "weightlens", "contributions")
                 for name in shard_names(model)
             ]
             if block["transcoders"]["kind"] == "train":

@@ -1,0 +1,32 @@
+# CircuitLens attribution per (model, layer, shard): every quantile sample's pre-activation
+# decomposed into heads, upstream features, embeddings, errors and biases, plus its output effect.
+# Transcoders of every configured layer take part (upstream: features; downstream: output side).
+
+
+rule attribution:
+    input:
+        unpack(all_layer_transcoders),
+        model=embedded_model_files,
+        samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
+        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+    output:
+        contributions=f"{RESULTS}/{{model}}/layer{{layer}}/contributions/{{shard}}.parquet",
+        totals=f"{RESULTS}/{{model}}/layer{{layer}}/attribution_totals/{{shard}}.parquet",
+    log:
+        f"{RESULTS}/logs/{{model}}/layer{{layer}}/attribution/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/layer{{layer}}/attribution/{{shard}}.tsv"
+    conda:
+        "../../envs/circuit-insights.yaml"
+    threads: config["threads"]
+    resources:
+        # frozen attention patterns: batch x length^2 x heads x layers; retries double the memory
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=240,
+    params:
+        model_name="{model}",
+        model=model_config,
+        attribution=config["attribution"],
+        layers=configured_layers,
+    script:
+        "../../scripts/attribution.py"
