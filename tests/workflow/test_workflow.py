@@ -261,3 +261,24 @@ def test_weightlens_outputs_validate_on_the_real_model(results, model_and_transc
         np.testing.assert_allclose(
             activation.numpy(), row.validated_activations, rtol=1e-3, atol=1e-4
         )
+
+
+def test_attribution_is_complete_on_the_real_model(results):
+    for name in shards(results):
+        totals = pd.read_parquet(layer_dir(results) / "attribution_totals" / f"{name}.parquet")
+        contributions = pd.read_parquet(layer_dir(results) / "contributions" / f"{name}.parquet")
+        assert pq.read_schema(layer_dir(results) / "contributions" / f"{name}.parquet").equals(
+            schemas.ATTRIBUTION_CONTRIBUTIONS_SCHEMA, check_metadata=False
+        )
+        ok = totals[totals["status"] == "ok"]
+        assert len(ok) > 0
+        # Every leaf together is the pre-activation of a plain forward pass (fp32 tolerance).
+        error = (ok["leaf_sum"] - ok["pre_activation"]).abs()
+        assert (error <= 1e-4 * ok["pre_activation"].abs().clip(lower=1.0)).all()
+        # The kept and dropped leaves account for everything.
+        np.testing.assert_allclose(
+            ok["kept_leaf_sum"] + ok["dropped_leaf_sum"], ok["leaf_sum"], rtol=1e-4, atol=1e-4
+        )
+        assert set(contributions["kind"]) >= {"head", "bias", "embedding"}
+        heads = contributions[contributions["kind"] == "head"]
+        assert (heads["delta"] <= 0).all() and heads["layer"].le(LAYER).all()
