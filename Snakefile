@@ -19,3 +19,11 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+onsuccess:
+    stop_shared_server(paths.llm_state_file(RESULTS))
+
+
+onerror:
+    stop_shared_server(paths.llm_state_file(RESULTS))

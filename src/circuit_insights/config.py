@@ -80,6 +80,18 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
             raise InputError(
                 f"config key 'models.{name}': model names may hold letters, digits, -_."
             )
+    llm = config["llm"]
+    if not llm["url"]:
+        from circuit_insights.workflow_paths import EMBEDDED_LLMS, EMBEDDED_PREFIX, is_embedded
+
+        source = llm["model"]
+        if is_embedded(source) and source.removeprefix(EMBEDDED_PREFIX) not in EMBEDDED_LLMS:
+            raise InputError(
+                f"config key 'llm.model': unknown model {source!r} "
+                f"(embedded LLMs: {', '.join(EMBEDDED_LLMS)})"
+            )
+        if not is_embedded(source) and source.startswith((".", "/")) and not Path(source).is_dir():
+            raise InputError(f"config key 'llm.model': model folder {source} does not exist")
     corpus = config["corpus"]
     if corpus["source"] == "files" and not corpus["paths"]:
         raise InputError("config key 'corpus.paths' must list files when corpus.source is files")

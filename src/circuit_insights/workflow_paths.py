@@ -10,6 +10,7 @@ from pathlib import Path
 
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_MODELS = ("gemma-3-270m",)
+EMBEDDED_LLMS = ("smollm2-135m-instruct",)
 
 
 def is_embedded(source: str) -> bool:
@@ -64,3 +65,13 @@ def shard_of(path: str | Path) -> str:
 
 #: Layer counts of the embedded models, known before they are built (for checks at start).
 EMBEDDED_N_LAYERS = {"gemma-3-270m": 18}
+
+
+def llm_state_file(results: str) -> str:
+    """Where the run's shared LLM server records its URL and pid."""
+    return f"{results}/.llm/server.json"
+
+
+def llm_cache_file(results: str) -> str:
+    """The run's LLM response cache (sqlite): reruns send nothing already answered."""
+    return f"{results}/.llm/responses.sqlite"

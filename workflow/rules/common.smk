@@ -11,6 +11,7 @@ from circuit_insights.config import (  # noqa: E402
 )
 from circuit_insights.shards import make_shards  # noqa: E402
 from circuit_insights import workflow_paths as paths  # noqa: E402
+from circuit_insights.llm_server import stop_shared_server  # noqa: E402
 
 config.update(
     validate_config(
@@ -107,6 +108,14 @@ def all_layer_transcoders(wildcards):
 def configured_layers(wildcards):
     """Every configured layer of {model}, in order."""
     return sorted(model_config(wildcards)["layers"])
+
+
+def llm_model_files(wildcards):
+    """The embedded LLM's weights when the run starts its own server on it, else nothing."""
+    source = config["llm"]["model"]
+    if config["llm"]["url"] or not paths.is_embedded(source):
+        return []
+    return f"{paths.embedded_folder(RESOURCES, source)}/model.safetensors"
 
 
 def all_targets():

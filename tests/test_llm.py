@@ -1,0 +1,525 @@
+"""The LLM client, response cache and answer parsing, against a fake OpenAI server (no vLLM)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from circuit_insights.errors import InputError
+from circuit_insights.llm import (
+    CachedBackend,
+    ChatRequest,
+    ChatResult,
+    LLMBackend,
+    LLMServerError,
+    OpenAICompatibleBackend,
+    ResponseCache,
+    cache_key,
+    parse_answer,
+)
+
+RATING_SCHEMA = {
+    "title": "Rating",
+    "type": "object",
+    "properties": {"rating": {"type": "integer", "enum": [0, 1, 2]}},
+    "required": ["rating"],
+    "additionalProperties": False,
+}
+
+# A handler gets the request body and the 1-based number of the call; it returns
+# (status, content-or-error-text, delay_s) or None to drop the connection without answering.
+Handler = Callable[[dict[str, Any], int], "tuple[int, str, float] | None"]
+
+
+class FakeOpenAIServer:
+    """A tiny OpenAI-compatible server in a thread: /v1/models and /v1/chat/completions."""
+
+    def __init__(self, handler: Handler, models: tuple[str, ...] = ("fake",)) -> None:
+        self.handler = handler
+        self.models = models
+        self.calls = 0
+        self.bodies: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.call_times: list[float] = []
+        self._lock = threading.Lock()
+        fake = self
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, payload: Any) -> None:
+                data = json.dumps(payload).encode() if not isinstance(payload, bytes) else payload
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path == "/v1/models":
+                    self._send(200, {"data": [{"id": name} for name in fake.models]})
+                else:
+                    self._send(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake._lock:
+                    fake.calls += 1
+                    number = fake.calls
+                    fake.bodies.append(body)
+                    fake.headers.append(dict(self.headers))
+                    fake.call_times.append(time.monotonic())
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    outcome = fake.handler(body, number)
+                    if outcome is None:  # the server dies: no answer, connection dropped
+                        self.close_connection = True
+                        return
+                    status, content, delay = outcome
+                    time.sleep(delay)
+                    if status != 200:
+                        self._send(status, {"error": {"message": content}})
+                        return
+                    self._send(
+                        200,
+                        {
+                            "choices": [
+                                {
+                                    "message": {"role": "assistant", "content": content},
+                                    "finish_reason": "stop",
+                                }
+                            ],
+                            "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+                        },
+                    )
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def shutdown(self) -> None:
+        """Stop answering: the listening socket closes, new connections are refused."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@contextlib.contextmanager
+def fake_server(
+    handler: Handler, models: tuple[str, ...] = ("fake",)
+) -> Iterator[FakeOpenAIServer]:
+    server = FakeOpenAIServer(handler, models)
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            server.shutdown()
+
+
+def echo_rating(body: dict[str, Any], number: int) -> tuple[int, str, float]:
+    """Answers a rating derived from the prompt, so answers differ per request."""
+    prompt = body["messages"][-1]["content"]
+    return 200, json.dumps({"rating": len(prompt) % 3}), 0.0
+
+
+def backend(url: str, **options: Any) -> OpenAICompatibleBackend:
+    options.setdefault("backoff_s", 0.01)
+    options.setdefault("max_retries", 2)
+    options.setdefault("timeout_s", 5.0)
+    return OpenAICompatibleBackend(url, "fake", **options)
+
+
+def rating_requests(n: int) -> list[ChatRequest]:
+    return [
+        ChatRequest.simple(f"rate text {'x' * i}", json_schema=RATING_SCHEMA, max_tokens=20)
+        for i in range(n)
+    ]
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Requests and cache keys
+
+
+def test_request_equality_hash_and_key_ignore_dict_order_and_list_types() -> None:
+    schema_a = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    schema_b = {"required": ["a"], "properties": {"a": {"type": "string"}}, "type": "object"}
+    a = ChatRequest(messages=(("system", "s"), ("user", "u")), json_schema=schema_a)
+    b = ChatRequest(messages=[["system", "s"], ["user", "u"]], json_schema=schema_b)  # type: ignore[arg-type]
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a.canonical_json() == b.canonical_json()
+    assert cache_key("m", a) == cache_key("m", b)
+    assert isinstance(a.messages, tuple) and isinstance(b.messages[0], tuple)
+
+
+def test_request_is_detached_from_the_callers_schema() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    request = ChatRequest.simple("u", json_schema=schema)
+    key = cache_key("m", request)
+    schema["properties"]["b"] = {"type": "integer"}
+    assert cache_key("m", request) == key
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"temperature": 0.5},
+        {"max_tokens": 255},
+        {"seed": 1},
+        {"json_schema": RATING_SCHEMA},
+        {"user": "other"},
+        {"system": "sys"},
+    ],
+)
+def test_every_field_and_the_model_change_the_key(change: dict[str, Any]) -> None:
+    base: dict[str, Any] = {"user": "hello"}
+    request = ChatRequest.simple(**base)
+    changed = ChatRequest.simple(**{**base, **change})
+    assert cache_key("m", request) != cache_key("m", changed)
+    assert cache_key("m", request) != cache_key("n", request)
+
+
+def test_cache_key_is_stable_across_versions() -> None:
+    """A fixed request has a fixed key: a change here invalidates every user's cache."""
+    request = ChatRequest(
+        messages=(("system", "You rate texts."), ("user", "Rate: café")),
+        json_schema={"type": "object"},
+        temperature=0.0,
+        max_tokens=64,
+        seed=3,
+    )
+    documented = {  # the format written down in docs/llm.md
+        "model": "smollm2",
+        "request": {
+            "format": 1,
+            "messages": [["system", "You rate texts."], ["user", "Rate: café"]],
+            "json_schema": {"type": "object"},
+            "temperature": 0.0,
+            "max_tokens": 64,
+            "seed": 3,
+        },
+    }
+    text = json.dumps(documented, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert cache_key("smollm2", request) == hashlib.sha256(text.encode()).hexdigest()
+    assert cache_key("smollm2", request) == (
+        "4b28b781066a8c473ddfe76d09af00ba4c29bc6e59ac5f324c047420381cfc3f"
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"messages": ()},
+        {"messages": (("wizard", "x"),)},
+        {"messages": (("user", 3),)},
+        {"messages": (("user", "x"),), "temperature": -1.0},
+        {"messages": (("user", "x"),), "max_tokens": 0},
+        {"messages": (("user", "x"),), "json_schema": {"bad": {1, 2}}},
+    ],
+)
+def test_bad_requests_raise_input_error(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(InputError):
+        ChatRequest(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "parsed"),
+    [
+        ('{"rating": 2}', "ok", {"rating": 2}),
+        ('  ```json\n{"rating": 1}\n```  ', "ok", {"rating": 1}),
+        ('Sure! Here it is: {"rating": 0} Hope it helps.', "ok", {"rating": 0}),
+        ("The answer is 3.", "unparseable", None),
+        ('{"rating": 3}', "unparseable", {"rating": 3}),
+        ('{"rating": 2', "unparseable", None),
+        ("", "empty", None),
+        ("   \n", "empty", None),
+    ],
+)
+def test_parse_answer_with_schema(text: str, status: str, parsed: Any) -> None:
+    value, got_status, error = parse_answer(text, RATING_SCHEMA)
+    assert got_status == status
+    assert value == parsed
+    assert (error is None) == (status in ("ok", "empty"))
+
+
+def test_parse_answer_without_schema_keeps_text_only() -> None:
+    assert parse_answer("free text", None) == (None, "ok", None)
+    assert parse_answer("", None) == (None, "empty", None)
+
+
+# ----------------------------------------------------------------------------------------------
+# The HTTP client
+
+
+def test_answers_come_back_in_order_with_structured_output_requested() -> None:
+    requests = rating_requests(12)
+    with fake_server(echo_rating) as server:
+        results = backend(server.url, concurrency=4).chat_many(requests)
+    assert [r.parsed for r in results] == [{"rating": len(r.messages[-1][1]) % 3} for r in requests]
+    assert all(r.parse_status == "ok" and not r.cached for r in results)
+    assert all(r.tokens_in == 7 and r.tokens_out == 3 for r in results)
+    body = server.bodies[0]
+    assert body["model"] == "fake" and body["temperature"] == 0.0 and body["seed"] == 0
+    assert body["response_format"]["type"] == "json_schema"
+    assert body["response_format"]["json_schema"]["schema"] == RATING_SCHEMA
+    assert body["response_format"]["json_schema"]["name"] == "Rating"
+    plain = backend("http://127.0.0.1:1/v1").payload(ChatRequest.simple("hi"))
+    assert "response_format" not in plain
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_concurrency_limit_is_honoured(concurrency: int) -> None:
+    def slow(body: dict[str, Any], number: int) -> tuple[int, str, float]:
+        return 200, '{"rating": 1}', 0.15
+
+    with fake_server(slow) as server:
+        results = backend(server.url, concurrency=concurrency).chat_many(rating_requests(9))
+    assert len(results) == 9
+    assert server.max_in_flight <= concurrency
+    assert server.max_in_flight == concurrency  # and the pool is actually used
+
+
+def test_retries_with_exponential_backoff_on_server_errors() -> None:
+    def flaky(body: dict[str, Any], number: int) -> tuple[int, str, float]:
+        return (503, "busy", 0.0) if number <= 2 else (200, '{"rating": 2}', 0.0)
+
+    with fake_server(flaky) as server:
+        (result,) = backend(server.url, backoff_s=0.1, max_retries=3).chat_many(rating_requests(1))
+    assert result.parse_status == "ok" and result.parsed == {"rating": 2}
+    assert server.calls == 3
+    gaps = [b - a for a, b in zip(server.call_times, server.call_times[1:], strict=False)]
+    assert gaps[0] >= 0.1 * 0.9 and gaps[1] >= 0.2 * 0.9  # waits double
+
+
+def test_retries_spent_raise_naming_the_server() -> None:
+    with fake_server(lambda body, number: (500, "boom", 0.0)) as server:
+        with pytest.raises(LLMServerError, match="127.0.0.1"):
+            backend(server.url, max_retries=2).chat_many(rating_requests(1))
+    assert server.calls == 3
+
+
+def test_a_request_that_times_out_is_retried() -> None:
+    def first_slow(body: dict[str, Any], number: int) -> tuple[int, str, float]:
+        return 200, '{"rating": 0}', (1.5 if number == 1 else 0.0)
+
+    with fake_server(first_slow) as server:
+        (result,) = backend(server.url, timeout_s=0.3, max_retries=1).chat_many(rating_requests(1))
+    assert result.parsed == {"rating": 0}
+    assert server.calls == 2
+
+
+def test_timeout_without_retries_raises() -> None:
+    with fake_server(lambda body, number: (200, '{"rating": 0}', 1.5)) as server:
+        start = time.monotonic()
+        with pytest.raises(LLMServerError, match="Timeout"):
+            backend(server.url, timeout_s=0.3, max_retries=0).chat_many(rating_requests(1))
+        assert time.monotonic() - start < 1.4
+
+
+def test_unparseable_empty_and_rejected_answers_are_results_not_exceptions() -> None:
+    answers = {0: "The answer is 3.", 1: "", 2: '{"rating": 1}'}
+
+    def mixed(body: dict[str, Any], number: int) -> tuple[int, str, float]:
+        index = int(body["messages"][-1]["content"].split()[-1])
+        if index == 3:
+            return 400, "This model's maximum context length is 2048 tokens", 0.0
+        return 200, answers[index], 0.0
+
+    requests = [ChatRequest.simple(f"q {i}", json_schema=RATING_SCHEMA) for i in range(4)]
+    with fake_server(mixed) as server:
+        results = backend(server.url).chat_many(requests)
+    assert [r.parse_status for r in results] == ["unparseable", "empty", "ok", "error"]
+    assert results[0].text == "The answer is 3." and results[0].parsed is None
+    assert "not JSON" in (results[0].error or "")
+    assert results[1].text == "" and results[1].error is None
+    assert "maximum context length" in (results[3].error or "")
+    assert server.calls == 4  # a 400 is not retried
+
+
+def test_unreachable_server_is_an_input_error_naming_the_url() -> None:
+    url = f"http://127.0.0.1:{unused_port()}/v1"
+    with pytest.raises(InputError, match=f"LLM server at {url} is unreachable"):
+        backend(url, max_retries=1).chat_many(rating_requests(1))
+
+
+def test_a_model_the_server_does_not_serve_is_an_input_error() -> None:
+    with fake_server(echo_rating, models=("other",)) as server:
+        with pytest.raises(InputError, match="does not serve model 'fake'"):
+            backend(server.url).chat_many(rating_requests(1))
+
+
+def test_api_key_comes_from_the_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    with fake_server(echo_rating) as server:
+        monkeypatch.delenv("CI_TEST_LLM_KEY", raising=False)
+        with pytest.raises(InputError, match="CI_TEST_LLM_KEY"):
+            backend(server.url, api_key_env="CI_TEST_LLM_KEY").chat_many(rating_requests(1))
+        monkeypatch.setenv("CI_TEST_LLM_KEY", "sekret")
+        backend(server.url, api_key_env="CI_TEST_LLM_KEY").chat_many(rating_requests(1))
+    assert server.headers[-1]["Authorization"] == "Bearer sekret"
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache
+
+
+class CountingBackend:
+    """A fake backend that counts the requests it is sent."""
+
+    model_name = "counting"
+
+    def __init__(self) -> None:
+        self.sent: list[ChatRequest] = []
+
+    def chat_many(self, requests: Any) -> list[ChatResult]:
+        self.sent.extend(requests)
+        return [
+            ChatResult(
+                text=f"answer to {r.messages[-1][1]}",
+                parsed=None,
+                parse_status="ok",
+                tokens_in=1,
+                tokens_out=1,
+                latency_s=0.0,
+                cached=False,
+                error=None,
+            )
+            for r in requests
+        ]
+
+
+def test_cached_backend_sends_each_distinct_request_once(tmp_path: Any) -> None:
+    inner = CountingBackend()
+    requests = [ChatRequest.simple(f"q{i % 5}") for i in range(10)]  # 5 distinct, twice each
+    with ResponseCache(tmp_path / "llm.sqlite") as cache:
+        cached = CachedBackend(inner, cache)
+        assert isinstance(cached, LLMBackend)
+        first = cached.chat_many(requests)
+        assert len(inner.sent) == 5
+        assert [r.text for r in first] == [f"answer to q{i % 5}" for i in range(10)]
+        more = requests + [ChatRequest.simple("new")]
+        second = cached.chat_many(more)
+        assert len(inner.sent) == 6 and inner.sent[-1] == ChatRequest.simple("new")
+        assert [r.text for r in second[:10]] == [r.text for r in first]
+        assert all(r.cached for r in second[:10]) and not second[10].cached
+    # a new process (new cache object on the same file) sends nothing either
+    with ResponseCache(tmp_path / "llm.sqlite") as cache:
+        again = CachedBackend(inner, cache).chat_many(more)
+        assert len(inner.sent) == 6 and len(cache) == 6
+        assert [r.text for r in again] == [r.text for r in second]
+
+
+def test_errors_are_not_cached_and_parsed_values_round_trip(tmp_path: Any) -> None:
+    request = ChatRequest.simple("x", json_schema=RATING_SCHEMA)
+    ok = ChatResult('{"rating": 1}', {"rating": 1}, "ok", 3, 4, 0.5, False, None)
+    error = ChatResult("", None, "error", 0, 0, 0.1, False, "HTTP 400")
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        assert cache.put("k1", "m", request, ok)
+        assert not cache.put("k2", "m", request, error)
+        got = cache.get("k1")
+        assert got is not None and got.cached and got.parsed == {"rating": 1}
+        assert (got.tokens_in, got.tokens_out, got.latency_s) == (3, 4, 0.5)
+        assert cache.get("k2") is None
+
+
+def test_server_dying_mid_run_keeps_answers_and_rerun_sends_only_the_missing(tmp_path: Any) -> None:
+    requests = rating_requests(10)
+    dead = threading.Event()
+
+    def dies_after_four(body: dict[str, Any], number: int) -> tuple[int, str, float] | None:
+        if number > 4:
+            if not dead.is_set():
+                dead.set()
+                threading.Thread(target=server.shutdown, daemon=True).start()
+            return None
+        return echo_rating(body, number)
+
+    cache_path = tmp_path / "llm.sqlite"
+    with fake_server(dies_after_four) as server:
+        with ResponseCache(cache_path) as cache:
+            with pytest.raises(LLMServerError):
+                CachedBackend(backend(server.url, concurrency=2), cache).chat_many(requests)
+            answered = len(cache)
+    assert answered == 4
+
+    with fake_server(echo_rating) as second:  # the server restarted (another port, same model)
+        with ResponseCache(cache_path) as cache:
+            results = CachedBackend(backend(second.url, concurrency=2), cache).chat_many(requests)
+            assert len(cache) == 10
+    assert second.calls == 6
+    sent = {body["messages"][-1]["content"] for body in second.bodies}
+    assert len(sent) == 6
+    assert sum(r.cached for r in results) == 4
+    assert [r.parsed for r in results] == [{"rating": len(r.messages[-1][1]) % 3} for r in requests]
+
+
+def _write_entries(path: str, worker: int, n: int) -> None:
+    request = ChatRequest.simple("x")
+    result = ChatResult("a", None, "ok", 1, 1, 0.0, False, None)
+    with ResponseCache(path) as cache:
+        for i in range(n):
+            cache.put(f"{worker}-{i}", "m", request, result)
+
+
+def test_cache_is_shared_safely_by_processes(tmp_path: Any) -> None:
+    path = str(tmp_path / "shared.sqlite")
+    ResponseCache(path).close()
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_write_entries, args=(path, w, 100)) for w in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    with ResponseCache(path) as cache:
+        assert len(cache) == 300
+        assert cache.get("2-99") is not None
+
+
+def test_a_corrupt_cache_file_is_an_input_error_naming_it(tmp_path: Any) -> None:
+    path = tmp_path / "broken.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(InputError, match="broken.sqlite"):
+        ResponseCache(path)
+
+
+def test_stopping_early_does_not_wait_for_answers_in_flight() -> None:
+    def slow_after_first(body: dict[str, Any], number: int) -> tuple[int, str, float]:
+        return 200, '{"rating": 1}', (0.0 if number == 1 else 3.0)
+
+    with fake_server(slow_after_first) as server:
+        client = backend(server.url, concurrency=1)
+        start = time.monotonic()
+        for _index, _result in client.iter_chat(rating_requests(5)):
+            break
+        assert time.monotonic() - start < 2.0
+        assert server.calls <= 2  # the rest were never sent
