@@ -13,6 +13,8 @@ include: "workflow/rules/activations.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/weightlens.smk"
 include: "workflow/rules/attribution.smk"
+include: "workflow/rules/clustering.smk"
+include: "workflow/rules/explain.smk"
 
 
 rule all:

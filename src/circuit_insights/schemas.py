@@ -382,3 +382,97 @@ CLUSTER_ASSIGNMENTS_SCHEMA = pa.schema(
         pa.field("set_size", pa.int32(), nullable=False),
     ]
 )
+
+# --- explanations ---
+
+#: Feature descriptions (``circuit_insights.explain``; definitions in
+#: ``docs/clustering_and_explanations.md``), per (layer, shard). Per (feature, variant) exactly one
+#: final row (``cluster`` -1, ``is_final``), the description FADE evaluates; CL variants also one
+#: row per described cluster (``cluster`` >= 0). ``step``: ``describe`` (one LLM answer),
+#: ``merge`` (LLM combination of the cluster rows), ``copy`` (the only cluster description,
+#: repeated; tokens not counted again), ``rule`` (LLM-free), ``missing_input`` / ``skipped`` (no
+#: description; ``error`` says why). ``n_clusters``: clusters described for the feature (CL
+#: variants; 0 otherwise). ``parse_status``: the LLM answer's (``ok``, ``empty``, ``unparseable``,
+#: ``error``), ``ok`` for rule and copy rows, ``missing_input`` / ``skipped`` otherwise;
+#: ``description`` is null unless ``ok``. ``prompt_hash``: sha256 of the request's canonical JSON
+#: (null without request); ``raw_text``: the LLM's answer as it came (null without one);
+#: ``llm_model`` empty for rule rows.
+EXPLANATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("feature", pa.int32(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("cluster", pa.int32(), nullable=False),
+        pa.field("is_final", pa.bool_(), nullable=False),
+        pa.field("step", pa.string(), nullable=False),
+        pa.field("n_clusters", pa.int32(), nullable=False),
+        pa.field("description", pa.string()),
+        pa.field("prompt_version", pa.string(), nullable=False),
+        pa.field("prompt_hash", pa.string()),
+        pa.field("llm_model", pa.string(), nullable=False),
+        pa.field("tokens_in", pa.int64(), nullable=False),
+        pa.field("tokens_out", pa.int64(), nullable=False),
+        pa.field("latency_s", pa.float64(), nullable=False),
+        pa.field("cached", pa.bool_(), nullable=False),
+        pa.field("parse_status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("raw_text", pa.string()),
+    ]
+)
+
+# --- summary ---
+
+#: Scores of one model in long form (``circuit_insights.summary.summarize_model``; definitions in
+#: ``docs/report.md``): one row per (layer, feature, variant, metric). ``metric``: the FADE
+#: metrics ``clarity``, ``responsiveness``, ``purity``, ``faithfulness`` of every evaluated
+#: variant, and the LLM-free ``weightlens_auroc`` / ``weightlens_precision`` (variant
+#: ``weightlens_rule``) of every feature. ``value`` is null when undefined, and ``reason`` (the
+#: evaluation's ``*_reason`` / WeightLens ``score_reason``, or ``no_weightlens_result``) is
+#: non-null exactly then.
+SUMMARY_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("feature", pa.int32(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+#: The paper-style table (``circuit_insights.summary.metric_table``): per (model, variant, layer,
+#: metric) the mean over features with a value (``n``) and its percentile-bootstrap CI
+#: (``ci_low``, ``ci_high``; null when ``n`` is 0); ``n_missing`` features without a value,
+#: ``missing_reasons`` their reasons with counts (``"gated: 3; no_rated_0: 1"``, empty when none).
+METRIC_TABLE_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("n", pa.int64(), nullable=False),
+        pa.field("n_missing", pa.int64(), nullable=False),
+        pa.field("mean", pa.float64()),
+        pa.field("ci_low", pa.float64()),
+        pa.field("ci_high", pa.float64()),
+        pa.field("missing_reasons", pa.string(), nullable=False),
+    ]
+)
+
+#: Share of features WeightLens validates / classifies token-based
+#: (``circuit_insights.summary.token_based_shares``), per layer and over all layers (``layer``
+#: null), next to the paper's figure for the model's family (``paper_*`` null for other models).
+TOKEN_SHARES_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("layer", pa.int32()),
+        pa.field("n_features", pa.int64(), nullable=False),
+        pa.field("n_validated", pa.int64(), nullable=False),
+        pa.field("validated_share", pa.float64()),
+        pa.field("n_token_based", pa.int64(), nullable=False),
+        pa.field("token_based_share", pa.float64()),
+        pa.field("paper_model", pa.string()),
+        pa.field("paper_share", pa.float64()),
+    ]
+)

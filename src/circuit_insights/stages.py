@@ -623,7 +623,9 @@ def server_python(llm_config: Mapping[str, Any]) -> str:
     return str(candidate.absolute()) if candidate.exists() else sys.executable
 
 
-def llm_backend(llm_config: Mapping[str, Any], model_location: str, results: str) -> Any:
+def llm_backend(
+    llm_config: Mapping[str, Any], model_location: str, state_file: str, cache_file: str
+) -> Any:
     """The run's LLM behind the response cache: a configured URL, or the shared vLLM server
     (started by the first job that needs it; the workflow stops it at the end)."""
     from circuit_insights.llm import CachedBackend, OpenAICompatibleBackend, ResponseCache
@@ -642,7 +644,6 @@ def llm_backend(llm_config: Mapping[str, Any], model_location: str, results: str
             **options,
         )
     else:
-        state_file = paths.llm_state_file(results)
         Path(state_file).parent.mkdir(parents=True, exist_ok=True)
         ensure_shared_server(
             model_location,
@@ -654,4 +655,125 @@ def llm_backend(llm_config: Mapping[str, Any], model_location: str, results: str
             log_path=str(Path(state_file).with_suffix(".log")),
         )
         inner = backend_from_state(state_file, **options)
-    return CachedBackend(inner, ResponseCache(paths.llm_cache_file(results)))
+    Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+    return CachedBackend(inner, ResponseCache(cache_file))
+
+
+# --- clustering and explanations -----------------------------------------------------------------
+
+
+def run_cluster_stage(
+    clustering_config: Mapping[str, Any],
+    contributions_path: str,
+    totals_path: str,
+    weightlens_path: str,
+    tokenizer_location: str,
+    clusters_path: str,
+    assignments_path: str,
+) -> None:
+    """Rule cluster: each feature's samples clustered by their circuits (contribution sets)."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from circuit_insights.clustering import ClusteringConfig, cluster_shard, write_clusters
+
+    clusters, assignments = cluster_shard(
+        pd.read_parquet(contributions_path),
+        pd.read_parquet(totals_path),
+        pd.read_parquet(weightlens_path),
+        AutoTokenizer.from_pretrained(tokenizer_location),
+        ClusteringConfig.from_mapping(clustering_config),
+    )
+    write_clusters(clusters, assignments, clusters_path, assignments_path)
+    real = clusters[clusters["cluster"] >= 0]
+    per_feature = real.groupby("feature").size()
+    log.info(
+        "%d features clustered, %.2f clusters per feature on average",
+        assignments["feature"].nunique(),
+        per_feature.mean() if len(per_feature) else 0.0,
+    )
+
+
+def features_to_explain(
+    samples: Any, *, features_per_shard: int | None, min_samples: int, seed: int, shard_name: str
+) -> list[int]:
+    """The features of a shard that get explanations: those with at least ``min_samples``
+    quantile samples, all of them or a seeded draw of ``features_per_shard``."""
+    from circuit_insights.shards import parse_shard
+
+    quantile = samples[samples["kind"] == "quantile"]
+    counts = quantile.groupby("feature").size()
+    eligible = sorted(int(f) for f in counts[counts >= min_samples].index)
+    if features_per_shard is None or len(eligible) <= features_per_shard:
+        return eligible
+    shard = parse_shard(shard_name)
+    rng = np.random.default_rng([seed, shard.start])
+    return sorted(int(f) for f in rng.choice(eligible, features_per_shard, replace=False))
+
+
+def run_explain_stage(
+    model_config: Mapping[str, Any],
+    explain_config: Mapping[str, Any],
+    llm_config: Mapping[str, Any],
+    model_location: str,
+    llm_location: str,
+    layer: int,
+    shard_name: str,
+    weightlens_path: str,
+    clusters_path: str,
+    samples_path: str,
+    tokens_path: str,
+    out_path: str,
+    llm_files: tuple[str, str],
+) -> None:
+    """Rule explain: descriptions of the chosen features of a shard by every variant."""
+    import pandas as pd
+
+    from circuit_insights.corpus import load_contexts
+    from circuit_insights.explain import (
+        LLM_VARIANTS,
+        ExplainConfig,
+        build_feature_inputs,
+        explain_shard,
+        write_explanations,
+    )
+
+    tokenizer, bos = load_tokenizer_and_bos(model_config, model_location)
+    samples = pd.read_parquet(samples_path)
+    features = features_to_explain(
+        samples,
+        features_per_shard=explain_config["features_per_shard"],
+        min_samples=explain_config["min_samples"],
+        seed=explain_config["seed"],
+        shard_name=shard_name,
+    )
+    context_ids, tokens = load_contexts(tokens_path, "cache")
+    config = ExplainConfig(max_answer_tokens=llm_config["max_tokens"])
+    inputs = build_feature_inputs(
+        layer=layer,
+        features=features,
+        weightlens_df=pd.read_parquet(weightlens_path),
+        clusters_df=pd.read_parquet(clusters_path),
+        samples_df=samples,
+        context_ids=context_ids,
+        tokens=tokens,
+        tokenizer=tokenizer,
+        bos_token_id=bos,
+        config=config,
+    )
+    variants = list(explain_config["variants"])
+    needs_llm = any(variant in LLM_VARIANTS for variant in variants)
+    backend = llm_backend(llm_config, llm_location, *llm_files) if needs_llm and features else None
+    started = time.perf_counter()
+    frame = explain_shard(backend, inputs, variants, config)
+    write_explanations(frame, out_path)
+    final = frame[frame["is_final"]]
+    log.info(
+        "layer %d shard %s: %d features x %d variants in %.0f s; parse status %s",
+        layer,
+        shard_name,
+        len(features),
+        len(variants),
+        time.perf_counter() - started,
+        final["parse_status"].value_counts().to_dict() if len(final) else {},
+    )

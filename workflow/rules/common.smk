@@ -125,7 +125,7 @@ def all_targets():
         for layer in block["layers"]:
             targets += [
                 paths.layer_artifact(RESULTS, model, layer, stage, name)
-                for stage in ("samples", "weightlens", "contributions")
+                for stage in ("samples", "weightlens", "explanations")
                 for name in shard_names(model)
             ]
             if block["transcoders"]["kind"] == "train":

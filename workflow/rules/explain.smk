@@ -1,0 +1,31 @@
+# Per (model, layer, shard): descriptions of the chosen features by every explanation variant,
+# written by the LLM (a vLLM server the first job starts and the run stops, or a configured URL).
+
+
+rule explain:
+    input:
+        model=embedded_model_files,
+        llm=llm_model_files,
+        weightlens=f"{RESULTS}/{{model}}/layer{{layer}}/weightlens/{{shard}}.parquet",
+        clusters=f"{RESULTS}/{{model}}/layer{{layer}}/clusters/{{shard}}.parquet",
+        samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
+        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+    output:
+        explanations=f"{RESULTS}/{{model}}/layer{{layer}}/explanations/{{shard}}.parquet",
+    log:
+        f"{RESULTS}/logs/{{model}}/layer{{layer}}/explain/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/layer{{layer}}/explain/{{shard}}.tsv"
+    conda:
+        "../../envs/circuit-insights.yaml"
+    resources:
+        mem_mb=2000,  # the job itself; the shared vLLM server holds ~4.5 GB more
+        runtime=240,
+        llm=1,  # jobs that talk to the LLM: cap with --resources llm=N
+    params:
+        model=model_config,
+        explain=config["explain"],
+        llm=config["llm"],
+        llm_files=(paths.llm_state_file(RESULTS), paths.llm_cache_file(RESULTS)),
+    script:
+        "../../scripts/explain.py"
