@@ -15,6 +15,7 @@ include: "workflow/rules/weightlens.smk"
 include: "workflow/rules/attribution.smk"
 include: "workflow/rules/clustering.smk"
 include: "workflow/rules/explain.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

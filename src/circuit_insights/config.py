@@ -80,6 +80,12 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
             raise InputError(
                 f"config key 'models.{name}': model names may hold letters, digits, -_."
             )
+    missing = sorted(set(config["evaluate"]["variants"]) - set(config["explain"]["variants"]))
+    if missing:
+        raise InputError(
+            f"config key 'evaluate.variants': {missing} are not in explain.variants, "
+            "so they have no descriptions to score"
+        )
     llm = config["llm"]
     if not llm["url"]:
         from circuit_insights.workflow_paths import EMBEDDED_LLMS, EMBEDDED_PREFIX, is_embedded

@@ -101,7 +101,9 @@ VARIANTS: tuple[str, ...] = (
 ANSWER_SCHEMA: dict[str, Any] = {
     "title": "feature_description",
     "type": "object",
-    "properties": {"description": {"type": "string"}},
+    # maxLength: a small explainer that repeats itself is cut at a closed string (vLLM's
+    # structured outputs honour it), instead of running into max_tokens with unparseable JSON.
+    "properties": {"description": {"type": "string", "minLength": 1, "maxLength": 400}},
     "required": ["description"],
     "additionalProperties": False,
 }

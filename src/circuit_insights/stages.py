@@ -777,3 +777,61 @@ def run_explain_stage(
         time.perf_counter() - started,
         final["parse_status"].value_counts().to_dict() if len(final) else {},
     )
+
+
+# --- FADE evaluation ---------------------------------------------------------------------------
+
+
+def run_evaluate_stage(
+    model_config: Mapping[str, Any],
+    evaluate_config: Mapping[str, Any],
+    llm_config: Mapping[str, Any],
+    model_location: str,
+    llm_location: str,
+    layer: int,
+    variant: str,
+    transcoder_path: str,
+    explanations_path: str,
+    heldout_path: str,
+    feature_stats_path: str,
+    tokens_path: str,
+    out_path: str,
+    llm_files: tuple[str, str],
+    model_name: str,
+) -> None:
+    """Rule evaluate: FADE scores of one variant's descriptions of one shard."""
+    import pandas as pd
+
+    from circuit_insights.corpus import load_contexts
+    from circuit_insights.explain import final_descriptions
+    from circuit_insights.fade import evaluate_descriptions, write_fade_evaluation
+
+    descriptions = final_descriptions(pd.read_parquet(explanations_path))
+    descriptions = descriptions[descriptions["variant"] == variant].sort_values("feature")
+    if evaluate_config["features_per_shard"] is not None:
+        descriptions = descriptions.head(evaluate_config["features_per_shard"])
+    model = load_subject_model(model_config, model_location, model_name)
+    transcoder = load_layer_transcoder(model_config, model, layer, transcoder_path, model_name)
+    stats = pd.read_parquet(feature_stats_path)
+    max_activations = dict(zip(stats["feature"].astype(int), stats["max_activation"], strict=True))
+    backend = llm_backend(llm_config, llm_location, *llm_files)
+    started = time.perf_counter()
+    frame = evaluate_descriptions(
+        model,
+        transcoder,
+        descriptions,
+        pd.read_parquet(heldout_path),
+        load_contexts(tokens_path, "eval"),
+        backend,
+        evaluate_config["preset"],
+        evaluate_config["seed"],
+        max_activations=max_activations,
+    )
+    write_fade_evaluation(frame, out_path)
+    log.info(
+        "layer %d variant %s: %d features scored in %.0f s",
+        layer,
+        variant,
+        len(frame),
+        time.perf_counter() - started,
+    )

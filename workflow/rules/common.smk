@@ -28,6 +28,7 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_.\-]+",
     layer=r"\d+",
     shard=r"f\d{6}-\d{6}",
+    variant=r"[a-z_]+",
 
 
 def model_config(wildcards):
@@ -118,6 +119,13 @@ def llm_model_files(wildcards):
     return f"{paths.embedded_folder(RESOURCES, source)}/model.safetensors"
 
 
+def layer_transcoder_files(wildcards):
+    """The trained transcoder files of {layer}; nothing for pretrained ones."""
+    if model_config(wildcards)["transcoders"]["kind"] != "train":
+        return []
+    return paths.transcoder_files(RESULTS, wildcards.model, wildcards.layer)
+
+
 def all_targets():
     """Every final output of the stages implemented so far, for every model, layer and shard."""
     targets = []
@@ -126,6 +134,11 @@ def all_targets():
             targets += [
                 paths.layer_artifact(RESULTS, model, layer, stage, name)
                 for stage in ("samples", "weightlens", "explanations")
+                for name in shard_names(model)
+            ]
+            targets += [
+                f"{RESULTS}/{model}/layer{layer}/evaluation/{variant}/{name}.parquet"
+                for variant in config["evaluate"]["variants"]
                 for name in shard_names(model)
             ]
             if block["transcoders"]["kind"] == "train":

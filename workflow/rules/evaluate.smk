@@ -1,0 +1,34 @@
+# FADE scores per (model, layer, shard, variant): Clarity, Responsiveness, Purity, Faithfulness of
+# each explained feature's description, rated by the same LLM (METHOD.md section 6).
+
+
+rule evaluate:
+    input:
+        model=embedded_model_files,
+        llm=llm_model_files,
+        transcoder=layer_transcoder_files,
+        explanations=f"{RESULTS}/{{model}}/layer{{layer}}/explanations/{{shard}}.parquet",
+        heldout=f"{RESULTS}/{{model}}/layer{{layer}}/heldout_activations/{{shard}}.parquet",
+        feature_stats=f"{RESULTS}/{{model}}/layer{{layer}}/feature_stats/{{shard}}.parquet",
+        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+    output:
+        evaluation=f"{RESULTS}/{{model}}/layer{{layer}}/evaluation/{{variant}}/{{shard}}.parquet",
+    log:
+        f"{RESULTS}/logs/{{model}}/layer{{layer}}/evaluate/{{variant}}/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/layer{{layer}}/evaluate/{{variant}}/{{shard}}.tsv"
+    conda:
+        "../../envs/circuit-insights.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,  # the subject model generating
+        runtime=240,
+        llm=1,
+    params:
+        model_name="{model}",
+        model=model_config,
+        evaluate=config["evaluate"],
+        llm=config["llm"],
+        llm_files=(paths.llm_state_file(RESULTS), paths.llm_cache_file(RESULTS)),
+    script:
+        "../../scripts/evaluate.py"
