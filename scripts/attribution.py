@@ -18,8 +18,10 @@ inputs = dict(snakemake.input.items())
 run_attribution_stage(
     model_config,
     snakemake.params.attribution,
+    snakemake.params.explain,
     job_model_location(model_config["source"], snakemake.input.model),
     int(snakemake.wildcards.layer),
+    snakemake.wildcards.shard,
     {
         layer: transcoder_location(model_config, inputs.get(f"transcoder_{layer}", []), layer)
         for layer in snakemake.params.layers

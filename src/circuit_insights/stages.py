@@ -525,6 +525,7 @@ def attribution_requests(
     *,
     samples_per_feature: int | None,
     output_k: int,
+    features: Sequence[int] | None = None,
 ) -> list[Any]:
     """Requests for the quantile samples of a shard: each context cut ``output_k`` tokens after
     its target (the target's own pre-activation sees nothing after it; the output side needs the
@@ -532,6 +533,8 @@ def attribution_requests(
     from circuit_insights.attribution import AttributionRequest
 
     quantile = samples[samples["kind"] == "quantile"].sort_values(["feature", "rank"])
+    if features is not None:
+        quantile = quantile[quantile["feature"].isin(list(features))]
     if samples_per_feature is not None:
         quantile = quantile[quantile["rank"] < samples_per_feature]
     row_of = {int(context): row for row, context in enumerate(context_ids)}
@@ -553,8 +556,10 @@ def attribution_requests(
 def run_attribution_stage(
     model_config: Mapping[str, Any],
     attribution_config: Mapping[str, Any],
+    explain_config: Mapping[str, Any],
     location: str,
     layer: int,
+    shard_name: str,
     transcoder_locations: Mapping[int, str],
     samples_path: str,
     tokens_path: str,
@@ -576,12 +581,23 @@ def run_attribution_stage(
     model = load_subject_model(model_config, location, model_name)
     transcoders = load_transcoders(model_config, model, transcoder_locations, model_name)
     context_ids, tokens = load_contexts(tokens_path, "cache")
+    samples = pd.read_parquet(samples_path)
+    features = None
+    if not attribution_config["all_features"]:
+        features = features_to_explain(
+            samples,
+            features_per_shard=explain_config["features_per_shard"],
+            min_samples=explain_config["min_samples"],
+            seed=explain_config["seed"],
+            shard_name=shard_name,
+        )
     requests = attribution_requests(
-        pd.read_parquet(samples_path),
+        samples,
         tokens,
         context_ids,
         samples_per_feature=attribution_config["samples_per_feature"],
         output_k=attribution_config["output_k"],
+        features=features,
     )
     started = time.perf_counter()
     result = attribute(

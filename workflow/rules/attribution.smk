@@ -27,6 +27,7 @@ rule attribution:
         model_name="{model}",
         model=model_config,
         attribution=config["attribution"],
+        explain=config["explain"],
         layers=configured_layers,
     script:
         "../../scripts/attribution.py"
