@@ -16,6 +16,7 @@ include: "workflow/rules/attribution.smk"
 include: "workflow/rules/clustering.smk"
 include: "workflow/rules/explain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

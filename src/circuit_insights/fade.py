@@ -257,9 +257,18 @@ def _answer(result: ChatResult) -> Any:
 
 # --- synthetic texts -------------------------------------------------------------------------
 
+# Lengths are bounded so that a small LLM that repeats itself still closes its JSON before
+# max_tokens (vLLM's structured outputs honour maxItems and maxLength).
 GENERATION_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"texts": {"type": "array", "items": {"type": "string"}}},
+    "properties": {
+        "texts": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": 300},
+            "minItems": 1,
+            "maxItems": 10,
+        }
+    },
     "required": ["texts"],
     "additionalProperties": False,
 }
@@ -339,6 +348,16 @@ RATING_SCHEMA: dict[str, Any] = {
 }
 
 
+def rating_schema(n_texts: int) -> dict[str, Any]:
+    """:data:`RATING_SCHEMA` for exactly ``n_texts`` texts numbered 1..n (ids and count bounded,
+    so the answer cannot run on past the batch)."""
+    schema = json.loads(json.dumps(RATING_SCHEMA))
+    ratings = schema["properties"]["ratings"]
+    ratings["minItems"] = ratings["maxItems"] = n_texts
+    ratings["items"]["properties"]["id"].update(minimum=1, maximum=n_texts)
+    return schema
+
+
 def _as_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -405,7 +424,7 @@ def _rating_request(
                 ),
             ),
         ),
-        json_schema=RATING_SCHEMA,
+        json_schema=rating_schema(len(texts)),
         temperature=0.0,
         max_tokens=max_tokens if max_tokens is not None else 32 + 16 * len(texts),
         seed=seed,

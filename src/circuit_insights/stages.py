@@ -851,3 +851,43 @@ def run_evaluate_stage(
         len(frame),
         time.perf_counter() - started,
     )
+
+
+# --- summary and report ------------------------------------------------------------------------
+
+
+def run_summarize_stage(
+    model_config: Mapping[str, Any],
+    evaluation_files: Sequence[str],
+    weightlens_files: Sequence[str],
+    out_dir: str,
+    model_name: str,
+) -> None:
+    """Rule summarize: per-model summary parquet, tables in the paper's form, plots."""
+    import pandas as pd
+
+    from circuit_insights.summary import paper_family, write_summary
+
+    written = write_summary(
+        [pd.read_parquet(path) for path in evaluation_files],
+        [pd.read_parquet(path) for path in weightlens_files],
+        out_dir,
+        model=model_name,
+        family=paper_family(model_config["source"]) or paper_family(model_name),
+    )
+    log.info("summary of %s: %s", model_name, ", ".join(sorted(written)))
+
+
+def run_report_stage(
+    results: str, model_locations: Mapping[str, str], out_index: str, max_features: int | None
+) -> None:
+    """Rule report: the static HTML report of the run (opens from disk, no server)."""
+    from transformers import AutoTokenizer
+
+    from circuit_insights.report import build_report
+
+    tokenizers = {
+        name: AutoTokenizer.from_pretrained(location) for name, location in model_locations.items()
+    }
+    index = build_report(results, Path(out_index).parent, tokenizers, max_features)
+    log.info("report written: %s", index)

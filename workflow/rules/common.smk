@@ -126,21 +126,45 @@ def layer_transcoder_files(wildcards):
     return paths.transcoder_files(RESULTS, wildcards.model, wildcards.layer)
 
 
+def evaluation_files(wildcards):
+    """Every FADE evaluation file of {model}: layers x variants x shards."""
+    return [
+        f"{RESULTS}/{wildcards.model}/layer{layer}/evaluation/{variant}/{name}.parquet"
+        for layer in model_config(wildcards)["layers"]
+        for variant in config["evaluate"]["variants"]
+        for name in shard_names(wildcards.model)
+    ]
+
+
+def weightlens_files(wildcards):
+    """Every WeightLens file of {model}: layers x shards."""
+    return [
+        paths.layer_artifact(RESULTS, wildcards.model, layer, "weightlens", name)
+        for layer in model_config(wildcards)["layers"]
+        for name in shard_names(wildcards.model)
+    ]
+
+
+def all_embedded_model_files(wildcards):
+    """The embedded subject models' weights (their tokenizers label the report)."""
+    return [
+        file
+        for model in config["models"]
+        for file in [embedded_model_files_of(model)]
+        if file
+    ]
+
+
+def model_locations(wildcards):
+    """Model name -> where its tokenizer is (embedded folder or hub id / folder)."""
+    return {
+        model: paths.model_location(RESOURCES, block["source"])
+        for model, block in config["models"].items()
+    }
+
+
 def all_targets():
-    """Every final output of the stages implemented so far, for every model, layer and shard."""
-    targets = []
-    for model, block in config["models"].items():
-        for layer in block["layers"]:
-            targets += [
-                paths.layer_artifact(RESULTS, model, layer, stage, name)
-                for stage in ("samples", "weightlens", "explanations")
-                for name in shard_names(model)
-            ]
-            targets += [
-                f"{RESULTS}/{model}/layer{layer}/evaluation/{variant}/{name}.parquet"
-                for variant in config["evaluate"]["variants"]
-                for name in shard_names(model)
-            ]
-            if block["transcoders"]["kind"] == "train":
-                targets.append(paths.transcoder_report(RESULTS, model, layer))
-    return targets
+    """The report of the run, and each model's summary (everything else is upstream of them)."""
+    return [f"{RESULTS}/report/index.html"] + [
+        f"{RESULTS}/{model}/summary/metric_table.md" for model in config["models"]
+    ]

@@ -1,0 +1,931 @@
+"""Per-model summary of the scores: long table, paper-style metric tables, shares, plots.
+
+Inputs are the FADE evaluation tables (``FADE_EVALUATION_SCHEMA``) and the WeightLens tables
+(``WEIGHTLENS_SCHEMA``) of one model, any number of (layer, shard) frames each.
+
+- :func:`summarize_model`: one row per (layer, feature, variant, metric) (``SUMMARY_SCHEMA``):
+  the four FADE metrics of every evaluated variant, plus the LLM-free WeightLens scores
+  (``weightlens_auroc``, ``weightlens_precision`` under the variant ``weightlens_rule``) for every
+  feature, so each feature has at least one score that does not depend on the evaluator LLM.
+  Missing values stay as rows (``value`` NaN) with their ``reason``.
+- :func:`metric_table`: per (model, variant, layer, metric) the mean over features with a 95%
+  percentile-bootstrap CI, ``n`` (features with a value) and ``n_missing`` (features without,
+  with their reasons) (``METRIC_TABLE_SCHEMA``); :func:`metric_grid` lays it out like the paper's
+  tables (rows: variant, columns: layer x metric); :func:`markdown_table` / :func:`html_table`
+  render any table (no extra dependency).
+- :func:`token_based_shares`: per layer the share of features with validated tokens and of
+  token-based features, next to the paper's figures (``TOKEN_SHARES_SCHEMA``).
+- :func:`plot_metrics`: one PNG per metric, mean by layer per variant with CI error bars.
+- :func:`write_summary`: all of the above as files, written atomically.
+
+Definitions and choices: ``docs/report.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from markupsafe import Markup
+
+from circuit_insights.errors import InputError
+from circuit_insights.io import atomic_path, write_parquet_atomic
+from circuit_insights.schemas import (
+    METRIC_TABLE_SCHEMA,
+    SUMMARY_SCHEMA,
+    TOKEN_SHARES_SCHEMA,
+)
+
+__all__ = [
+    "FADE_METRICS",
+    "LLM_FREE_METRICS",
+    "LLM_FREE_VARIANT",
+    "METRICS",
+    "NO_WEIGHTLENS_RESULT",
+    "PAPER_SCORES",
+    "PAPER_TOKEN_SHARES",
+    "bootstrap_ci",
+    "html_document",
+    "html_table",
+    "markdown_table",
+    "metric_grid",
+    "metric_grid_html",
+    "metric_grid_markdown",
+    "metric_table",
+    "missing_html",
+    "missing_markdown",
+    "missing_table",
+    "order_variants",
+    "paper_family",
+    "paper_scores_table",
+    "plot_metrics",
+    "shares_html",
+    "shares_markdown",
+    "summarize_model",
+    "token_based_shares",
+    "write_summary",
+]
+
+#: FADE metrics, in the paper's order (columns of ``FADE_EVALUATION_SCHEMA``, each with a
+#: ``<metric>_reason`` column).
+FADE_METRICS: tuple[str, ...] = ("clarity", "responsiveness", "purity", "faithfulness")
+#: LLM-free WeightLens scores (``auroc``, ``precision`` of ``WEIGHTLENS_SCHEMA``).
+LLM_FREE_METRICS: tuple[str, ...] = ("weightlens_auroc", "weightlens_precision")
+#: The variant the LLM-free scores are filed under: the WeightLens rule description.
+LLM_FREE_VARIANT = "weightlens_rule"
+METRICS: tuple[str, ...] = FADE_METRICS + LLM_FREE_METRICS
+#: Reason of the LLM-free rows of a feature that was evaluated but has no WeightLens row.
+NO_WEIGHTLENS_RESULT = "no_weightlens_result"
+#: Reason of a NaN value whose table gave no reason.
+NO_REASON_GIVEN = "no_reason_given"
+
+#: Display order of the explanation variants (``circuit_insights.explain.VARIANTS``); others
+#: follow alphabetically.
+_VARIANT_ORDER: tuple[str, ...] = (
+    "maxact",
+    "weightlens",
+    "weightlens_out",
+    "weightlens_rule",
+    "weightlens_out_llm",
+    "cl_input",
+    "cl_full",
+    "wl_cl_full",
+)
+
+#: Share of features WeightLens validates, as reported in the paper (METHOD.md §7, secondhand):
+#: family -> (the paper's model, share).
+PAPER_TOKEN_SHARES: dict[str, tuple[str, float]] = {
+    "gemma": ("Gemma-2-2B", 0.327),
+    "gpt2": ("GPT-2 small", 0.588),
+    "llama": ("Llama-3.2-1B", 0.254),
+}
+
+#: FADE figures of the paper (METHOD.md §7, secondhand; Gemma-2-2B transcoders):
+#: (method, setting, layer, metric, value). ``neuronpedia`` is not a variant of this project.
+PAPER_SCORES: tuple[tuple[str, str, int, str, float], ...] = (
+    ("weightlens", "", 18, "clarity", 0.80),
+    ("weightlens", "", 18, "responsiveness", 0.85),
+    ("neuronpedia", "", 18, "clarity", 0.58),
+    ("maxact", "", 18, "clarity", 0.62),
+    ("neuronpedia", "", 21, "purity", 0.73),
+    ("cl_input", "24M tokens", 15, "clarity", 0.56),
+    ("cl_input", "24M tokens", 23, "clarity", 0.41),
+    ("cl_input", "24M tokens", 15, "responsiveness", 0.77),
+    ("wl_cl_full", "24M tokens", 15, "clarity", 0.66),
+    ("wl_cl_full", "24M tokens", 23, "clarity", 0.65),
+    ("wl_cl_full", "24M tokens", 15, "responsiveness", 0.81),
+    ("cl_full", "2.3B tokens", 15, "clarity", 0.79),
+    ("cl_full", "2.3B tokens", 23, "clarity", 0.68),
+    ("cl_full", "2.3B tokens", 15, "responsiveness", 0.92),
+    ("maxact", "2.3B tokens", 15, "clarity", 0.49),
+    ("maxact", "2.3B tokens", 23, "clarity", 0.54),
+    ("maxact", "2.3B tokens", 15, "responsiveness", 0.78),
+)
+
+_DASH = "\u2014"
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def _concat(frames: pd.DataFrame | Iterable[pd.DataFrame] | None, what: str) -> pd.DataFrame:
+    """One frame from a frame, several frames or None (empty)."""
+    if frames is None:
+        return pd.DataFrame()
+    if isinstance(frames, pd.DataFrame):
+        return frames.reset_index(drop=True)
+    parts = [frame for frame in frames if frame is not None]
+    for part in parts:
+        if not isinstance(part, pd.DataFrame):
+            raise InputError(f"{what}: expected pandas DataFrames, got {type(part).__name__}")
+    parts = [part for part in parts if len(part.columns)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        raise InputError(f"{what} lacks columns {missing}")
+
+
+def order_variants(variants: Iterable[str]) -> list[str]:
+    """Variants in the paper's order (``explain.VARIANTS``), unknown ones after, by name."""
+    unique = set(variants)
+    known = [v for v in _VARIANT_ORDER if v in unique]
+    return known + sorted(unique - set(_VARIANT_ORDER))
+
+
+def _order_metrics(metrics: Iterable[str]) -> list[str]:
+    unique = set(metrics)
+    return [m for m in METRICS if m in unique] + sorted(unique - set(METRICS))
+
+
+def _reason(value: float, reason: Any) -> str | None:
+    """The reason of a value: None when the value is finite, else the given one (or a default)."""
+    if value is not None and math.isfinite(value):
+        return None
+    if reason is None or (isinstance(reason, float) and math.isnan(reason)):
+        return NO_REASON_GIVEN if value is None or math.isnan(value) else "non_finite_value"
+    text = str(reason).strip()
+    return text or NO_REASON_GIVEN
+
+
+def _long_rows(
+    frame: pd.DataFrame, variant: pd.Series, metric: str, values: pd.Series, reasons: pd.Series
+) -> pd.DataFrame:
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    reason_list = [_reason(v, r) for v, r in zip(numbers.tolist(), reasons.tolist(), strict=True)]
+    clean = numbers.where(np.isfinite(numbers.to_numpy()), np.nan)
+    return pd.DataFrame(
+        {
+            "layer": frame["layer"].astype("int64").to_numpy(),
+            "feature": frame["feature"].astype("int64").to_numpy(),
+            "variant": variant.astype(str).to_numpy(),
+            "metric": metric,
+            "value": clean.to_numpy(),
+            "reason": reason_list,
+        }
+    )
+
+
+def summarize_model(
+    evaluation_frames: pd.DataFrame | Iterable[pd.DataFrame] | None,
+    weightlens_frames: pd.DataFrame | Iterable[pd.DataFrame] | None,
+    *,
+    model: str = "",
+) -> pd.DataFrame:
+    """The scores of one model in long form: ``SUMMARY_SCHEMA`` columns.
+
+    One row per (layer, feature, variant, metric): the FADE metrics of every evaluated
+    (feature, variant) and, for every feature of either table, ``weightlens_auroc`` /
+    ``weightlens_precision`` under the variant :data:`LLM_FREE_VARIANT` (reason
+    :data:`NO_WEIGHTLENS_RESULT` for an evaluated feature without a WeightLens row). A missing or
+    non-finite value is NaN with a ``reason`` (the table's ``*_reason`` / ``score_reason``);
+    ``reason`` is null exactly when ``value`` is defined. Repeated keys raise :class:`InputError`.
+    """
+    evaluation = _concat(evaluation_frames, "evaluation frames")
+    weightlens = _concat(weightlens_frames, "WeightLens frames")
+    parts: list[pd.DataFrame] = []
+    if len(evaluation):
+        needed = ["layer", "feature", "variant"]
+        for metric in FADE_METRICS:
+            needed += [metric, f"{metric}_reason"]
+        _require(evaluation, needed, "evaluation frame")
+        for metric in FADE_METRICS:
+            parts.append(
+                _long_rows(
+                    evaluation,
+                    evaluation["variant"],
+                    metric,
+                    evaluation[metric],
+                    evaluation[f"{metric}_reason"],
+                )
+            )
+    if len(weightlens):
+        _require(
+            weightlens,
+            ["layer", "feature", "auroc", "precision", "score_reason"],
+            "WeightLens frame",
+        )
+        variant = pd.Series([LLM_FREE_VARIANT] * len(weightlens))
+        for metric, column in zip(LLM_FREE_METRICS, ("auroc", "precision"), strict=True):
+            parts.append(
+                _long_rows(
+                    weightlens, variant, metric, weightlens[column], weightlens["score_reason"]
+                )
+            )
+    if len(evaluation):
+        keys = _feature_keys(evaluation)
+        if len(weightlens):
+            keys -= _feature_keys(weightlens)
+        if keys:
+            layers, features = zip(*sorted(keys), strict=True)
+            absent = pd.DataFrame({"layer": layers, "feature": features})
+            n = len(absent)
+            for metric in LLM_FREE_METRICS:
+                parts.append(
+                    _long_rows(
+                        absent,
+                        pd.Series([LLM_FREE_VARIANT] * n),
+                        metric,
+                        pd.Series([np.nan] * n),
+                        pd.Series([NO_WEIGHTLENS_RESULT] * n),
+                    )
+                )
+    columns = SUMMARY_SCHEMA.names
+    if not parts:
+        return pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(name)) for name in columns})
+    long = pd.concat(parts, ignore_index=True)
+    key = ["layer", "feature", "variant", "metric"]
+    repeated = long.duplicated(key, keep=False)
+    if repeated.any():
+        first = long[repeated].iloc[0]
+        raise InputError(
+            f"model {model!r}: score of layer {first['layer']} feature {first['feature']} "
+            f"variant {first['variant']!r} metric {first['metric']!r} appears more than once "
+            "(overlapping shards or repeated evaluation rows)"
+        )
+    long.insert(0, "model", str(model))
+    long = long.sort_values(key, kind="mergesort", ignore_index=True)
+    return long[columns]
+
+
+def _feature_keys(frame: pd.DataFrame) -> set[tuple[int, int]]:
+    """The (layer, feature) pairs of a frame."""
+    return set(
+        zip(frame["layer"].astype(int).tolist(), frame["feature"].astype(int).tolist(), strict=True)
+    )
+
+
+def _pandas_dtype(name: str) -> str:
+    return {"layer": "int64", "feature": "int64", "value": "float64"}.get(name, "object")
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def bootstrap_ci(
+    values: np.ndarray | Sequence[float],
+    n_boot: int = 1000,
+    seed: int | Sequence[int] = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the mean of ``values`` (n,), finite values only.
+
+    ``n_boot`` resamples of n values with replacement; the CI is the
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of their means. One value:
+    (value, value); none: (NaN, NaN). Deterministic for a given ``seed``.
+    """
+    data = np.asarray(values, dtype=np.float64)
+    data = data[np.isfinite(data)]
+    if len(data) == 0:
+        return math.nan, math.nan
+    if n_boot < 1 or np.all(data == data[0]):
+        mean = float(data.mean())
+        return mean, mean
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // len(data))  # keep (chunk, n) index blocks small
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        idx = rng.integers(0, len(data), size=(stop - start, len(data)))  # (chunk, n)
+        means[start:stop] = data[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def _cell_seed(seed: int, *key: Any) -> list[int]:
+    """A seed per table cell, independent of the order in which cells are computed."""
+    return [int(seed), zlib.crc32("\x1f".join(map(str, key)).encode())]
+
+
+def _reasons_text(reasons: pd.Series) -> str:
+    counts = reasons.dropna().astype(str).value_counts()
+    items = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return "; ".join(f"{name}: {count}" for name, count in items)
+
+
+def metric_table(
+    summary: pd.DataFrame,
+    n_boot: int = 1000,
+    seed: int = 0,
+    *,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Mean and bootstrap CI per (model, variant, layer, metric): ``METRIC_TABLE_SCHEMA`` rows.
+
+    ``n``: features with a value; ``n_missing``: features without one (excluded from the mean),
+    ``missing_reasons`` their reasons with counts (``"gated: 3; no_rated_0: 1"``). ``mean``,
+    ``ci_low``, ``ci_high`` are NaN when ``n`` is 0. The bootstrap resamples features within the
+    cell (:func:`bootstrap_ci`), seeded per cell from ``seed`` and the cell's key.
+    """
+    _require(summary, ["model", "layer", "feature", "variant", "metric", "value"], "summary")
+    rows: list[dict[str, Any]] = []
+    reasons = summary["reason"] if "reason" in summary.columns else pd.Series([None] * len(summary))
+    frame = summary.assign(reason=reasons.to_numpy())
+    for (model, variant, layer, metric), cell in frame.groupby(
+        ["model", "variant", "layer", "metric"], sort=False
+    ):
+        values = pd.to_numeric(cell["value"], errors="coerce").to_numpy(dtype=np.float64)
+        finite = np.isfinite(values)
+        present = values[finite]
+        low, high = bootstrap_ci(
+            present, n_boot, _cell_seed(seed, model, variant, layer, metric), confidence
+        )
+        missing_reasons = cell.loc[~finite, "reason"].fillna(NO_REASON_GIVEN)
+        rows.append(
+            {
+                "model": str(model),
+                "variant": str(variant),
+                "layer": int(layer),
+                "metric": str(metric),
+                "n": int(finite.sum()),
+                "n_missing": int((~finite).sum()),
+                "mean": float(present.mean()) if len(present) else math.nan,
+                "ci_low": low,
+                "ci_high": high,
+                "missing_reasons": _reasons_text(missing_reasons),
+            }
+        )
+    columns = METRIC_TABLE_SCHEMA.names
+    if not rows:
+        return pd.DataFrame({name: [] for name in columns})
+    table = pd.DataFrame(rows)
+    return _sorted_cells(table)[columns]
+
+
+def _sorted_cells(table: pd.DataFrame) -> pd.DataFrame:
+    variant_rank = {v: i for i, v in enumerate(order_variants(table["variant"]))}
+    metric_rank = {m: i for i, m in enumerate(_order_metrics(table["metric"]))}
+    keys = table.assign(_v=table["variant"].map(variant_rank), _m=table["metric"].map(metric_rank))
+    keys = keys.sort_values(["model", "_v", "layer", "_m"], kind="mergesort", ignore_index=True)
+    return keys.drop(columns=["_v", "_m"])
+
+
+def missing_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Missing values by (model, variant, layer, metric, reason), with their count."""
+    _require(summary, ["model", "layer", "variant", "metric", "value", "reason"], "summary")
+    missing = summary[~np.isfinite(pd.to_numeric(summary["value"], errors="coerce"))]
+    missing = missing.assign(reason=missing["reason"].fillna(NO_REASON_GIVEN))
+    columns = ["model", "variant", "layer", "metric", "reason"]
+    if missing.empty:
+        return pd.DataFrame({name: [] for name in [*columns, "count"]})
+    counts = missing.groupby(columns, sort=False).size().rename("count").reset_index()
+    return _sorted_cells(counts)[[*columns, "count"]]
+
+
+# --- tables in the paper's form ------------------------------------------------------------------
+
+
+def _number(value: Any, digits: int = 2) -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return _DASH
+    return f"{value:.{digits}f}" if math.isfinite(value) else _DASH
+
+
+def _cell_text(row: Mapping[str, Any], digits: int) -> str:
+    missing = f", {int(row['n_missing'])} missing" if int(row["n_missing"]) else ""
+    if int(row["n"]) == 0:
+        return f"{_DASH} (n=0{missing})"
+    ci = f"[{_number(row['ci_low'], digits)}, {_number(row['ci_high'], digits)}]"
+    return f"{_number(row['mean'], digits)} {ci} (n={int(row['n'])}{missing})"
+
+
+def _row_label(model: str, variant: str, several_models: bool) -> str:
+    return f"{model} / {variant}" if several_models else variant
+
+
+def metric_grid(stats: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
+    """:func:`metric_table` in the paper's form: one row per variant (``model / variant`` when
+    there are several models), columns a (layer, metric) MultiIndex, cells
+    ``"mean [ci_low, ci_high] (n=N, M missing)"``; ``—`` where a variant has no row."""
+    if stats.empty:
+        return pd.DataFrame()
+    several = stats["model"].nunique() > 1
+    columns = sorted(
+        {(int(r.layer), str(r.metric)) for r in stats.itertuples()},
+        key=lambda c: (c[0], _order_metrics(stats["metric"]).index(c[1])),
+    )
+    labels: list[str] = []
+    cells: dict[str, dict[tuple[int, str], str]] = {}
+    for row in stats.to_dict("records"):
+        label = _row_label(str(row["model"]), str(row["variant"]), several)
+        if label not in cells:
+            labels.append(label)
+            cells[label] = {}
+        cells[label][(int(row["layer"]), str(row["metric"]))] = _cell_text(row, digits)
+    index = pd.MultiIndex.from_tuples(columns, names=["layer", "metric"])
+    data = [[cells[label].get(column, _DASH) for column in columns] for label in labels]
+    return pd.DataFrame(data, index=pd.Index(labels, name="variant"), columns=index)
+
+
+def _escape_markdown(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None
+) -> str:
+    """A GitHub-flavoured markdown table; ``align`` per column: ``l``, ``r`` or ``c``."""
+    marks = {"l": ":---", "r": "---:", "c": ":---:"}
+    align = list(align) if align is not None else ["l"] * len(header)
+    lines = [
+        "| " + " | ".join(_escape_markdown(h) for h in header) + " |",
+        "|" + "|".join(marks.get(a, "---") for a in align) + "|",
+    ]
+    for row in rows:
+        if len(row) != len(header):
+            raise InputError(
+                f"markdown table row {list(row)} has {len(row)} cells, not {len(header)}"
+            )
+        lines.append("| " + " | ".join(_escape_markdown(str(c)) for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def html_table(
+    header: Sequence[Any],
+    rows: Sequence[Sequence[Any]],
+    *,
+    groups: Sequence[tuple[Any, int]] | None = None,
+    caption: str | None = None,
+    css_class: str = "table",
+) -> Markup:
+    """An HTML ``<table>``; every cell is escaped unless it is :class:`markupsafe.Markup`.
+
+    ``groups``: an extra header row above ``header`` of (label, column span) pairs.
+    """
+    parts = [Markup('<table class="{}">').format(css_class)]
+    if caption:
+        parts.append(Markup("<caption>{}</caption>").format(caption))
+    parts.append(Markup("<thead>"))
+    if groups:
+        parts.append(Markup("<tr>"))
+        for label, span in groups:
+            parts.append(Markup('<th colspan="{}">{}</th>').format(int(span), label))
+        parts.append(Markup("</tr>"))
+    parts.append(Markup("<tr>") + Markup("").join(Markup("<th>{}</th>").format(h) for h in header))
+    parts.append(Markup("</tr></thead><tbody>"))
+    for row in rows:
+        if len(row) != len(header):
+            raise InputError(f"HTML table row {list(row)} has {len(row)} cells, not {len(header)}")
+        cells = Markup("").join(Markup("<td>{}</td>").format(c) for c in row)
+        parts.append(Markup("<tr>") + cells + Markup("</tr>"))
+    parts.append(Markup("</tbody></table>"))
+    return Markup("").join(parts)
+
+
+def _grid_layout(grid: pd.DataFrame) -> tuple[list[int], list[str], list[tuple[int, str]]]:
+    columns = [(int(layer), str(metric)) for layer, metric in grid.columns]
+    layers = sorted({layer for layer, _ in columns})
+    return layers, [str(i) for i in grid.index], columns
+
+
+def metric_grid_markdown(stats: pd.DataFrame, *, digits: int = 2) -> str:
+    """:func:`metric_grid` as a markdown table (column names ``L<layer> <metric>``)."""
+    grid = metric_grid(stats, digits=digits)
+    if grid.empty:
+        return "_No scores._\n"
+    _, labels, columns = _grid_layout(grid)
+    header = ["variant"] + [f"L{layer} {metric}" for layer, metric in columns]
+    rows = [[label, *grid.loc[label].tolist()] for label in labels]
+    return markdown_table(header, rows, ["l"] + ["r"] * len(columns))
+
+
+def _cell_markup(row: Mapping[str, Any] | None, digits: int) -> Markup:
+    if row is None:
+        return Markup('<span class="na">{}</span>').format(_DASH)
+    title = str(row["missing_reasons"]) if int(row["n_missing"]) else ""
+    missing = f", {int(row['n_missing'])} missing" if int(row["n_missing"]) else ""
+    if int(row["n"]) == 0:
+        return Markup('<span class="na" title="{}">{} <small>n=0{}</small></span>').format(
+            title, _DASH, missing
+        )
+    return Markup('<span title="{}"><b>{}</b><br><small>[{}, {}] n={}{}</small></span>').format(
+        title,
+        _number(row["mean"], digits),
+        _number(row["ci_low"], digits),
+        _number(row["ci_high"], digits),
+        int(row["n"]),
+        missing,
+    )
+
+
+def metric_grid_html(stats: pd.DataFrame, *, digits: int = 2) -> Markup:
+    """:func:`metric_grid` as an HTML table with a layer header row over the metric columns;
+    a cell's tooltip lists the reasons of its missing values."""
+    if stats.empty:
+        return Markup("<p><em>No scores.</em></p>")
+    several = stats["model"].nunique() > 1
+    by_key: dict[str, dict[tuple[int, str], Mapping[str, Any]]] = {}
+    labels: list[str] = []
+    for row in stats.to_dict("records"):
+        label = _row_label(str(row["model"]), str(row["variant"]), several)
+        if label not in by_key:
+            labels.append(label)
+            by_key[label] = {}
+        by_key[label][(int(row["layer"]), str(row["metric"]))] = row
+    metric_order = _order_metrics(stats["metric"])
+    columns = sorted(
+        {key for cells in by_key.values() for key in cells},
+        key=lambda c: (c[0], metric_order.index(c[1])),
+    )
+    layers = sorted({layer for layer, _ in columns})
+    groups = [("", 1)] + [
+        (f"layer {layer}", sum(1 for c in columns if c[0] == layer)) for layer in layers
+    ]
+    header = ["variant"] + [metric for _, metric in columns]
+    rows = [
+        [label] + [_cell_markup(by_key[label].get(column), digits) for column in columns]
+        for label in labels
+    ]
+    return html_table(header, rows, groups=groups, css_class="table metric-table")
+
+
+def paper_scores_table() -> pd.DataFrame:
+    """:data:`PAPER_SCORES` as a frame: method, setting, layer, metric, value."""
+    return pd.DataFrame(PAPER_SCORES, columns=["method", "setting", "layer", "metric", "value"])
+
+
+# --- token-based shares --------------------------------------------------------------------------
+
+
+def paper_family(model: str) -> str | None:
+    """The paper's model family a model name belongs to (``gemma``, ``gpt2``, ``llama``) or None."""
+    name = re.sub(r"[^a-z0-9]", "", str(model).lower())
+    for family in ("gemma", "gpt2", "llama"):
+        if family in name:
+            return family
+    return None
+
+
+def _validated_count(values: Any) -> int:
+    if values is None or (isinstance(values, float) and math.isnan(values)):
+        return 0
+    return len(values)
+
+
+def token_based_shares(
+    weightlens_frames: pd.DataFrame | Iterable[pd.DataFrame] | None,
+    *,
+    model: str = "",
+    family: str | None = None,
+) -> pd.DataFrame:
+    """Per layer, and over all layers (``layer`` null), ``TOKEN_SHARES_SCHEMA`` rows.
+
+    ``validated_share``: features with at least one validated token (what the paper reports as
+    the share of features WeightLens validates); ``token_based_share``: features classified
+    token-based (``is_token_based``, ``docs/weightlens.md``). ``paper_model`` / ``paper_share``:
+    the paper's figure for ``family`` (default: :func:`paper_family` of ``model``), null when the
+    model is of none of its families.
+    """
+    weightlens = _concat(weightlens_frames, "WeightLens frames")
+    columns = TOKEN_SHARES_SCHEMA.names
+    if weightlens.empty:
+        return pd.DataFrame({name: [] for name in columns})
+    _require(
+        weightlens,
+        ["layer", "feature", "validated_token_ids", "is_token_based"],
+        "WeightLens frame",
+    )
+    family = family if family is not None else paper_family(model)
+    if family is not None and family not in PAPER_TOKEN_SHARES:
+        raise InputError(f"paper family {family!r}: choose from {list(PAPER_TOKEN_SHARES)}")
+    paper_model, paper_share = (
+        PAPER_TOKEN_SHARES.get(family, (None, None)) if family else (None, None)
+    )
+    frame = pd.DataFrame(
+        {
+            "layer": weightlens["layer"].astype(int),
+            "validated": [_validated_count(v) > 0 for v in weightlens["validated_token_ids"]],
+            "token_based": weightlens["is_token_based"].astype(bool),
+        }
+    )
+
+    def row(layer: int | None, part: pd.DataFrame) -> dict[str, Any]:
+        n = len(part)
+        return {
+            "model": str(model),
+            "layer": layer,
+            "n_features": n,
+            "n_validated": int(part["validated"].sum()),
+            "validated_share": float(part["validated"].mean()) if n else math.nan,
+            "n_token_based": int(part["token_based"].sum()),
+            "token_based_share": float(part["token_based"].mean()) if n else math.nan,
+            "paper_model": paper_model,
+            "paper_share": paper_share,
+        }
+
+    rows = [row(int(layer), part) for layer, part in frame.groupby("layer", sort=True)]
+    rows.append(row(None, frame))
+    out = pd.DataFrame(rows)
+    out["layer"] = out["layer"].astype("Int64")
+    return out[columns]
+
+
+def _percent(value: Any) -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return _DASH
+    return f"{100 * value:.1f}%" if math.isfinite(value) else _DASH
+
+
+def _shares_rows(shares: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = [
+        "model",
+        "layer",
+        "features",
+        "validated",
+        "validated share",
+        "token-based",
+        "token-based share",
+        "paper (share validated)",
+    ]
+    rows = []
+    for row in shares.to_dict("records"):
+        layer = row["layer"]
+        paper = (
+            f"{row['paper_model']}: {_percent(row['paper_share'])}"
+            if isinstance(row["paper_model"], str)
+            else _DASH
+        )
+        rows.append(
+            [
+                str(row["model"]),
+                "all" if layer is None or pd.isna(layer) else str(int(layer)),
+                str(int(row["n_features"])),
+                str(int(row["n_validated"])),
+                _percent(row["validated_share"]),
+                str(int(row["n_token_based"])),
+                _percent(row["token_based_share"]),
+                paper,
+            ]
+        )
+    return header, rows
+
+
+def shares_markdown(shares: pd.DataFrame) -> str:
+    """:func:`token_based_shares` as a markdown table."""
+    header, rows = _shares_rows(shares)
+    return markdown_table(header, rows, ["l", "l", "r", "r", "r", "r", "r", "l"])
+
+
+def shares_html(shares: pd.DataFrame) -> Markup:
+    """:func:`token_based_shares` as an HTML table."""
+    header, rows = _shares_rows(shares)
+    return html_table(header, rows, css_class="table shares-table")
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+
+def plot_metrics(
+    stats: pd.DataFrame, out_dir: str | os.PathLike[str], *, metrics: Sequence[str] | None = None
+) -> dict[str, Path]:
+    """One PNG per metric, ``{out_dir}/{metric}.png``: the mean by layer of every variant (one
+    series per (model, variant)) with its CI as error bars; written atomically.
+
+    ``metrics``: default every metric of ``stats``. A metric without any value still gets a plot
+    that says so. Uses matplotlib's Agg canvas (no display, no pyplot state).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = Path(out_dir)
+    metrics = list(metrics) if metrics is not None else _order_metrics(stats["metric"])
+    several = stats["model"].nunique() > 1 if len(stats) else False
+    written: dict[str, Path] = {}
+    for metric in metrics:
+        cells = stats[(stats["metric"] == metric) & (stats["n"] > 0)] if len(stats) else stats
+        figure = Figure(figsize=(7.0, 4.2), dpi=100)
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot(1, 1, 1)
+        series = list(cells.groupby(["model", "variant"], sort=False)) if len(cells) else []
+        order = order_variants(cells["variant"]) if len(cells) else []
+        series.sort(key=lambda item: (item[0][0], order.index(item[0][1])))
+        width = 0.6 / max(1, len(series))
+        for i, ((model, variant), part) in enumerate(series):
+            part = part.sort_values("layer")
+            x = part["layer"].to_numpy(dtype=float) + (i - (len(series) - 1) / 2) * width
+            mean = part["mean"].to_numpy(dtype=float)
+            low = np.clip(mean - part["ci_low"].to_numpy(dtype=float), 0, None)
+            high = np.clip(part["ci_high"].to_numpy(dtype=float) - mean, 0, None)
+            axes.errorbar(
+                x,
+                mean,
+                yerr=np.vstack([low, high]),
+                marker="o",
+                capsize=3,
+                linewidth=1.2,
+                label=_row_label(str(model), str(variant), several),
+            )
+        if series:
+            layers = sorted(int(v) for v in cells["layer"].unique())
+            axes.set_xticks(layers)
+            axes.set_xlim(layers[0] - 0.7, layers[-1] + 0.7)
+            axes.legend(fontsize=8, loc="best")
+        else:
+            axes.text(
+                0.5, 0.5, f"no {metric} values", ha="center", va="center", transform=axes.transAxes
+            )
+        axes.set_ylim(-0.02, 1.05)
+        axes.set_xlabel("layer")
+        axes.set_ylabel(metric)
+        axes.set_title(f"{metric}: mean by layer, 95% bootstrap CI")
+        axes.grid(True, alpha=0.3)
+        figure.tight_layout()
+        path = out / f"{metric}.png"
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png")
+        written[metric] = path
+    return written
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+_CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; vertical-align: top; }
+th { background: #f1f3f6; }
+td small { color: #666; }
+.na { color: #999; }
+caption { text-align: left; font-weight: 600; padding: 4px 0; }
+"""
+
+
+def html_document(title: str, body: Markup | str, *, css: str = _CSS) -> str:
+    """A standalone HTML page (inline CSS, no external assets); ``body`` escaped unless Markup."""
+    return str(
+        Markup(
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            "<title>{}</title><style>{}</style></head><body><h1>{}</h1>{}</body></html>\n"
+        ).format(title, Markup(css), title, body)
+    )
+
+
+def _write_text(path: Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def _paper_scores_markdown() -> str:
+    paper = paper_scores_table()
+    rows = [
+        [r.method, r.setting or _DASH, str(r.layer), r.metric, f"{r.value:.2f}"]
+        for r in paper.itertuples()
+    ]
+    return markdown_table(
+        ["method", "setting", "layer", "metric", "value"], rows, ["l", "l", "r", "l", "r"]
+    )
+
+
+def _paper_scores_html() -> Markup:
+    paper = paper_scores_table()
+    rows = [
+        [r.method, r.setting or _DASH, str(r.layer), r.metric, f"{r.value:.2f}"]
+        for r in paper.itertuples()
+    ]
+    return html_table(
+        ["method", "setting", "layer", "metric", "value"],
+        rows,
+        caption="Paper figures (Gemma-2-2B transcoders; METHOD.md §7, secondhand)",
+    )
+
+
+def _missing_rows(missing: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "variant", "layer", "metric", "reason", "count"]
+    rows = [
+        [
+            str(r.model),
+            str(r.variant),
+            str(int(r.layer)),
+            str(r.metric),
+            str(r.reason),
+            str(r.count),
+        ]
+        for r in missing.itertuples()
+    ]
+    return header, rows
+
+
+def missing_markdown(missing: pd.DataFrame) -> str:
+    """:func:`missing_table` as a markdown table (``_None._`` when empty)."""
+    header, rows = _missing_rows(missing)
+    return markdown_table(header, rows) if rows else "_None._\n"
+
+
+def missing_html(missing: pd.DataFrame) -> Markup:
+    """:func:`missing_table` as an HTML table."""
+    header, rows = _missing_rows(missing)
+    return html_table(header, rows) if rows else Markup("<p><em>None.</em></p>")
+
+
+def write_summary(
+    evaluation_frames: pd.DataFrame | Iterable[pd.DataFrame] | None,
+    weightlens_frames: pd.DataFrame | Iterable[pd.DataFrame] | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    model: str = "",
+    family: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write the summary of one model into ``out_dir``, every file atomically.
+
+    Files: ``summary.parquet`` (:func:`summarize_model`), ``metric_table.parquet``
+    (:func:`metric_table`), ``metric_table.md`` / ``.html`` (the paper-form table, the missing
+    values by reason, the paper's figures), ``token_based_shares.parquet`` / ``.md`` / ``.html``,
+    ``plots/{metric}.png``. Returns name -> path (``plot_<metric>`` for plots).
+    """
+    out = Path(out_dir)
+    evaluation = _concat(evaluation_frames, "evaluation frames")
+    weightlens = _concat(weightlens_frames, "WeightLens frames")
+    summary = summarize_model(evaluation, weightlens, model=model)
+    stats = metric_table(summary, n_boot=n_boot, seed=seed)
+    missing = missing_table(summary)
+    shares = token_based_shares(weightlens, model=model, family=family)
+    written: dict[str, Path] = {}
+
+    written["summary"] = out / "summary.parquet"
+    write_parquet_atomic(summary, written["summary"], schema=SUMMARY_SCHEMA)
+    written["metric_table"] = out / "metric_table.parquet"
+    write_parquet_atomic(stats, written["metric_table"], schema=METRIC_TABLE_SCHEMA)
+    written["token_based_shares"] = out / "token_based_shares.parquet"
+    write_parquet_atomic(shares, written["token_based_shares"], schema=TOKEN_SHARES_SCHEMA)
+
+    title = f"Scores of {model}" if model else "Scores"
+    note = (
+        "Cells: mean over features [95% percentile-bootstrap CI] (n = features with a value; "
+        "missing values are excluded and counted)."
+    )
+    markdown = "\n".join(
+        [
+            f"# {title}",
+            "",
+            note,
+            "",
+            metric_grid_markdown(stats),
+            "## Missing values",
+            "",
+            missing_markdown(missing),
+            "## Paper figures (Gemma-2-2B transcoders; METHOD.md §7, secondhand)",
+            "",
+            _paper_scores_markdown(),
+        ]
+    )
+    written["metric_table_md"] = _write_text(out / "metric_table.md", markdown)
+    body = Markup("").join(
+        [
+            Markup("<p>{}</p>").format(note),
+            metric_grid_html(stats),
+            Markup("<h2>Missing values</h2>"),
+            missing_html(missing),
+            _paper_scores_html(),
+        ]
+    )
+    written["metric_table_html"] = _write_text(
+        out / "metric_table.html", html_document(title, body)
+    )
+    shares_title = f"Token-based features of {model}" if model else "Token-based features"
+    written["token_based_shares_md"] = _write_text(
+        out / "token_based_shares.md", f"# {shares_title}\n\n" + shares_markdown(shares)
+    )
+    written["token_based_shares_html"] = _write_text(
+        out / "token_based_shares.html", html_document(shares_title, shares_html(shares))
+    )
+    for metric, path in plot_metrics(stats, out / "plots").items():
+        written[f"plot_{metric}"] = path
+    return written

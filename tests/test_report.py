@@ -1,0 +1,523 @@
+"""Tests of circuit_insights.report: a static report from fixture parquet files in the real schemas."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from circuit_insights.errors import InputError
+from circuit_insights.io import write_parquet_atomic
+from circuit_insights.report import (
+    ModelFrames,
+    build_report,
+    discover_models,
+    feature_page_path,
+    load_model_frames,
+)
+from circuit_insights.schemas import (
+    ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
+    CLUSTERS_SCHEMA,
+    CORPUS_TOKENS_SCHEMA,
+    EXPLANATIONS_SCHEMA,
+    FADE_EVALUATION_SCHEMA,
+    SAMPLES_SCHEMA,
+    WEIGHTLENS_SCHEMA,
+)
+from tests.test_summary import PNG_MAGIC, evaluation_row, schema_frame, weightlens_row
+
+MODEL = "gemma-tiny"
+SHARD = "f000000-000004"
+EVIL = "<script>alert('x')</script> & more"
+CHROMIUM = Path("/usr/bin/chromium")
+
+# (layer, feature) with a page: union of the tables below.
+FEATURES = {(0, 2), (1, 0), (1, 1), (1, 2), (1, 3)}
+
+
+def _write(root: Path, layer: int, stage: str, frame, schema: pa.Schema) -> None:
+    path = root / MODEL / f"layer{layer}" / stage / f"{SHARD}.parquet"
+    write_parquet_atomic(frame, path, schema=schema)
+
+
+def write_fixture_run(root: Path) -> None:
+    """A small run of one model: corpus, two layers, every stage's table, in the real schemas."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(20, 40, size=(6, 12)).astype(np.int32)
+    tokens[:, 0] = 2  # BOS
+    tokens[0, 5] = 11  # the target of sample 0 is a validated token
+    corpus = schema_frame(
+        CORPUS_TOKENS_SCHEMA,
+        [
+            {
+                "context": c,
+                "split": "cache" if c < 4 else "eval",
+                "document": c,
+                "token_ids": tokens[c].tolist(),
+            }
+            for c in range(6)
+        ],
+    )
+    write_parquet_atomic(corpus, root / MODEL / "corpus" / "tokens.parquet", CORPUS_TOKENS_SCHEMA)
+
+    _write(
+        root,
+        0,
+        "weightlens",
+        schema_frame(WEIGHTLENS_SCHEMA, [weightlens_row(0, 2, validated=[13], token_based=True)]),
+        WEIGHTLENS_SCHEMA,
+    )
+    upstream = {
+        "n_upstream_total": 1,
+        "upstream_layers": [0],
+        "upstream_features": [2],
+        "upstream_contributions": [0.5],
+        "upstream_z": [3.5],
+        "upstream_relative_contributions": [0.12],
+        "upstream_has_result": [True],
+        "upstream_inherited_token_ids": [[13]],
+        "promoted_token_ids": [30, 31],
+        "promoted_tokens": ["<30>", "<31>"],
+        "promoted_z": [6.0, 5.0],
+        "n_promoted_total": 2,
+        "suppressed_token_ids": [32],
+        "suppressed_tokens": ["<32>"],
+        "suppressed_z": [-5.5],
+        "n_suppressed_total": 1,
+    }
+    weightlens = [
+        weightlens_row(1, 0, validated=[11, 12], token_based=True, description=EVIL, **upstream),
+        weightlens_row(
+            1, 1, validated=[], auroc=None, precision=None, reason="no validated tokens"
+        ),
+        weightlens_row(1, 3, validated=[14]),
+    ]
+    _write(root, 1, "weightlens", schema_frame(WEIGHTLENS_SCHEMA, weightlens), WEIGHTLENS_SCHEMA)
+
+    samples = [
+        {
+            "feature": 0,
+            "kind": "quantile",
+            "rank": r,
+            "context": c,
+            "target_position": t,
+            "activation": a,
+            "bin": 0,
+            "weight": 1.0,
+        }
+        for r, (c, t, a) in enumerate([(0, 5, 2.5), (1, 6, 1.5), (2, 7, 0.5)])
+    ]
+    samples += [
+        {
+            "feature": 0,
+            "kind": "top",
+            "rank": 0,
+            "context": 0,
+            "target_position": 5,
+            "activation": 2.5,
+            "bin": -1,
+        },
+        {
+            "feature": 1,
+            "kind": "quantile",
+            "rank": 0,
+            "context": 3,
+            "target_position": 4,
+            "activation": 0.7,
+            "bin": 0,
+            "weight": 1.0,
+        },
+    ]
+    _write(root, 1, "samples", schema_frame(SAMPLES_SCHEMA, samples), SAMPLES_SCHEMA)
+
+    cluster = {
+        "layer": 1,
+        "feature": 0,
+        "status": "clustered",
+        "method": "hdbscan",
+        "n_clusters": 1,
+        "n_feature_samples": 3,
+        "n_elements": 3,
+    }
+    clusters = [
+        dict(
+            cluster,
+            cluster=0,
+            n_samples=2,
+            share=2 / 3,
+            defining_labels=["L0.H1@-2", "L0#2", "tok11@0"],
+            defining_kinds=["head", "feature", "token"],
+            defining_layers=[0, 0, None],
+            defining_indices=[1, 2, 11],
+            defining_deltas=[-2, None, 0],
+            defining_frequency=[1.0, 1.0, 0.5],
+            defining_lift=[1.5, 1.5, 1.5],
+            trigger_patterns=[
+                'tokens "<25>" at offset -2 via head L0.H1 (in 2 of 2 samples)',
+                "upstream feature L0#2 active (in 2 of 2 samples)",
+                'token "<11>" at offset 0 (its embedding; in 1 of 2 samples)',
+            ],
+            output_promoted_token_ids=[30],
+            output_promoted_tokens=["<30>"],
+            output_promoted_counts=[2],
+            output_next_token_ids=[33],
+            output_next_tokens=["<33>"],
+            output_next_counts=[1],
+            output_n_logit_samples=2,
+            output_mean_logit=0.25,
+            mean_activation=2.0,
+            example_samples=[0, 1],
+        ),
+        dict(cluster, cluster=-1, is_noise=True, n_samples=1, share=1 / 3, example_samples=[2, 9]),
+    ]
+    _write(root, 1, "clusters", schema_frame(CLUSTERS_SCHEMA, clusters), CLUSTERS_SCHEMA)
+
+    contributions = [
+        {
+            "feature": 0,
+            "sample": 0,
+            "kind": "head",
+            "partition": "mediator",
+            "layer": 0,
+            "head": 1,
+            "position": 3,
+            "delta": -2,
+            "token": int(tokens[0, 3]),
+            "value": 1.0,
+            "share": 0.5,
+        },
+        {
+            "feature": 0,
+            "sample": 0,
+            "kind": "feature",
+            "partition": "leaf",
+            "layer": 0,
+            "source_feature": 2,
+            "position": 4,
+            "delta": -1,
+            "token": int(tokens[0, 4]),
+            "value": 0.8,
+            "share": 0.3,
+        },
+        {
+            "feature": 0,
+            "sample": 0,
+            "kind": "feature",
+            "partition": "leaf",
+            "layer": 0,
+            "source_feature": 9,
+            "position": 1,
+            "delta": -4,
+            "token": int(tokens[0, 1]),
+            "value": 0.1,
+            "share": 0.1,
+        },
+    ]
+    _write(
+        root,
+        1,
+        "contributions",
+        schema_frame(ATTRIBUTION_CONTRIBUTIONS_SCHEMA, contributions),
+        ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
+    )
+
+    def explanation(
+        feature, variant, description, cluster=-1, step="describe", status="ok", error=None
+    ):
+        return {
+            "layer": 1,
+            "feature": feature,
+            "variant": variant,
+            "cluster": cluster,
+            "is_final": cluster == -1,
+            "step": step,
+            "n_clusters": 1,
+            "description": description,
+            "prompt_version": "explain_v1",
+            "llm_model": "fixture",
+            "parse_status": status,
+            "error": error,
+        }
+
+    explanations = [
+        explanation(0, "maxact", "<b>bold</b> claims about Paris"),
+        explanation(0, "weightlens_rule", EVIL, step="rule"),
+        explanation(0, "cl_full", "cluster zero: after a comma", cluster=0),
+        explanation(0, "cl_full", "fires after commas near Paris", step="copy"),
+        explanation(1, "maxact", None, status="unparseable", error="no JSON object"),
+        explanation(
+            1, "cl_full", None, step="missing_input", status="missing_input", error="no clusters"
+        ),
+    ]
+    _write(
+        root,
+        1,
+        "explanations",
+        schema_frame(EXPLANATIONS_SCHEMA, explanations),
+        EXPLANATIONS_SCHEMA,
+    )
+
+    evaluation = [
+        evaluation_row(
+            1,
+            0,
+            "maxact",
+            "<b>bold</b> claims about Paris",
+            clarity=0.8,
+            responsiveness=0.9,
+            purity=0.7,
+            faithfulness=0.4,
+        ),
+        evaluation_row(
+            1,
+            0,
+            "cl_full",
+            "fires after commas near Paris",
+            clarity=0.61,
+            responsiveness=(None, "no_rated_2"),
+            purity=(None, "no_rated_2"),
+        ),
+        evaluation_row(
+            1,
+            1,
+            "maxact",
+            None,
+            clarity=(None, "no_description"),
+            responsiveness=(None, "no_description"),
+            purity=(None, "no_description"),
+            faithfulness=(None, "no_description"),
+        ),
+        evaluation_row(1, 2, "maxact", "a feature only evaluated", clarity=0.4),
+    ]
+    _write(
+        root,
+        1,
+        "evaluation",
+        schema_frame(FADE_EVALUATION_SCHEMA, evaluation),
+        FADE_EVALUATION_SCHEMA,
+    )
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    write_fixture_run(root / "results")
+    return build_report(root / "results", root / "report", n_boot=50)
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        for name in ("href", "src"):
+            if attrs.get(name):
+                self.links.append(attrs[name])
+
+
+def _parse(path: Path) -> _Links:
+    parser = _Links()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def _page(report: Path, layer: int, feature: int) -> Path:
+    return report.parent / feature_page_path(MODEL, layer, feature)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def test_discover_and_load(tmp_path):
+    write_fixture_run(tmp_path / "results")
+    (tmp_path / "results" / "logs").mkdir()
+    assert discover_models(tmp_path / "results") == [MODEL]
+    with pytest.raises(InputError, match="does not exist"):
+        discover_models(tmp_path / "nothing")
+    frames = load_model_frames(tmp_path / "results", MODEL)
+    assert set(frames.samples["layer"]) == {1}
+    assert set(frames.contributions["feature_layer"]) == {1}
+    assert frames.tokens.shape == (6, 12) and len(frames.context_ids) == 6
+    # the evaluation stage is also found under its other names
+    layer1 = tmp_path / "results" / MODEL / "layer1"
+    (layer1 / "evaluation").rename(layer1 / "fade")
+    frames = load_model_frames(tmp_path / "results", MODEL, stages=["evaluation"])
+    assert len(frames.evaluation) == 4 and frames.weightlens is None
+    only = load_model_frames(tmp_path / "results", MODEL, features={1: [1]})
+    assert set(only.weightlens["feature"]) == {1} and only.clusters.empty  # stage ran
+
+
+# --- pages ---------------------------------------------------------------------------------------
+
+
+def test_every_feature_has_a_page_and_links_resolve(report):
+    root = report.parent
+    assert report == root / "index.html"
+    for layer, feature in FEATURES:
+        assert _page(report, layer, feature).is_file(), (layer, feature)
+    pages = sorted(root.rglob("*.html"))
+    assert len([p for p in pages if p.name.startswith("feature")]) == len(FEATURES)
+    index_links = set(_parse(report).links)
+    for layer, feature in FEATURES:
+        assert feature_page_path(MODEL, layer, feature) in index_links
+    for page in pages:
+        parser = _parse(page)
+        for link in parser.links:
+            parsed = urlparse(link)
+            assert not parsed.scheme and not parsed.netloc, f"{page}: external link {link}"
+            if not parsed.path:
+                continue  # same-page anchor
+            target = (page.parent / unquote(parsed.path)).resolve()
+            assert target.is_file(), f"{page}: broken link {link}"
+        # no external assets: inline CSS only, no scripts, no stylesheet links
+        assert not [t for t, a in parser.tags if t in ("script", "link", "iframe")]
+    images = [link for link in _parse(report).links if link.endswith(".png")]
+    assert len(images) == 6  # one plot per metric
+    for link in images:
+        assert (root / link).read_bytes()[:8] == PNG_MAGIC
+    leftovers = [p for p in root.rglob("*") if p.name.endswith(".partial")]
+    assert not leftovers
+
+
+def test_text_is_escaped(report):
+    for page in report.parent.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        assert "<script>" not in text and "<b>bold" not in text, page
+    page = _page(report, 1, 0).read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in page
+    assert "&lt;b&gt;bold&lt;/b&gt; claims about Paris" in page
+    assert "&lt;11&gt;" in page  # token display strings "<id>" escaped
+    assert "&lt;script&gt;" in report.read_text(encoding="utf-8")  # index description column
+
+
+def test_feature_page_content(report):
+    page = _page(report, 1, 0).read_text(encoding="utf-8")
+    # WeightLens: validated tokens with activations, promoted / suppressed, upstream link
+    assert "Validated input tokens (2)" in page
+    assert 'href="../layer0/feature000002.html"' in page
+    assert "&lt;30&gt;" in page and "&lt;32&gt;" in page
+    # descriptions of every variant of the model, cluster description, scores with reasons
+    for text in ("fires after commas near Paris", "cluster zero: after a comma", "0.80", "0.61"):
+        assert text in page
+    assert "no_rated_2" in page  # a missing score shows its reason
+    assert "gated" in page
+    # clusters: trigger tokens highlighted at the positions of the sample's contributions
+    assert 'id="cluster0"' in page and 'id="cluster-1"' in page
+    triggers = re.findall(
+        r'<span class="([^"]*)" title="position (\d+)[^"]*trigger: ([^"]*)"', page
+    )
+    sample0 = {(int(p), labels) for classes, p, labels in triggers if "trg" in classes}
+    assert (3, "L0.H1@-2") in sample0 and (4, "L0#2") in sample0
+    assert not any(p == 1 for p, _ in sample0)  # L0#9 is not a defining contributor
+    targets = re.findall(r'<span class="([^"]*\btgt\b[^"]*)" title="position (\d+)', page)
+    assert {int(p) for _, p in targets} >= {5, 6, 7}
+    assert any("val" in classes for classes, p in targets if p == "5")  # validated target token
+    assert "sample not in the samples table" in page  # example sample 9 has no sample row
+    assert "Top activating contexts" in page and "top 1" in page
+
+
+def test_missing_pieces_are_shown(report):
+    page = _page(report, 1, 1).read_text(encoding="utf-8")
+    assert "No clusters for this feature" in page
+    assert "no description" in page and "unparseable" in page and "missing_input" in page
+    assert "no_description" in page
+    page = _page(report, 1, 2).read_text(encoding="utf-8")
+    assert "No WeightLens result for this feature" in page
+    assert "no_weightlens_result" in page and "a feature only evaluated" in page
+    assert "No samples for this feature" in page
+    page = _page(report, 0, 2).read_text(encoding="utf-8")
+    assert "not evaluated" in page or "No scores" in page
+
+
+def test_index_content(report):
+    index = report.read_text(encoding="utf-8")
+    assert MODEL in index and "Layer 0" in index and "Layer 1" in index
+    assert "Gemma-2-2B: 32.7%" in index  # token-based shares next to the paper's
+    assert "metric-table" in index and "weightlens_auroc" in index
+    assert "token_based" in index and "context_dependent" in index
+
+
+def test_max_features_and_frames_in_memory(tmp_path):
+    write_fixture_run(tmp_path / "results")
+    index = build_report(tmp_path / "results", tmp_path / "small", max_features=1, n_boot=20)
+    pages = sorted(p.name for p in (tmp_path / "small").rglob("feature*.html"))
+    assert pages == ["feature000000.html", "feature000002.html"]  # L1#0 and L0#2
+    assert "3 more features left out" in index.read_text(encoding="utf-8")
+    # explicit frames: WeightLens only, no corpus, a tokenizer-free display
+    frames = ModelFrames(
+        model="only wl/model",
+        weightlens=schema_frame(WEIGHTLENS_SCHEMA, [weightlens_row(4, 7, validated=[5])]),
+    )
+    index = build_report([frames], tmp_path / "mem", n_boot=20)
+    page = tmp_path / "mem" / feature_page_path("only-wl-model", 4, 7)
+    assert page.is_file()
+    text = page.read_text(encoding="utf-8")
+    assert "No clustering results for this model" in text and "No samples" in text
+    assert 'href="only-wl-model/layer4/feature000007.html"' in index.read_text(encoding="utf-8")
+
+
+# --- headless browser ----------------------------------------------------------------------------
+
+
+def _chromium(args: list[str], user_data: Path) -> subprocess.CompletedProcess[str]:
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={user_data}",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="/usr/bin/chromium is absent (Debian package `chromium`); the browser check needs it",
+)
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    pages = {"index": report, "feature": _page(report, 1, 0)}
+    for name, page in pages.items():
+        png = shots / f"{name}.png"
+        result = _chromium(
+            [f"--screenshot={png}", "--window-size=1200,1600", page.resolve().as_uri()],
+            tmp_path / f"profile-{name}-shot",
+        )
+        assert png.is_file(), result.stderr[-2000:]
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
+        dom = _chromium(["--dump-dom", page.resolve().as_uri()], tmp_path / f"profile-{name}-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        assert "</html>" in dom.stdout
+        if name == "index":
+            assert MODEL in dom.stdout and "weightlens_auroc" in dom.stdout
+            assert "0.80" in dom.stdout  # maxact clarity of L1#0 in the feature table
+        else:
+            assert "Feature 0" in dom.stdout  # the title
+            assert "fires after commas near Paris" in dom.stdout  # a description
+            assert "0.80" in dom.stdout and "no_rated_2" in dom.stdout  # a score and a reason
+            assert "&lt;script&gt;" in dom.stdout  # shown as text, never run
+    kept = os.environ.get("REPORT_SCREENSHOT_DIR")  # to look at them
+    if kept:
+        Path(kept).mkdir(parents=True, exist_ok=True)
+        for png in shots.glob("*.png"):
+            shutil.copy(png, Path(kept) / png.name)
