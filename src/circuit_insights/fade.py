@@ -426,7 +426,8 @@ def _rating_request(
         ),
         json_schema=rating_schema(len(texts)),
         temperature=0.0,
-        max_tokens=max_tokens if max_tokens is not None else 32 + 16 * len(texts),
+        # ~18 tokens per pretty-printed {"id", "rating"} entry (the server may indent its JSON)
+        max_tokens=max_tokens if max_tokens is not None else 64 + 24 * len(texts),
         seed=seed,
     )
 

@@ -146,6 +146,10 @@ class SlurmCluster:
         kwargs.setdefault("text", True)
         return subprocess.run(self.command(args, cwd), env=self.env(env), **kwargs)
 
+    def daemon_pids(self) -> dict[str, int | None]:
+        """munged, slurmctld and slurmd by their pid files (None: no pid file)."""
+        return {Path(name).stem: _pid_of(self.folder / name) for name in PID_FILES}
+
     def logs(self) -> str:
         """The daemons' logs, for failure messages."""
         parts = []
@@ -154,7 +158,8 @@ class SlurmCluster:
         return "\n".join(parts)
 
     def stop(self) -> None:
-        """End slurmd, slurmctld and munged by their pid files, then the namespace holder."""
+        """Cancel every job, end slurmd, slurmctld and munged by their pid files, then what else
+        runs in the private network namespace (job steps), then the namespace holder."""
         if self.stopped:
             return
         if self.holder.poll() is None:

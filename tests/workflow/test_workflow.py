@@ -355,3 +355,22 @@ def test_the_server_is_stopped_when_the_run_fails(results, tmp_path):
     assert (layer_dir(copy) / "explanations" / f"{first}.parquet").is_file()
     assert not (copy / ".llm" / "server.json").exists()
     assert _server_processes() == []
+
+
+def test_summary_tables_plots_and_report(results):
+    summary_dir = results / MODEL / "summary"
+    summary = pd.read_parquet(summary_dir / "summary.parquet")
+    assert {"weightlens_auroc", "clarity"} <= set(summary["metric"])
+    # Every feature has at least one score that does not depend on the evaluator LLM.
+    llm_free = summary[summary["metric"].str.startswith("weightlens_")]
+    assert set(summary["feature"]) <= set(llm_free["feature"])
+    table = (summary_dir / "metric_table.md").read_text()
+    assert "clarity" in table.lower() and str(LAYER) in table
+    assert list((summary_dir / "plots").glob("*.png"))
+    index = results / "report" / "index.html"
+    html = index.read_text()
+    assert "gemma-3-270m" in html
+    pages = list((results / "report").rglob("feature*.html"))
+    assert pages
+    page = pages[0].read_text()
+    assert "WeightLens" in page

@@ -1,0 +1,265 @@
+"""Rerunning parts of a finished run of the CI config: one shard by name, one shard after deleting
+its output, a job killed mid-write, and independent shards past a failure (``-k``).
+
+One completed run is made per module; every test works on its own copy (mtimes kept, so Snakemake
+with ``--rerun-triggers mtime`` sees the copy as up to date). The run builds the CI config's
+targets through sampling (``TARGETS``: the transcoder, the sparse cache and the samples of every
+shard); the per-shard stages after it (WeightLens, attribution, LLM explanations) would add
+minutes and nothing to what is tested here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from circuit_insights.shards import make_shards
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+CI_CONFIG = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
+MODEL = "gemma-3-270m"
+LAYER = CI_CONFIG["models"][MODEL]["layers"][0]
+SHARDS = [
+    shard.name
+    for shard in make_shards(
+        CI_CONFIG["models"][MODEL]["transcoders"]["n_features"], CI_CONFIG["cache"]["shard_size"]
+    )
+]
+CACHE_KINDS = (
+    "activations",
+    "maxima",
+    "feature_stats",
+    "heldout_activations",
+    "heldout_maxima",
+    "heldout_feature_stats",
+)
+TARGETS = ("samples",)
+"""Per-shard artifacts the module's run builds (with everything they need)."""
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def snakemake_command(results: Path, *args: str, cores: int = 2) -> list[str]:
+    return [
+        str(SNAKEMAKE),
+        *args,  # targets first: the options below take several values each
+        "--cores",
+        str(cores),
+        "--configfile",
+        "config/ci.yaml",
+        "--rerun-triggers",
+        "mtime",
+        "--config",
+        f"results_dir={results}",
+    ]
+
+
+def snakemake(
+    results: Path, *args: str, check: bool = True, cores: int = 2
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        snakemake_command(results, *args, cores=cores),
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return done
+
+
+def planned_jobs(dry_run_output: str) -> list[tuple[str, list[str]]]:
+    """(rule, outputs) of every job a dry run lists."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \S+:)", dry_run_output):
+        match = re.match(r"(?:local)?rule (\S+):", block)
+        if match is None:
+            continue
+        outputs = re.search(r"^\s+output: (.*)$", block, re.MULTILINE)
+        jobs.append((match.group(1), outputs.group(1).split(", ") if outputs else []))
+    return jobs
+
+
+def targets(results: Path) -> list[str]:
+    """The files the module's run builds: TARGETS of every shard."""
+    return [str(artifact(results, kind, shard)) for kind in TARGETS for shard in SHARDS]
+
+
+def layer_dir(results: Path) -> Path:
+    return results / MODEL / f"layer{LAYER}"
+
+
+def artifact(results: Path, kind: str, shard: str) -> Path:
+    return layer_dir(results) / kind / f"{shard}.parquet"
+
+
+def mtimes(results: Path) -> dict[Path, int]:
+    return {
+        path.relative_to(results): path.stat().st_mtime_ns
+        for path in results.rglob("*.parquet")
+        if MODEL in path.parts
+    }
+
+
+def parses_as_complete_parquet(path: Path) -> bool:
+    try:
+        pq.read_table(path)
+    except Exception:  # noqa: BLE001 - any failure means the file is not a complete parquet file
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory) -> Path:
+    """One finished run of the CI config."""
+    results = tmp_path_factory.mktemp("completed") / "results"
+    snakemake(results, *targets(results))
+    return results
+
+
+@pytest.fixture
+def results(completed, tmp_path) -> Path:
+    """A copy of the finished run for one test (file times kept)."""
+    copy = tmp_path / "results"
+    shutil.copytree(completed, copy)
+    assert planned_jobs(snakemake(copy, *targets(copy), "-n").stdout) == [], "must be up to date"
+    return copy
+
+
+def test_naming_one_shard_file_rebuilds_exactly_that_shard(results, completed) -> None:
+    target = artifact(results, "samples", SHARDS[-1])
+    planned = planned_jobs(snakemake(results, str(target), "--force", "-n").stdout)
+    assert planned == [("sample", [str(target)])]
+
+    before = mtimes(results)
+    snakemake(results, str(target), "--force")
+    after = mtimes(results)
+    changed = {path for path in before if before[path] != after[path]}
+    assert changed == {target.relative_to(results)}
+    pd.testing.assert_frame_equal(  # seeded sampling: the same contexts again
+        pd.read_parquet(target), pd.read_parquet(artifact(completed, "samples", SHARDS[-1]))
+    )
+
+
+def test_deleting_one_shard_output_reruns_only_that_shards_jobs(results) -> None:
+    deleted, other = SHARDS[0], SHARDS[1]
+    target = artifact(results, "samples", deleted)
+    target.unlink()
+    planned = planned_jobs(snakemake(results, *targets(results), "-n").stdout)
+    assert ("sample", [str(target)]) in planned
+    for rule, outputs in planned:
+        assert not any(other in output for output in outputs), f"{rule} reruns shard {other}"
+        shard_names = {name for output in outputs for name in SHARDS if name in output}
+        assert shard_names <= {deleted}, (rule, outputs)  # that shard's jobs, or gathers
+    assert f"cache_{MODEL}" not in {rule for rule, _ in planned}
+    snakemake(results, str(target))
+    assert parses_as_complete_parquet(target)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children of children too)."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            queue += children
+    return found
+
+
+def test_job_killed_mid_write_leaves_nothing_complete_and_is_redone(results, completed) -> None:
+    """SIGKILL to the whole Snakemake process group while the cache job writes its shards."""
+    for kind in CACHE_KINDS:
+        shutil.rmtree(layer_dir(results) / kind)
+    partial_dir = layer_dir(results) / "activations"
+    process = subprocess.Popen(
+        # --nolock: the killed Snakemake cannot remove its lock, and `--unlock` would also remove
+        # the locks of other runs in this working directory.
+        snakemake_command(results, str(artifact(results, "maxima", SHARDS[0])), "--nolock"),
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not list(partial_dir.glob(".*.partial")):
+            assert process.poll() is None, "the cache job ended before it was killed"
+            assert time.monotonic() < deadline, "the cache job never started writing"
+            time.sleep(0.05)
+        doomed = _descendants(process.pid)
+        os.killpg(process.pid, signal.SIGKILL)
+        for pid in doomed:  # in case a job runs in a session of its own
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+    # Killed mid-write: temporaries only; nothing under an output's name that is not complete.
+    assert list(partial_dir.glob(".*.partial")), "the kill must catch the job mid-write"
+    for kind in CACHE_KINDS:
+        for path in (layer_dir(results) / kind).glob("*"):
+            if not path.name.startswith("."):
+                assert parses_as_complete_parquet(path), f"{path} looks complete but is not"
+    stale = sorted(p.name for p in layer_dir(results).rglob(".*.partial"))
+
+    cache_outputs = [
+        str(artifact(results, kind, shard)) for kind in CACHE_KINDS for shard in SHARDS
+    ]
+    snakemake(results, *cache_outputs, "--rerun-incomplete")
+
+    for kind in CACHE_KINDS:
+        for shard in SHARDS:
+            pd.testing.assert_frame_equal(  # the redone cache equals the first run's
+                pd.read_parquet(artifact(results, kind, shard)),
+                pd.read_parquet(artifact(completed, kind, shard)),
+            )
+    assert planned_jobs(snakemake(results, *cache_outputs, "-n").stdout) == []
+    leftover = sorted(p.name for p in layer_dir(results).rglob(".*.partial"))
+    assert set(leftover) <= set(stale), "the rerun itself leaves no temporaries"
+
+
+def test_keep_going_builds_the_other_shard_past_a_failure(results) -> None:
+    """One job at a time, the broken shard first: without -k the run stops at its failure, with
+    -k the intact shard is built after it."""
+    broken, intact = SHARDS[0], SHARDS[1]
+    for shard in SHARDS:
+        artifact(results, "samples", shard).unlink()
+    artifact(results, "maxima", broken).write_bytes(b"PAR1 this is not a parquet file")
+    first = ("--prioritize", str(artifact(results, "samples", broken)))
+
+    stopped = snakemake(results, *targets(results), *first, check=False, cores=1)
+    assert stopped.returncode != 0
+    assert not artifact(results, "samples", intact).exists(), "without -k the run stops"
+
+    done = snakemake(results, *targets(results), *first, "-k", check=False, cores=1)
+
+    assert done.returncode != 0
+    assert not artifact(results, "samples", broken).exists()
+    assert parses_as_complete_parquet(artifact(results, "samples", intact))
+    log = results / "logs" / MODEL / f"layer{LAYER}" / "sample" / f"{broken}.log"
+    assert log.is_file() and log.read_text().strip(), "the failed shard's log says why"
+    assert not list(layer_dir(results).rglob(".*.partial"))

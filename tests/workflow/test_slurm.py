@@ -1,0 +1,103 @@
+"""The CI config through the SLURM profile on a real one-node cluster (tests/workflow/slurm_cluster.py).
+
+Skipped only where slurmctld is not installed (CI installs it: docs/scale-out.md); any other missing
+piece is a failure that names it. The cluster is stopped (pid files) whatever happens.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from circuit_insights.shards import make_shards
+from tests.workflow.slurm_cluster import SlurmCluster, start_cluster
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("slurmctld") is None,
+        reason="slurmctld is not installed (apt-get install -y --no-install-recommends "
+        "slurmctld slurmd slurm-client munge; pip install snakemake-executor-plugin-slurm==2.8.0)",
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+CI_CONFIG = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
+MODEL = "gemma-3-270m"
+LAYER = CI_CONFIG["models"][MODEL]["layers"][0]
+TIMEOUT_S = 1500
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> SlurmCluster:
+    started = start_cluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield started
+    finally:
+        daemons = started.daemon_pids()
+        started.stop()
+        for name, pid in daemons.items():
+            assert pid is None or not _runs(pid), f"{name} (pid {pid}) still runs after stop()"
+
+
+def _runs(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_ci_config_runs_to_the_end_through_the_slurm_profile(cluster, tmp_path) -> None:
+    results = tmp_path / "results"
+    command = [
+        str(SNAKEMAKE),
+        "--profile",
+        "workflow/profiles/slurm",
+        "--configfile",
+        "config/ci.yaml",
+        "--rerun-triggers",
+        "mtime",
+        "--slurm-logdir",
+        str(tmp_path / "slurm_logs"),
+        "--config",
+        f"results_dir={results}",
+    ]
+    started = time.perf_counter()
+    done = cluster.run(
+        command,
+        cwd=ROOT,
+        env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+        timeout=TIMEOUT_S,
+    )
+    seconds = time.perf_counter() - started
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"snakemake failed:\n{output[-6000:]}\n{cluster.logs()}"
+    print(f"CI config through SLURM: {seconds:.0f} s")
+
+    layer = results / MODEL / f"layer{LAYER}"
+    shards = [
+        shard.name
+        for shard in make_shards(
+            CI_CONFIG["models"][MODEL]["transcoders"]["n_features"],
+            CI_CONFIG["cache"]["shard_size"],
+        )
+    ]
+    for kind in ("activations", "maxima", "feature_stats", "heldout_maxima", "samples"):
+        assert sorted(p.stem for p in (layer / kind).glob("*.parquet")) == shards, kind
+    assert (layer / "transcoder" / "report.json").is_file()
+    assert (results / MODEL / "corpus" / "tokens.parquet").is_file()
+    assert not list(results.rglob("*.partial"))
+
+    # Every rule ran as a SLURM job; the shards of `sample` went out as one job array.
+    assert "Submitted array job" in output, output[-3000:]
+    queue = cluster.run(["squeue", "--states=all", "--noheader", "--format=%i|%T"])
+    states = dict(line.split("|") for line in queue.stdout.split())
+    assert states and set(states.values()) == {"COMPLETED"}, states
+    assert sum("_" in job for job in states) == len(shards), states  # array tasks: <id>_<task>
