@@ -257,14 +257,14 @@ def _answer(result: ChatResult) -> Any:
 
 # --- synthetic texts -------------------------------------------------------------------------
 
-# Lengths are bounded so that a small LLM that repeats itself still closes its JSON before
-# max_tokens (vLLM's structured outputs honour maxItems and maxLength).
+# The list is bounded so that a small LLM that repeats itself still closes its JSON before
+# max_tokens (vLLM's structured outputs honour maxItems).
 GENERATION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "texts": {
             "type": "array",
-            "items": {"type": "string", "minLength": 1, "maxLength": 300},
+            "items": {"type": "string"},
             "minItems": 1,
             "maxItems": 10,
         }
