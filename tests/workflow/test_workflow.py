@@ -185,13 +185,14 @@ def test_deleting_one_shard_reruns_only_that_shard(results):
     variant = CI_CONFIG["evaluate"]["variants"][0]
     target = layer_dir(results) / "evaluation" / variant / f"{first}.parquet"
     target.unlink()
-    planned = snakemake(results, "-n").stdout
-    jobs = planned.split("Job stats")[1].split("Reasons")[0]
-    assert "evaluate " in jobs and "summarize " in jobs and "report " in jobs
-    assert planned.count("rule evaluate:") == 1
-    assert f"shard={second}" not in planned
-    assert "rule explain:" not in planned and "rule attribution:" not in planned
-    snakemake(results)
+    try:
+        planned = snakemake(results, "-n").stdout
+        assert planned.count("rule evaluate:") == 1, planned
+        assert "rule summarize:" in planned and "rule report:" in planned
+        assert f"shard={second}" not in planned
+        assert "rule explain:" not in planned and "rule attribution:" not in planned
+    finally:
+        snakemake(results)  # later tests read every output
     assert target.is_file()
 
 

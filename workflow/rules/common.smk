@@ -164,7 +164,30 @@ def model_locations(wildcards):
 
 
 def all_targets():
-    """The report of the run, and each model's summary (everything else is upstream of them)."""
-    return [f"{RESULTS}/report/index.html"] + [
-        f"{RESULTS}/{model}/summary/metric_table.md" for model in config["models"]
-    ]
+    """Every per-shard output of every stage, each model's summary and the run's report.
+
+    Per-shard files are targets too (not only the report), so that deleting one shard's output
+    reruns exactly that shard's job (and the gathers after it).
+    """
+    targets = [f"{RESULTS}/report/index.html"]
+    for model, block in config["models"].items():
+        targets.append(f"{RESULTS}/{model}/summary/metric_table.md")
+        for layer in block["layers"]:
+            for name in shard_names(model):
+                targets += [
+                    paths.layer_artifact(RESULTS, model, layer, stage, name)
+                    for stage in (
+                        "samples",
+                        "weightlens",
+                        "contributions",
+                        "clusters",
+                        "explanations",
+                    )
+                ]
+                targets += [
+                    f"{RESULTS}/{model}/layer{layer}/evaluation/{variant}/{name}.parquet"
+                    for variant in config["evaluate"]["variants"]
+                ]
+            if block["transcoders"]["kind"] == "train":
+                targets.append(paths.transcoder_report(RESULTS, model, layer))
+    return targets
