@@ -39,7 +39,12 @@ def test_empty_config_gets_every_default():
     config = validate_config({}, SCHEMA)
     assert config["models"]["gemma-3-270m"]["layers"] == [3, 8, 13]
     assert config["sampling"] == {
-        "n_bins": 20, "alpha": 0.9, "n_samples": 100, "top_k": 20, "n_negatives": 20, "seed": 0,
+        "n_bins": 20,
+        "alpha": 0.9,
+        "n_samples": 100,
+        "top_k": 20,
+        "n_negatives": 20,
+        "seed": 0,
     }
     assert config["corpus"]["source"] == "gensim"
 

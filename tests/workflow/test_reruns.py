@@ -26,7 +26,14 @@ import yaml
 
 from circuit_insights.shards import make_shards
 
-pytestmark = pytest.mark.slow
+# Work in progress (issue 7): written this session, not yet seen green on a clean clone; opt in
+# with CIRCUIT_INSIGHTS_WIP_TESTS=1 until it is.
+_WIP = pytest.mark.skipif(
+    os.environ.get("CIRCUIT_INSIGHTS_WIP_TESTS") != "1",
+    reason="work in progress (issue 7): opt in with CIRCUIT_INSIGHTS_WIP_TESTS=1",
+)
+
+pytestmark = [pytest.mark.slow, _WIP]
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -240,6 +247,7 @@ def test_job_killed_mid_write_leaves_nothing_complete_and_is_redone(results, com
     assert planned_jobs(snakemake(results, *cache_outputs, "-n").stdout) == []
     leftover = sorted(p.name for p in layer_dir(results).rglob(".*.partial"))
     assert set(leftover) <= set(stale), "the rerun itself leaves no temporaries"
+    print(f"temporaries of the killed job: {len(stale)}, left after the rerun: {len(leftover)}")
 
 
 def test_keep_going_builds_the_other_shard_past_a_failure(results) -> None:
