@@ -2,7 +2,11 @@
 # Run: snakemake --cores all (config/config.yaml, the embedded default) or --configfile another.
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless the command line names config files of its own (then those
+# alone, with the schema's defaults, so a preset does not also run the embedded model).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
