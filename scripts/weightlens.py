@@ -26,7 +26,7 @@ run_weightlens_stage(
         up: transcoder_location(model_config, inputs.get(f"transcoder_{up}", []), up)
         for up in snakemake.params.layers
     },
-    {up: inputs[f"upstream_{up}"] for up in snakemake.params.layers if up < layer},
+    {up: [inputs[f"upstream_{up}"]] for up in snakemake.params.layers if up < layer},
     snakemake.input.samples,
     snakemake.input.heldout,
     snakemake.input.tokens,

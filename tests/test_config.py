@@ -54,6 +54,18 @@ def test_a_model_block_gets_its_defaults():
     block = config["models"]["gpt2"]
     assert block["transcoders"]["kind"] == "train"
     assert block["dtype"] == "float32"
+    assert (block["transcoders"]["input_hook"], block["transcoders"]["output_hook"]) == (
+        "mlp_in",
+        "mlp_out",
+    )
+
+
+def test_pretrained_hooks_stay_unset_so_the_file_decides():
+    block = {"source": "gpt2", "transcoders": {"kind": "pretrained", "path": "tc{layer}.pt"}}
+    transcoders = validate_config({"models": {"gpt2": block}}, SCHEMA)["models"]["gpt2"][
+        "transcoders"
+    ]
+    assert transcoders["input_hook"] is None and transcoders["output_hook"] is None
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")))

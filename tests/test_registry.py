@@ -333,3 +333,19 @@ def test_release_files_load_with_the_registry_hooks(hub, name: str) -> None:
     )
     assert transcoder.activation == release.activation and transcoder.skip == release.skip
     assert transcoder.n_features == D_SAE
+
+
+def test_jobs_resolve_hf_paths_of_pretrained_transcoders(hub, monkeypatch) -> None:
+    """The location a job loads from is the downloaded file, not the hf:// text of the config."""
+    from circuit_insights.stages import transcoder_location
+
+    release = RELEASES["gpt2-dunefsky"]
+    _publish(release, hub, 2, np.random.default_rng(1))
+    monkeypatch.setattr(registry, "_hub_download", hub.download)
+    monkeypatch.setattr(registry, "_hub_list_files", hub.list_files)
+    model_config = {
+        "transcoders": {"kind": "pretrained", "path": release.path_template, "format": "dunefsky"}
+    }
+    location = transcoder_location(model_config, [], 2)
+    assert Path(location) == hub.folder(release.repo, release.revision) / release.file_in_repo(2)
+    assert load_transcoder(location, "dunefsky", layer=2, d_model=D_MODEL).n_features == D_SAE

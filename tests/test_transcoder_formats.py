@@ -571,3 +571,32 @@ def test_circuit_tracer_file_without_config_needs_hooks(tmp_path, rng) -> None:
         output_hook="mlp_out",
     )
     assert_forward_matches(transcoder, skip_transcoder_reference(arrays), rng)
+
+
+@pytest.mark.parametrize(
+    ("hooks", "message"),
+    [
+        ({"input_hook": None, "output_hook": None}, None),
+        ({"input_hook": "mlp_in_unaffine", "output_hook": "mlp_out"}, None),
+        (
+            {"input_hook": "resid_mid", "output_hook": None},
+            "transcoders.input_hook' says resid_mid",
+        ),
+        ({"input_hook": None, "output_hook": "mlp_out_post_norm"}, "transcoders.output_hook'"),
+    ],
+)
+def test_configured_hooks_of_pretrained_files_are_checked(tmp_path, hooks, message) -> None:
+    """A hook set in config for a pretrained file must agree with the file; null takes the file's."""
+    from circuit_insights.stages import load_layer_transcoder
+
+    path = write_dunefsky(tmp_path / "tc2.pt", dunefsky_arrays(np.random.default_rng(0)), layer=2)
+    config = {
+        "transcoders": {"kind": "pretrained", "format": "dunefsky", "n_features": D_SAE, **hooks}
+    }
+    model = types.SimpleNamespace(d_model=D_MODEL, device=torch.device("cpu"))
+    if message is None:
+        transcoder = load_layer_transcoder(config, model, 2, str(path), "gpt2")
+        assert transcoder.input_hook == "mlp_in_unaffine"
+    else:
+        with pytest.raises(InputError, match=message.replace(".", r"\.")):
+            load_layer_transcoder(config, model, 2, str(path), "gpt2")

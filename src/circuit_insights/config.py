@@ -15,6 +15,14 @@ import yaml
 
 from circuit_insights.errors import InputError
 
+TRAINED_HOOK_DEFAULTS = {"input_hook": "mlp_in", "output_hook": "mlp_out"}
+"""Hooks of a trained transcoder when the config leaves them null (pretrained files name their own)."""
+
+
+def gpus_for_device(device: str) -> int:
+    """GPUs a job asks for (Snakemake resource ``gpu``) when its model runs on torch ``device``."""
+    return 1 if device.split(":", 1)[0] == "cuda" else 0
+
 
 def load_schema(path: str | Path) -> dict[str, Any]:
     """Read a YAML JSON-schema file."""
@@ -63,6 +71,11 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dic
             raise InputError(f"config key {key!r} is not known (see the config schema)")
         raise InputError(f"config key {key!r}: {error.message}")
     _check_semantics(filled)
+    for model in filled["models"].values():
+        transcoders = model["transcoders"]
+        if transcoders["kind"] == "train":
+            for key, default in TRAINED_HOOK_DEFAULTS.items():
+                transcoders[key] = transcoders[key] or default
     return filled
 
 

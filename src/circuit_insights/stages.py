@@ -252,10 +252,17 @@ def save_transcoder_files(transcoder: Transcoder, weights_path: str) -> None:
 
 
 def transcoder_location(model_config: Mapping[str, Any], inputs: Sequence[str], layer: int) -> str:
-    """Where a layer's transcoder is: the trained files' folder (job inputs) or the configured path."""
-    if model_config["transcoders"]["kind"] == "train":
+    """Where a layer's transcoder is: the trained files' folder (job inputs) or the configured path.
+
+    A configured ``hf://`` path is downloaded here (call it inside the job that loads the
+    transcoder, never while the DAG is built); a local template is only formatted.
+    """
+    from circuit_insights.registry import resolve_transcoder_path
+
+    settings = model_config["transcoders"]
+    if settings["kind"] == "train":
         return str(Path(inputs[0]).parent)
-    return model_config["transcoders"]["path"].format(layer=layer)
+    return str(resolve_transcoder_path(settings["path"], layer, fmt=settings["format"]))
 
 
 def load_layer_transcoder(
@@ -272,6 +279,13 @@ def load_layer_transcoder(
             f"transcoder {path} has {transcoder.n_features} features but config key "
             f"'models.{model_name}.transcoders.n_features' says {settings['n_features']}"
         )
+    for key in ("input_hook", "output_hook"):
+        if settings.get(key) and settings[key] != getattr(transcoder, key):
+            raise InputError(
+                f"transcoder {path} is attached at {getattr(transcoder, key)} but config key "
+                f"'models.{model_name}.transcoders.{key}' says {settings[key]} "
+                "(leave it null to take the file's hook)"
+            )
     return transcoder.to(model.device)
 
 

@@ -1404,6 +1404,19 @@ def read_weightlens(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     return frame.sort_values("feature", ignore_index=True)
 
 
+def gather_weightlens(
+    paths: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]
+) -> int:
+    """Write the WeightLens results of one layer's shard files as one table; returns its rows.
+
+    Later layers read this table (their upstream layers' tokens and classes) instead of every
+    shard file: one DAG edge per earlier layer instead of one per shard pair.
+    """
+    frame = read_weightlens(paths)
+    write_parquet_atomic(frame[WEIGHTLENS_SCHEMA.names], output, schema=WEIGHTLENS_SCHEMA)
+    return len(frame)
+
+
 # --- TWERA ------------------------------------------------------------------------------------------
 
 

@@ -58,6 +58,11 @@ def layer_artifact(results: str, model: str, layer: int | str, kind: str, shard:
     return f"{results}/{model}/layer{layer}/{kind}/{shard}.parquet"
 
 
+def layer_table(results: str, model: str, layer: int | str, kind: str) -> str:
+    """All shards of one layer's artifact in one file, e.g. ``results/m/layer3/weightlens.parquet``."""
+    return f"{results}/{model}/layer{layer}/{kind}.parquet"
+
+
 def shard_of(path: str | Path) -> str:
     """The shard name of a per-shard artifact path."""
     return Path(path).stem

@@ -230,6 +230,29 @@ def test_unknown_model_fails_at_start_naming_it(tmp_path):
     assert "unknown model './no-such-model'" in done.stderr + done.stdout
 
 
+def _planned_resources(dry_run_stdout: str) -> dict[str, set[str]]:
+    """rule -> the distinct ``resources:`` lines its planned jobs print in a dry run."""
+    planned: dict[str, set[str]] = {}
+    rule = None
+    for line in dry_run_stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            planned.setdefault(rule, set()).add(line.strip())
+    return planned
+
+
+@pytest.mark.parametrize(("device", "gpus"), [("cuda", 1), ("cuda:1", 1), ("cpu", 0)])
+def test_jobs_that_run_the_model_ask_for_a_gpu_on_a_cuda_device(tmp_path, device, gpus):
+    config = _bad_config(tmp_path, **{f"models.{MODEL}.device": device})
+    planned = _planned_resources(snakemake(tmp_path / "out", "-n", config=config).stdout)
+    model_rules = ("train_transcoder", f"cache_{MODEL}", "weightlens", "attribution", "evaluate")
+    for rule in model_rules:
+        assert planned[rule] and all(f"gpu={gpus}" in line for line in planned[rule]), rule
+    for rule in ("corpus", "sample", "cluster", "explain", "summarize"):
+        assert all("gpu=1" not in line for line in planned[rule]), rule
+
+
 def test_empty_corpus_fails_naming_it_and_leaves_no_output(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")

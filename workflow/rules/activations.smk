@@ -28,6 +28,7 @@ for cached_model in config["models"]:
         resources:
             mem_mb=lambda wildcards, attempt: 6000 * attempt,  # model + one batch of activations
             runtime=240,
+            gpu=gpus_of(cached_model),
         params:
             model_name=cached_model,
             model=config["models"][cached_model],

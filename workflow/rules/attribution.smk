@@ -23,6 +23,7 @@ rule attribution:
         # frozen attention patterns: batch x length^2 x heads x layers; retries double the memory
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=240,
+        gpu=model_gpus,
     params:
         model_name="{model}",
         model=model_config,

@@ -6,6 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from circuit_insights.config import (  # noqa: E402
     check_models_at_start,
+    gpus_for_device,
     load_schema,
     validate_config,
 )
@@ -34,6 +35,16 @@ wildcard_constraints:
 def model_config(wildcards):
     """The validated config block of the {model} wildcard."""
     return config["models"][wildcards.model]
+
+
+def model_gpus(wildcards):
+    """Resource gpu of a job running {model}: 1 on a cuda device, else 0 (profiles cap it)."""
+    return gpus_of(wildcards.model)
+
+
+def gpus_of(model):
+    """model_gpus for a model named at parse time."""
+    return gpus_for_device(config["models"][model]["device"])
 
 
 def embedded_model_files(wildcards):
@@ -80,7 +91,8 @@ def earlier_layers(wildcards):
 
 def weightlens_inputs(wildcards):
     """Transcoders of {layer} and every earlier configured layer, and the earlier layers'
-    WeightLens results (all shards): named transcoder_{L} and upstream_{L} for unpack().
+    WeightLens results (one gathered table per layer, not every shard file: the DAG stays
+    linear in shards): named transcoder_{L} and upstream_{L} for unpack().
     """
     inputs = {}
     for up in earlier_layers(wildcards):
@@ -89,11 +101,20 @@ def weightlens_inputs(wildcards):
                 RESULTS, wildcards.model, up
             )
         if up < int(wildcards.layer):
-            inputs[f"upstream_{up}"] = [
-                paths.layer_artifact(RESULTS, wildcards.model, up, "weightlens", name)
-                for name in shard_names(wildcards.model)
-            ]
+            inputs[f"upstream_{up}"] = paths.layer_table(
+                RESULTS, wildcards.model, up, "weightlens"
+            )
     return inputs
+
+
+def layer_weightlens_shards(wildcards):
+    """The WeightLens shard files of {model} {layer}."""
+    return [
+        paths.layer_artifact(
+            RESULTS, wildcards.model, wildcards.layer, "weightlens", name
+        )
+        for name in shard_names(wildcards.model)
+    ]
 
 
 def all_layer_transcoders(wildcards):
@@ -137,11 +158,10 @@ def evaluation_files(wildcards):
 
 
 def weightlens_files(wildcards):
-    """Every WeightLens file of {model}: layers x shards."""
+    """The gathered WeightLens table of every layer of {model}."""
     return [
-        paths.layer_artifact(RESULTS, wildcards.model, layer, "weightlens", name)
+        paths.layer_table(RESULTS, wildcards.model, layer, "weightlens")
         for layer in model_config(wildcards)["layers"]
-        for name in shard_names(wildcards.model)
     ]
 
 
@@ -188,6 +208,7 @@ def all_targets():
                     f"{RESULTS}/{model}/layer{layer}/evaluation/{variant}/{name}.parquet"
                     for variant in config["evaluate"]["variants"]
                 ]
+            targets.append(paths.layer_table(RESULTS, model, layer, "weightlens"))
             if block["transcoders"]["kind"] == "train":
                 targets.append(paths.transcoder_report(RESULTS, model, layer))
     return targets

@@ -23,6 +23,7 @@ rule evaluate:
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,  # the subject model generating
         runtime=240,
+        gpu=model_gpus,
         llm=1,
     params:
         model_name="{model}",

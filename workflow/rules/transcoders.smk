@@ -20,6 +20,7 @@ rule train_transcoder:
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,  # model + MLP pairs of train_contexts
         runtime=120,
+        gpu=model_gpus,
     params:
         model_name="{model}",
         model=model_config,

@@ -21,6 +21,7 @@ rule weightlens:
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,  # model + (vocab x feature chunk) scores
         runtime=60,
+        gpu=model_gpus,
     params:
         model_name="{model}",
         model=model_config,
@@ -28,3 +29,21 @@ rule weightlens:
         layers=earlier_layers,
     script:
         "../../scripts/weightlens.py"
+
+
+# One table per layer: what later layers' WeightLens jobs read as their upstream results.
+rule gather_weightlens:
+    input:
+        shards=layer_weightlens_shards,
+    output:
+        table=f"{RESULTS}/{{model}}/layer{{layer}}/weightlens.parquet",
+    log:
+        f"{RESULTS}/logs/{{model}}/layer{{layer}}/gather_weightlens.log",
+    localrule: True
+    conda:
+        "../../envs/circuit-insights.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/gather_weightlens.py"
