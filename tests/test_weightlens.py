@@ -27,6 +27,7 @@ from circuit_insights.weightlens import (
     describe,
     display_token,
     fold_write_side,
+    gather_weightlens,
     read_directions,
     read_weightlens,
     resolve_thresholds,
@@ -590,6 +591,11 @@ def test_run_with_top_contexts_and_heldout_and_parquet_round_trip(tmp_path):
         read_weightlens([tmp_path / "missing.parquet"])
     assert list(back.columns) == WEIGHTLENS_SCHEMA.names
     assert list(back.set_index("feature").loc[3, "validated_token_ids"]) == [PLANTED_TOKEN]
+    # The layer table later layers read: every shard once, by feature, same schema and values.
+    table = tmp_path / "layer0.parquet"
+    assert gather_weightlens(paths, table) == N_FEATURES
+    assert pq.read_schema(table).equals(WEIGHTLENS_SCHEMA, check_metadata=False)
+    pd.testing.assert_frame_equal(read_weightlens([table]), back)
     # Results read back from parquet serve as upstream results of the next layer.
     layer1 = run_weightlens(
         model, {0: transcoder, 1: _transcoder(model, 1)}, 1, range(4), {0: back}, LOOSE
