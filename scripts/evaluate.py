@@ -21,7 +21,7 @@ run_evaluate_stage(
     snakemake.params.evaluate,
     llm,
     job_model_location(model_config["source"], snakemake.input.model),
-    job_model_location(llm["model"], snakemake.input.llm) if snakemake.input.llm else llm["model"],
+    job_model_location(llm["model"], snakemake.input.llm),
     layer,
     snakemake.wildcards.variant,
     transcoder_location(model_config, snakemake.input.transcoder, layer),

@@ -18,7 +18,7 @@ run_explain_stage(
     snakemake.params.explain,
     llm,
     job_model_location(snakemake.params.model["source"], snakemake.input.model),
-    job_model_location(llm["model"], snakemake.input.llm) if snakemake.input.llm else llm["model"],
+    job_model_location(llm["model"], snakemake.input.llm),
     int(snakemake.wildcards.layer),
     snakemake.wildcards.shard,
     snakemake.input.weightlens,

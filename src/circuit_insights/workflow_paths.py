@@ -29,8 +29,12 @@ def model_location(resources: str, source: str) -> str:
 
 
 def job_model_location(source: str, model_inputs: list[str] | str) -> str:
-    """A job's model location: the embedded folder (from its input files) or the source itself."""
-    if is_embedded(source):
+    """A job's model location: the embedded folder (from its input files) or the source itself.
+
+    An embedded source with no input files (an LLM served at ``llm.url``: nothing is built) stays
+    the source.
+    """
+    if is_embedded(source) and model_inputs:
         first = model_inputs if isinstance(model_inputs, str) else model_inputs[0]
         return str(Path(first).parent)
     return source

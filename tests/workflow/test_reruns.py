@@ -26,14 +26,7 @@ import yaml
 
 from circuit_insights.shards import make_shards
 
-# Work in progress (issue 7): written this session, not yet seen green on a clean clone; opt in
-# with CIRCUIT_INSIGHTS_WIP_TESTS=1 until it is.
-_WIP = pytest.mark.skipif(
-    os.environ.get("CIRCUIT_INSIGHTS_WIP_TESTS") != "1",
-    reason="work in progress (issue 7): opt in with CIRCUIT_INSIGHTS_WIP_TESTS=1",
-)
-
-pytestmark = [pytest.mark.slow, _WIP]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"

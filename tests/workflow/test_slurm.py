@@ -19,15 +19,7 @@ import yaml
 from circuit_insights.shards import make_shards
 from tests.workflow.slurm_cluster import SlurmCluster, start_cluster
 
-# Work in progress (issue 7): written this session, not yet seen green on a clean clone; opt in
-# with CIRCUIT_INSIGHTS_WIP_TESTS=1 until it is.
-_WIP = pytest.mark.skipif(
-    os.environ.get("CIRCUIT_INSIGHTS_WIP_TESTS") != "1",
-    reason="work in progress (issue 7): opt in with CIRCUIT_INSIGHTS_WIP_TESTS=1",
-)
-
 pytestmark = [
-    _WIP,
     pytest.mark.slow,
     pytest.mark.skipif(
         shutil.which("slurmctld") is None,
@@ -38,10 +30,30 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-CI_CONFIG = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
 MODEL = "gemma-3-270m"
-LAYER = CI_CONFIG["models"][MODEL]["layers"][0]
+TINY = {
+    "corpus": {"max_contexts": 120},
+    "models": {
+        MODEL: {"transcoders": {"n_features": 128, "train_contexts": 80, "steps": 100}},
+    },
+    "cache": {"shard_size": 64},  # two shards: the per-shard rules go out as job arrays
+    "attribution": {"samples_per_feature": 4},
+    "explain": {"variants": ["maxact", "weightlens_rule"]},
+    "evaluate": {"variants": ["weightlens_rule"]},
+}
+"""The CI config made smaller still: every rule runs as a SLURM job, the LLM ones included."""
 TIMEOUT_S = 1500
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = _merged(base.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+CONFIG = _merged(yaml.safe_load((ROOT / "config/ci.yaml").read_text()), TINY)
+LAYER = CONFIG["models"][MODEL]["layers"][0]
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +78,14 @@ def _runs(pid: int) -> bool:
 
 def test_ci_config_runs_to_the_end_through_the_slurm_profile(cluster, tmp_path) -> None:
     results = tmp_path / "results"
+    config = tmp_path / "slurm-ci.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
     command = [
         str(SNAKEMAKE),
         "--profile",
         "workflow/profiles/slurm",
         "--configfile",
-        "config/ci.yaml",
+        str(config),
         "--rerun-triggers",
         "mtime",
         "--slurm-logdir",
@@ -95,12 +109,13 @@ def test_ci_config_runs_to_the_end_through_the_slurm_profile(cluster, tmp_path) 
     shards = [
         shard.name
         for shard in make_shards(
-            CI_CONFIG["models"][MODEL]["transcoders"]["n_features"],
-            CI_CONFIG["cache"]["shard_size"],
+            CONFIG["models"][MODEL]["transcoders"]["n_features"],
+            CONFIG["cache"]["shard_size"],
         )
     ]
-    for kind in ("activations", "maxima", "feature_stats", "heldout_maxima", "samples"):
+    for kind in ("activations", "maxima", "samples", "weightlens", "explanations"):
         assert sorted(p.stem for p in (layer / kind).glob("*.parquet")) == shards, kind
+    assert (results / "report" / "index.html").is_file()
     assert (layer / "transcoder" / "report.json").is_file()
     assert not list(results.rglob("*.partial"))
     # To the end: a local dry run of the same config finds nothing left to do.
@@ -111,7 +126,7 @@ def test_ci_config_runs_to_the_end_through_the_slurm_profile(cluster, tmp_path) 
             "--cores",
             "1",
             "--configfile",
-            "config/ci.yaml",
+            str(config),
             "--rerun-triggers",
             "mtime",
             "--config",
