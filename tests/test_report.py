@@ -521,3 +521,14 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         Path(kept).mkdir(parents=True, exist_ok=True)
         for png in shots.glob("*.png"):
             shutil.copy(png, Path(kept) / png.name)
+
+
+def test_feature_pages_go_to_explained_features_first():
+    from circuit_insights.report import _choose_features
+
+    keys = {3: set(range(10)), 8: {1, 2}}
+    chosen, hidden = _choose_features(keys, 3, first={3: {7, 9}, 8: {5}})
+    assert chosen == {3: [0, 7, 9], 8: [1, 2]}  # explained ones kept, the rest by lowest id
+    assert hidden == {3: 7, 8: 0}
+    chosen, hidden = _choose_features(keys, None, first={3: {7}})
+    assert chosen[3] == list(range(10)) and hidden[3] == 0

@@ -306,15 +306,26 @@ def _feature_keys(frames: Iterable[pd.DataFrame | None]) -> dict[int, set[int]]:
 
 
 def _choose_features(
-    keys: Mapping[int, set[int]], max_features: int | None
+    keys: Mapping[int, set[int]],
+    max_features: int | None,
+    first: Mapping[int, set[int]] | None = None,
 ) -> tuple[dict[int, list[int]], dict[int, int]]:
-    """Features with a page per layer (the lowest ids, at most ``max_features`` per layer) and
-    how many were left out."""
+    """Features with a page per layer and how many were left out.
+
+    At most ``max_features`` per layer: the features of ``first`` (those with explanations or
+    scores) always, then the lowest other ids; pages are listed by id.
+    """
     chosen: dict[int, list[int]] = {}
     hidden: dict[int, int] = {}
     for layer in sorted(keys):
         features = sorted(keys[layer])
-        shown = features if max_features is None else features[: max(0, int(max_features))]
+        if max_features is None:
+            shown = features
+        else:
+            wanted = sorted((first or {}).get(layer, set()) & set(features))
+            taken = set(wanted)
+            rest = [feature for feature in features if feature not in taken]
+            shown = sorted((wanted + rest)[: max(0, int(max_features))])
         chosen[layer] = shown
         hidden[layer] = len(features) - len(shown)
     return chosen, hidden
@@ -1085,7 +1096,8 @@ def build_report(
             if not keys:
                 clusters = read_stage(results, model, "clusters", stage_dirs=stage_dirs)
                 keys = _feature_keys([clusters])
-            chosen, hidden = _choose_features(keys, max_features)
+            explained = _feature_keys([light.evaluation, light.explanations])
+            chosen, hidden = _choose_features(keys, max_features, first=explained)
             heavy = load_model_frames(
                 results,
                 model,
@@ -1113,7 +1125,8 @@ def build_report(
             if frames.samples is not None and "layer" in frames.samples.columns:
                 for layer, features in _feature_keys([frames.samples]).items():
                     keys.setdefault(layer, set()).update(features)
-            plan.chosen, plan.hidden = _choose_features(keys, max_features)
+            explained = _feature_keys([frames.evaluation, frames.explanations])
+            plan.chosen, plan.hidden = _choose_features(keys, max_features, first=explained)
             plans.append(plan)
         source_label = "frames given in memory"
 
