@@ -370,6 +370,11 @@ def test_prompt_hashes_are_stable(inputs):
     changed = ExplainConfig(maxact_before=4, maxact_after=2, cluster_context_tokens=3, seed=1)
     other = {k: prompt_hash(r) for k, r in build_requests(inputs, "cl_full", changed)}
     assert set(other.values()).isdisjoint(first.values())
+    penalised = ExplainConfig(
+        maxact_before=4, maxact_after=2, cluster_context_tokens=3, repetition_penalty=1.2
+    )
+    requests = [r for _, r in build_requests(inputs, "cl_full", penalised)]
+    assert {r.repetition_penalty for r in requests} == {1.2}
 
 
 def test_templates_are_packaged_and_versioned():

@@ -195,6 +195,7 @@ def test_request_is_detached_from_the_callers_schema() -> None:
         {"json_schema": RATING_SCHEMA},
         {"user": "other"},
         {"system": "sys"},
+        {"repetition_penalty": 1.2},
     ],
 )
 def test_every_field_and_the_model_change_the_key(change: dict[str, Any]) -> None:
@@ -240,6 +241,7 @@ def test_cache_key_is_stable_across_versions() -> None:
         {"messages": (("user", 3),)},
         {"messages": (("user", "x"),), "temperature": -1.0},
         {"messages": (("user", "x"),), "max_tokens": 0},
+        {"messages": (("user", "x"),), "repetition_penalty": 0.0},
         {"messages": (("user", "x"),), "json_schema": {"bad": {1, 2}}},
     ],
 )
@@ -294,7 +296,9 @@ def test_answers_come_back_in_order_with_structured_output_requested() -> None:
     assert body["response_format"]["json_schema"]["schema"] == RATING_SCHEMA
     assert body["response_format"]["json_schema"]["name"] == "Rating"
     plain = backend("http://127.0.0.1:1/v1").payload(ChatRequest.simple("hi"))
-    assert "response_format" not in plain
+    assert "response_format" not in plain and "repetition_penalty" not in plain
+    penalised = ChatRequest.simple("hi", repetition_penalty=1.3)
+    assert backend("http://127.0.0.1:1/v1").payload(penalised)["repetition_penalty"] == 1.3
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])

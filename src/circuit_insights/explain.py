@@ -134,6 +134,8 @@ class ExplainConfig:
     """Tokens named in one list (validated, promoted, ...)."""
     max_answer_tokens: int = 256
     temperature: float = 0.0
+    repetition_penalty: float = 1.0
+    """vLLM's repetition penalty of the explainer's requests (1 = none; see llm.repetition_penalty)."""
     seed: int = 0
     drop_bos: bool = True
     """Leave a BOS token at position 0 out of displayed contexts."""
@@ -574,6 +576,7 @@ def _request(user: str, config: ExplainConfig) -> ChatRequest:
         temperature=config.temperature,
         max_tokens=config.max_answer_tokens,
         seed=config.seed,
+        repetition_penalty=config.repetition_penalty,
     )
 
 

@@ -86,6 +86,8 @@ class ChatRequest:
     ``messages`` are ``(role, content)`` pairs with OpenAI chat roles. ``json_schema``, when
     given, asks for structured output matching that JSON schema (guided decoding in vLLM); the
     answer is then parsed into :attr:`ChatResult.parsed`. Temperature 0 is greedy decoding.
+    ``repetition_penalty`` (vLLM's, 1 = none) divides the logits of tokens already in the prompt
+    or the answer; it is sent only when it is not 1, so servers without it see no unknown field.
     Requests compare and hash by their canonical JSON form.
     """
 
@@ -94,6 +96,7 @@ class ChatRequest:
     temperature: float = 0.0
     max_tokens: int = 256
     seed: int = 0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         try:
@@ -118,6 +121,11 @@ class ChatRequest:
             raise InputError(f"ChatRequest.temperature must be >= 0, got {self.temperature}")
         if int(self.max_tokens) < 1:
             raise InputError(f"ChatRequest.max_tokens must be >= 1, got {self.max_tokens}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise InputError(
+                f"ChatRequest.repetition_penalty must be > 0, got {self.repetition_penalty}"
+            )
+        object.__setattr__(self, "repetition_penalty", float(self.repetition_penalty))
         object.__setattr__(self, "temperature", float(self.temperature))
         object.__setattr__(self, "max_tokens", int(self.max_tokens))
         object.__setattr__(self, "seed", int(self.seed))
@@ -136,8 +144,12 @@ class ChatRequest:
         return cls(messages=messages, json_schema=json_schema, **sampling)
 
     def as_dict(self) -> dict[str, Any]:
-        """The request as plain JSON-ready data (the canonical form, before serialisation)."""
-        return {
+        """The request as plain JSON-ready data (the canonical form, before serialisation).
+
+        ``repetition_penalty`` appears only when it is not 1, so the cache keys of requests
+        without one are those they had before the field existed.
+        """
+        data = {
             "format": REQUEST_FORMAT_VERSION,
             "messages": [[role, content] for role, content in self.messages],
             "json_schema": self.json_schema,
@@ -145,6 +157,9 @@ class ChatRequest:
             "max_tokens": self.max_tokens,
             "seed": self.seed,
         }
+        if self.repetition_penalty != 1.0:
+            data["repetition_penalty"] = self.repetition_penalty
+        return data
 
     def canonical_json(self) -> str:
         """Canonical JSON (sorted keys, no whitespace, UTF-8 kept): equal requests, equal text."""
@@ -517,6 +532,8 @@ class OpenAICompatibleBackend:
         }
         if request.json_schema is not None:
             body["response_format"] = json_schema_response_format(request.json_schema)
+        if request.repetition_penalty != 1.0:
+            body["repetition_penalty"] = request.repetition_penalty  # a vLLM extension
         body.update(self.extra_body)
         return body
 
@@ -681,6 +698,7 @@ class OfflineVLLMBackend:
             temperature=request.temperature,
             max_tokens=request.max_tokens,
             seed=request.seed,
+            repetition_penalty=request.repetition_penalty,
             structured_outputs=structured,
         )
 

@@ -778,7 +778,10 @@ def run_explain_stage(
         shard_name=shard_name,
     )
     context_ids, tokens = load_contexts(tokens_path, "cache")
-    config = ExplainConfig(max_answer_tokens=llm_config["max_tokens"])
+    config = ExplainConfig(
+        max_answer_tokens=llm_config["max_tokens"],
+        repetition_penalty=llm_config["repetition_penalty"],
+    )
     inputs = build_feature_inputs(
         layer=layer,
         features=features,
