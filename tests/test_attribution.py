@@ -9,7 +9,6 @@ against central finite differences (float64), batch invariance, defined behaviou
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,7 +36,6 @@ from circuit_insights.schemas import (
 from circuit_insights.transcoders import Transcoder
 from tests.conftest import TINY_VOCAB, tiny_subject_model
 
-GEMMA_270M = Path(__file__).resolve().parents[1] / "resources" / "models" / "gemma-3-270m"
 LAYER = 2
 N_FEATURES = 48
 REL_TOL = 1e-4
@@ -602,9 +600,8 @@ def test_no_requests_give_empty_tables(tiny_model):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not GEMMA_270M.is_dir(), reason=f"{GEMMA_270M} is not there")
-def test_completeness_on_gemma3_270m():
-    model = SubjectModel.from_pretrained(GEMMA_270M, local_files_only=True)
+def test_completeness_on_gemma3_270m(gemma3_270m_dir):
+    model = SubjectModel.from_pretrained(gemma3_270m_dir, local_files_only=True)
     layer = 3
     transcoders = {
         tc_layer: calibrated_transcoder(
