@@ -548,3 +548,18 @@ def test_from_clustering_output_through_parquet(tmp_path):
     assert final.loc["weightlens_rule", "parse_status"] == "missing_input"
     first = user_text(backend.requests[0])
     assert 'token " w1000" at offset -1 via head L0.H0' in first
+
+
+def test_variants_are_compared_on_the_features_they_share():
+    from circuit_insights.explain import features_with_every_variant
+
+    final = pd.DataFrame(
+        {
+            "feature": [0, 1, 2, 3, 2, 3, 7],
+            "variant": ["weightlens_rule"] * 4 + ["cl_full"] * 2 + ["maxact"],
+        }
+    )
+    assert features_with_every_variant(final, ["weightlens_rule", "cl_full"]) == [2, 3]
+    assert features_with_every_variant(final, ["weightlens_rule", "cl_full"], 1) == [2]
+    assert features_with_every_variant(final, ["weightlens_rule"], 2) == [0, 1]
+    assert features_with_every_variant(final, ["cl_full", "maxact"]) == []

@@ -532,3 +532,13 @@ def test_feature_pages_go_to_explained_features_first():
     assert hidden == {3: 7, 8: 0}
     chosen, hidden = _choose_features(keys, None, first={3: {7}})
     assert chosen[3] == list(range(10)) and hidden[3] == 0
+
+
+def test_only_llm_written_explanations_give_a_page_priority():
+    import pandas as pd
+
+    from circuit_insights.report import _llm_rows
+
+    rows = pd.DataFrame({"feature": [1, 2, 3], "variant": ["weightlens_rule", "cl_full", "maxact"]})
+    assert _llm_rows(rows)["feature"].tolist() == [2, 3]
+    assert _llm_rows(None) is None

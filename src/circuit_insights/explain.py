@@ -978,6 +978,24 @@ def explain_shard(
     return frame.drop(columns=["_v", "_final"]).reset_index(drop=True)
 
 
+def features_with_every_variant(
+    final: pd.DataFrame, variants: Sequence[str], limit: int | None = None
+) -> list[int]:
+    """Features (ascending) that have a final row for every one of ``variants``: the features
+    on which variants are compared. At most ``limit`` (the lowest ids).
+
+    ``final``: :func:`final_descriptions` rows. The LLM-free variants may cover every feature while
+    the LLM ones cover a draw; scoring each variant on its own first features would then compare
+    variants on different features.
+    """
+    covered = None
+    for variant in dict.fromkeys(variants):
+        features = set(final.loc[final["variant"] == variant, "feature"].astype(int))
+        covered = features if covered is None else covered & features
+    chosen = sorted(covered or ())
+    return chosen if limit is None else chosen[:limit]
+
+
 def final_descriptions(explanations_df: pd.DataFrame) -> pd.DataFrame:
     """``feature, variant, description`` of the final rows: the input of FADE evaluation."""
     final = explanations_df[explanations_df["is_final"].astype(bool)]

@@ -305,6 +305,15 @@ def _feature_keys(frames: Iterable[pd.DataFrame | None]) -> dict[int, set[int]]:
     return keys
 
 
+def _llm_rows(explanations: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The explanation rows written by an LLM (the LLM-free variants may cover every feature)."""
+    from circuit_insights.explain import LLM_VARIANTS
+
+    if explanations is None or "variant" not in explanations.columns:
+        return explanations
+    return explanations[explanations["variant"].isin(LLM_VARIANTS)]
+
+
 def _choose_features(
     keys: Mapping[int, set[int]],
     max_features: int | None,
@@ -1096,7 +1105,7 @@ def build_report(
             if not keys:
                 clusters = read_stage(results, model, "clusters", stage_dirs=stage_dirs)
                 keys = _feature_keys([clusters])
-            explained = _feature_keys([light.evaluation, light.explanations])
+            explained = _feature_keys([light.evaluation, _llm_rows(light.explanations)])
             chosen, hidden = _choose_features(keys, max_features, first=explained)
             heavy = load_model_frames(
                 results,
@@ -1125,7 +1134,7 @@ def build_report(
             if frames.samples is not None and "layer" in frames.samples.columns:
                 for layer, features in _feature_keys([frames.samples]).items():
                     keys.setdefault(layer, set()).update(features)
-            explained = _feature_keys([frames.evaluation, frames.explanations])
+            explained = _feature_keys([frames.evaluation, _llm_rows(frames.explanations)])
             plan.chosen, plan.hidden = _choose_features(keys, max_features, first=explained)
             plans.append(plan)
         source_label = "frames given in memory"

@@ -762,6 +762,7 @@ def run_explain_stage(
     from circuit_insights.corpus import load_contexts
     from circuit_insights.explain import (
         LLM_VARIANTS,
+        RULE_VARIANTS,
         ExplainConfig,
         build_feature_inputs,
         explain_shard,
@@ -777,6 +778,15 @@ def run_explain_stage(
         seed=explain_config["seed"],
         shard_name=shard_name,
     )
+    weightlens_df = pd.read_parquet(weightlens_path)
+    variants = list(explain_config["variants"])
+    rule_variants = [v for v in variants if v in RULE_VARIANTS]
+    llm_variants = [v for v in variants if v in LLM_VARIANTS]
+    rule_features = (
+        sorted(int(f) for f in weightlens_df["feature"])
+        if explain_config["rule_variants_for_every_feature"] and rule_variants
+        else features
+    )
     context_ids, tokens = load_contexts(tokens_path, "cache")
     config = ExplainConfig(
         max_answer_tokens=llm_config["max_tokens"],
@@ -784,8 +794,8 @@ def run_explain_stage(
     )
     inputs = build_feature_inputs(
         layer=layer,
-        features=features,
-        weightlens_df=pd.read_parquet(weightlens_path),
+        features=sorted(set(features) | set(rule_features)),
+        weightlens_df=weightlens_df,
         clusters_df=pd.read_parquet(clusters_path),
         samples_df=samples,
         context_ids=context_ids,
@@ -794,19 +804,28 @@ def run_explain_stage(
         bos_token_id=bos,
         config=config,
     )
-    variants = list(explain_config["variants"])
-    needs_llm = any(variant in LLM_VARIANTS for variant in variants)
-    backend = llm_backend(llm_config, llm_location, *llm_files) if needs_llm and features else None
+    backend = (
+        llm_backend(llm_config, llm_location, *llm_files) if llm_variants and features else None
+    )
     started = time.perf_counter()
-    frame = explain_shard(backend, inputs, variants, config)
+    frames = [
+        explain_shard(None, {f: inputs[f] for f in rule_features}, rule_variants, config),
+        explain_shard(backend, {f: inputs[f] for f in features}, llm_variants, config),
+    ]
+    frame = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+    order = frame["variant"].map({v: i for i, v in enumerate(variants)})
+    frame = frame.iloc[np.lexsort((order.to_numpy(), frame["feature"].to_numpy()))]
     write_explanations(frame, out_path)
     final = frame[frame["is_final"]]
     log.info(
-        "layer %d shard %s: %d features x %d variants in %.0f s; parse status %s",
+        "layer %d shard %s: LLM-free variants %s on %d features, LLM variants %s on %d; "
+        "%.0f s; parse status %s",
         layer,
         shard_name,
+        rule_variants,
+        len(rule_features),
+        llm_variants,
         len(features),
-        len(variants),
         time.perf_counter() - started,
         final["parse_status"].value_counts().to_dict() if len(final) else {},
     )
@@ -836,13 +855,15 @@ def run_evaluate_stage(
     import pandas as pd
 
     from circuit_insights.corpus import load_contexts
-    from circuit_insights.explain import final_descriptions
+    from circuit_insights.explain import features_with_every_variant, final_descriptions
     from circuit_insights.fade import evaluate_descriptions, write_fade_evaluation
 
-    descriptions = final_descriptions(pd.read_parquet(explanations_path))
-    descriptions = descriptions[descriptions["variant"] == variant].sort_values("feature")
-    if evaluate_config["features_per_shard"] is not None:
-        descriptions = descriptions.head(evaluate_config["features_per_shard"])
+    final = final_descriptions(pd.read_parquet(explanations_path))
+    compared = features_with_every_variant(
+        final, evaluate_config["variants"], evaluate_config["features_per_shard"]
+    )
+    descriptions = final[(final["variant"] == variant) & final["feature"].isin(compared)]
+    descriptions = descriptions.sort_values("feature")
     model = load_subject_model(model_config, model_location, model_name)
     transcoder = load_layer_transcoder(model_config, model, layer, transcoder_path, model_name)
     stats = pd.read_parquet(feature_stats_path)

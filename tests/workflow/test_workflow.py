@@ -338,6 +338,13 @@ def test_explanations_come_from_a_real_vllm_server_that_is_gone_after_the_run(re
     )
     final = explained[explained["is_final"]]
     assert set(final["variant"]) == set(CI_CONFIG["explain"]["variants"])
+    # LLM-free variants for every feature; LLM variants for the seeded draw of each shard
+    n_features = CI_CONFIG["models"][MODEL]["transcoders"]["n_features"]
+    assert (final["variant"] == "weightlens_rule").sum() == n_features
+    per_shard = CI_CONFIG["explain"]["features_per_shard"]
+    assert final.loc[final["variant"] == "maxact", "feature"].nunique() <= per_shard * len(
+        shards(results)
+    )
     answered = explained[explained["step"] == "describe"]
     assert len(answered) > 0
     assert (answered["llm_model"] == "smollm2").all()
@@ -349,6 +356,18 @@ def test_explanations_come_from_a_real_vllm_server_that_is_gone_after_the_run(re
 
 
 def test_fade_scores_for_every_evaluated_variant(results):
+    for name in shards(results):  # variants are compared on the same features
+        explained = pd.read_parquet(layer_dir(results) / "explanations" / f"{name}.parquet")
+        llm_explained = set(explained.loc[explained["variant"] == "cl_full", "feature"])
+        scored = [
+            set(
+                pd.read_parquet(layer_dir(results) / "evaluation" / v / f"{name}.parquet")[
+                    "feature"
+                ]
+            )
+            for v in CI_CONFIG["evaluate"]["variants"]
+        ]
+        assert all(features == scored[0] for features in scored) and scored[0] <= llm_explained
     for variant in CI_CONFIG["evaluate"]["variants"]:
         for name in shards(results):
             path = layer_dir(results) / "evaluation" / variant / f"{name}.parquet"
