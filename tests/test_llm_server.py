@@ -181,11 +181,13 @@ JOB_SCRIPT = textwrap.dedent(
             model, sys.argv[4], stop_at_exit=True, python=python, stop_grace_s=2.0
         )
         print("PID", state["pid"], flush=True)
+        sys.stdin.readline()  # the test has seen the server: go on
         sys.exit(0)  # like Snakemake ending without calling onsuccess
     server = VLLMServer(model, python=python, stop_grace_s=2.0)
     server.__enter__()  # never left: the job dies inside its block
     print("PID", server.pid, flush=True)
     if how == "exit":
+        sys.stdin.readline()  # the test has seen the server: go on
         sys.exit(1)
     time.sleep(60)
     """
@@ -206,15 +208,18 @@ def test_no_orphan_server_when_the_job_dies(fake_vllm: dict, tmp_path: Path, how
             str(tmp_path / "state.json"),
         ],
         env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        assert job.stdout is not None
+        assert job.stdout is not None and job.stdin is not None
         line = job.stdout.readline()
         assert line.startswith("PID"), line
         pid = int(line.split()[1])
         assert group_members(pid)
+        job.stdin.write("go\n")  # "exit" and "shared" leave only now (no race with the check)
+        job.stdin.flush()
         if how == "sigterm":
             job.send_signal(signal.SIGTERM)
         elif how == "sigkill":
