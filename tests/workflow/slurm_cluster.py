@@ -93,8 +93,9 @@ DefMemPerCPU=1000
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-# squeue status polling sees finished jobs for this long (>= 3x the plugin's first wait).
-MinJobAge=300
+# squeue status polling sees finished jobs for this long (>= 3x the plugin's first wait). An hour,
+# so that the test still lists every job of the run (the first ones finish minutes before the end).
+MinJobAge=3600
 ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30

@@ -43,6 +43,7 @@ TINY = {
 }
 """The CI config made smaller still: every rule runs as a SLURM job, the LLM ones included."""
 TIMEOUT_S = 1500
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
 
 
 def _merged(base: dict, changes: dict) -> dict:
@@ -141,7 +142,12 @@ def test_ci_config_runs_to_the_end_through_the_slurm_profile(cluster, tmp_path) 
 
     # Every rule ran as a SLURM job; the shards of a rule went out as job arrays.
     assert "Submitted array job" in output, output[-3000:]
-    queue = cluster.run(["squeue", "--states=all", "--noheader", "--format=%i|%T"])
-    states = dict(line.split("|") for line in queue.stdout.split())
+    deadline = time.monotonic() + 60  # a job's epilog may still run (COMPLETING)
+    while True:
+        queue = cluster.run(["squeue", "--states=all", "--noheader", "--format=%i|%T"])
+        states = dict(line.split("|") for line in queue.stdout.split())
+        if set(states.values()) <= FINAL_STATES or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert states and set(states.values()) == {"COMPLETED"}, states
     assert sum("_" in job for job in states) >= len(shards), states  # array tasks: <id>_<task>
