@@ -1413,7 +1413,7 @@ def gather_weightlens(
     shard file: one DAG edge per earlier layer instead of one per shard pair.
     """
     frame = read_weightlens(paths)
-    write_parquet_atomic(frame[WEIGHTLENS_SCHEMA.names], output, schema=WEIGHTLENS_SCHEMA)
+    write_weightlens(frame, output)
     return len(frame)
 
 
