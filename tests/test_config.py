@@ -134,3 +134,20 @@ def test_unknown_model_fails_at_start(source):
 
 def test_hub_ids_pass_the_offline_check():
     check_models_at_start(_with_model(source="openai-community/gpt2", layers=[40]), "resources")
+
+
+def test_prompt_settings_are_the_explainers_own_fields_and_defaults():
+    """explain.prompt in the schema and ExplainConfig agree key for key, default for default,
+    and the embedded default's compact prompt settings reach the explainer."""
+    from dataclasses import fields
+
+    from circuit_insights.explain import ExplainConfig
+
+    schema_defaults = validate_config({}, SCHEMA)["explain"]["prompt"]
+    own = {item.name: item.default for item in fields(ExplainConfig)}
+    assert schema_defaults == {key: own[key] for key in schema_defaults}
+    shipped = load_config(ROOT / "config/config.yaml", ROOT / "workflow/schemas/config.schema.yaml")
+    config = ExplainConfig(**shipped["explain"]["prompt"])
+    assert (config.n_maxact, config.max_clusters) == (10, 2)
+    with pytest.raises(InputError, match="explain.prompt.n_maxact"):
+        validate_config({"explain": {"prompt": {"n_maxact": 0}}}, SCHEMA)

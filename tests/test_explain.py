@@ -563,3 +563,37 @@ def test_variants_are_compared_on_the_features_they_share():
     assert features_with_every_variant(final, ["weightlens_rule", "cl_full"], 1) == [2]
     assert features_with_every_variant(final, ["weightlens_rule"], 2) == [0, 1]
     assert features_with_every_variant(final, ["cl_full", "maxact"]) == []
+
+
+def test_variants_are_compared_only_where_each_has_a_description():
+    from circuit_insights.explain import features_with_every_variant
+
+    final = pd.DataFrame(
+        {
+            "feature": [0, 1, 2, 0, 1, 2],
+            "variant": ["weightlens_rule"] * 3 + ["cl_full"] * 3,
+            "description": ["a", "b", "c", None, " ", "z"],
+        }
+    )
+    # feature 0 has no cl_full description (missing_input), feature 1 a blank one
+    assert features_with_every_variant(final, ["weightlens_rule", "cl_full"]) == [2]
+    assert features_with_every_variant(final, ["weightlens_rule"]) == [0, 1, 2]
+
+
+def test_features_left_out_get_one_row_per_variant_saying_why(inputs, tmp_path):
+    from circuit_insights.explain import unexplained_rows
+
+    reasons = {8: "2 quantile samples, fewer than explain.min_samples=5", 7: "never fires"}
+    frame = unexplained_rows(inputs, ["maxact", "cl_full", "maxact"], reasons)
+    assert list(zip(frame["feature"], frame["variant"], strict=True)) == [
+        (7, "maxact"),
+        (7, "cl_full"),
+        (8, "maxact"),
+        (8, "cl_full"),
+    ]
+    assert frame["is_final"].all() and (frame["cluster"] == -1).all()
+    assert (frame["parse_status"] == "missing_input").all()
+    assert frame["description"].isna().all() and (frame["tokens_in"] == 0).all()
+    assert frame.set_index(["feature", "variant"]).loc[(8, "cl_full"), "error"] == reasons[8]
+    write_explanations(frame, tmp_path / "e.parquet")  # the table's schema holds
+    assert len(pq.read_table(tmp_path / "e.parquet")) == 4

@@ -67,6 +67,7 @@ __all__ = [
     "prompt_hash",
     "rule_description",
     "sample_table",
+    "unexplained_rows",
     "write_explanations",
 ]
 
@@ -826,6 +827,27 @@ def _answered_row(
     )
 
 
+def unexplained_rows(
+    feature_inputs: Mapping[int, FeatureInputs], variants: Sequence[str], reasons: Mapping[int, str]
+) -> pd.DataFrame:
+    """One ``missing_input`` final row per (feature, variant) for features left out before any
+    prompt was built (e.g. too few quantile samples); ``reasons[feature]`` goes to ``error``."""
+    rows = [
+        _row(
+            feature_inputs[feature],
+            variant,
+            FINAL,
+            "missing_input",
+            0,
+            parse_status="missing_input",
+            error=reasons[feature],
+        )
+        for feature in sorted(reasons)
+        for variant in dict.fromkeys(variants)
+    ]
+    return pd.DataFrame(rows, columns=EXPLANATIONS_SCHEMA.names)
+
+
 def explain_shard(
     backend: LLMBackend | None,
     feature_inputs: Mapping[int, FeatureInputs],
@@ -986,8 +1008,12 @@ def features_with_every_variant(
 
     ``final``: :func:`final_descriptions` rows. The LLM-free variants may cover every feature while
     the LLM ones cover a draw; scoring each variant on its own first features would then compare
-    variants on different features.
+    variants on different features. A row without a description (``missing_input``, an
+    unparseable answer) does not count: the variant has nothing to score there.
     """
+    if "description" in final:
+        text = final["description"].astype("string").str.strip()
+        final = final[text.notna() & (text != "")]
     covered = None
     for variant in dict.fromkeys(variants):
         features = set(final.loc[final["variant"] == variant, "feature"].astype(int))

@@ -724,6 +724,12 @@ def run_cluster_stage(
     )
 
 
+def quantile_sample_counts(samples: Any) -> dict[int, int]:
+    """Quantile samples per feature of a samples table (features without any are absent)."""
+    quantile = samples[samples["kind"] == "quantile"]
+    return {int(f): int(n) for f, n in quantile.groupby("feature").size().items()}
+
+
 def features_to_explain(
     samples: Any, *, features_per_shard: int | None, min_samples: int, seed: int, shard_name: str
 ) -> list[int]:
@@ -731,9 +737,8 @@ def features_to_explain(
     quantile samples, all of them or a seeded draw of ``features_per_shard``."""
     from circuit_insights.shards import parse_shard
 
-    quantile = samples[samples["kind"] == "quantile"]
-    counts = quantile.groupby("feature").size()
-    eligible = sorted(int(f) for f in counts[counts >= min_samples].index)
+    counts = quantile_sample_counts(samples)
+    eligible = sorted(f for f, n in counts.items() if n >= min_samples)
     if features_per_shard is None or len(eligible) <= features_per_shard:
         return eligible
     shard = parse_shard(shard_name)
@@ -766,6 +771,7 @@ def run_explain_stage(
         ExplainConfig,
         build_feature_inputs,
         explain_shard,
+        unexplained_rows,
         write_explanations,
     )
 
@@ -782,19 +788,24 @@ def run_explain_stage(
     variants = list(explain_config["variants"])
     rule_variants = [v for v in variants if v in RULE_VARIANTS]
     llm_variants = [v for v in variants if v in LLM_VARIANTS]
+    shard_features = sorted(int(f) for f in weightlens_df["feature"])
     rule_features = (
-        sorted(int(f) for f in weightlens_df["feature"])
+        shard_features
         if explain_config["rule_variants_for_every_feature"] and rule_variants
         else features
     )
+    # "Every feature" (features_per_shard null): those the LLM is not asked about get rows too.
+    every = explain_config["features_per_shard"] is None and llm_variants
+    unexplained = sorted(set(shard_features) - set(features)) if every else []
     context_ids, tokens = load_contexts(tokens_path, "cache")
     config = ExplainConfig(
+        **explain_config.get("prompt", {}),
         max_answer_tokens=llm_config["max_tokens"],
         repetition_penalty=llm_config["repetition_penalty"],
     )
     inputs = build_feature_inputs(
         layer=layer,
-        features=sorted(set(features) | set(rule_features)),
+        features=sorted(set(features) | set(rule_features) | set(unexplained)),
         weightlens_df=weightlens_df,
         clusters_df=pd.read_parquet(clusters_path),
         samples_df=samples,
@@ -812,6 +823,18 @@ def run_explain_stage(
         explain_shard(None, {f: inputs[f] for f in rule_features}, rule_variants, config),
         explain_shard(backend, {f: inputs[f] for f in features}, llm_variants, config),
     ]
+    if unexplained:
+        counts = quantile_sample_counts(samples)
+        min_samples = explain_config["min_samples"]
+        reasons = {
+            f: (
+                f"{counts[f]} quantile samples, fewer than explain.min_samples={min_samples}"
+                if counts.get(f)
+                else "the feature never fires on the caching set"
+            )
+            for f in unexplained
+        }
+        frames.append(unexplained_rows(inputs, llm_variants, reasons))
     frame = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
     order = frame["variant"].map({v: i for i, v in enumerate(variants)})
     frame = frame.iloc[np.lexsort((order.to_numpy(), frame["feature"].to_numpy()))]
