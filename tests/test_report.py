@@ -19,6 +19,7 @@ from circuit_insights.io import write_parquet_atomic
 from circuit_insights.report import (
     ModelFrames,
     build_report,
+    descriptions_page_path,
     discover_models,
     feature_page_path,
     load_model_frames,
@@ -542,3 +543,39 @@ def test_only_llm_written_explanations_give_a_page_priority():
     rows = pd.DataFrame({"feature": [1, 2, 3], "variant": ["weightlens_rule", "cl_full", "maxact"]})
     assert _llm_rows(rows)["feature"].tolist() == [2, 3]
     assert _llm_rows(None) is None
+
+
+def _cells(page: Path) -> dict[int, list[str]]:
+    """feature -> the text of its row's cells (variant columns), from a descriptions page."""
+    html = page.read_text(encoding="utf-8")
+    rows = re.findall(r'<tr id="f(\d+)">(.*?)</tr>', html, flags=re.S)
+    return {
+        int(f): [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", body)][1:]
+        for f, body in rows
+    }
+
+
+def test_every_explained_feature_and_variant_is_on_the_layer_page(report):
+    root = report.parent
+    page = root / descriptions_page_path(MODEL, 1)
+    assert page.is_file() and not (root / descriptions_page_path(MODEL, 0)).exists()
+    assert descriptions_page_path(MODEL, 1) in _parse(report).links
+    header = re.findall(r'<th><span class="variant">([^<]+)</span></th>', page.read_text("utf-8"))
+    assert header == ["maxact", "weightlens_rule", "cl_full"]  # the paper's order
+    cells = _cells(page)
+    assert sorted(cells) == [0, 1]  # the features with explanation rows, nothing else
+    assert cells[0][0] == "&lt;b&gt;bold&lt;/b&gt; claims about Paris"  # escaped
+    assert cells[0][2] == "fires after commas near Paris"  # the final row, not the cluster's
+    assert cells[1][0].startswith("describe, unparseable, no JSON object")
+    assert cells[1][1] == "no explanation row for this feature"
+    assert cells[1][2] == "missing_input, missing_input, no clusters"
+    assert "maxact</span> 1," in page.read_text("utf-8")  # described counts per variant
+
+
+def test_descriptions_page_lists_features_without_a_page(tmp_path):
+    write_fixture_run(tmp_path / "results")
+    build_report(tmp_path / "results", tmp_path / "small", max_features=1, n_boot=20)
+    page = tmp_path / "small" / descriptions_page_path(MODEL, 1)
+    html = page.read_text(encoding="utf-8")
+    assert sorted(_cells(page)) == [0, 1]
+    assert 'href="feature000000.html"' in html and 'href="feature000001.html"' not in html

@@ -10,6 +10,8 @@
   its clusters (trigger patterns, defining contributors, output influence, example contexts with
   the trigger tokens highlighted and the target token marked), its top contexts, the description
   of every variant and every score with the reason when it is missing;
+- ``{model}/layer{L}/descriptions.html``: every explained feature of the layer (not only those
+  with a page) with its final description by every variant, or why there is none;
 - ``{model}/summary/``: :func:`circuit_insights.summary.write_summary`'s files.
 
 Pages are rendered with the jinja2 templates in ``templates/`` (autoescape on: every string from
@@ -45,6 +47,7 @@ __all__ = [
     "STAGE_DIRS",
     "ModelFrames",
     "build_report",
+    "descriptions_page_path",
     "discover_models",
     "feature_page_path",
     "load_model_frames",
@@ -267,6 +270,11 @@ def _text(value: Any) -> str | None:
 def _slug(name: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
     return slug or "model"
+
+
+def descriptions_page_path(model_slug: str, layer: int) -> str:
+    """Path of a layer's page of every feature's descriptions, relative to the report root."""
+    return f"{model_slug}/layer{int(layer)}/descriptions.html"
 
 
 def feature_page_path(model_slug: str, layer: int, feature: int) -> str:
@@ -1159,6 +1167,54 @@ def build_report(
     )
 
 
+def _descriptions_pages(
+    plan: _ModelPlan, out: Path, page_exists: Collection[tuple[int, int]]
+) -> dict[int, dict[str, Any]]:
+    """One page per layer with the final description of every explained feature by every
+    variant (the feature pages may cover fewer features: ``max_features``); layer -> link and
+    counts for the index."""
+    explanations = plan.frames.explanations
+    if explanations is None or explanations.empty:
+        return {}
+    variants = summ.order_variants(str(v) for v in explanations["variant"].unique())
+    by_key = _grouped(explanations)
+    links: dict[int, dict[str, Any]] = {}
+    for layer in sorted({layer for layer, _ in by_key}):
+        rows = []
+        for feature in sorted(f for lay, f in by_key if lay == layer):
+            cells = _description_view(variants, by_key[(layer, feature)], None, None)
+            rows.append(
+                {
+                    "feature": feature,
+                    "href": f"feature{feature:06d}.html"
+                    if (layer, feature) in page_exists
+                    else None,
+                    "cells": cells,
+                }
+            )
+        described = {
+            v: sum(1 for row in rows if row["cells"][i]["description"])
+            for i, v in enumerate(variants)
+        }
+        path = descriptions_page_path(plan.slug, layer)
+        _write_page(
+            out / path,
+            "descriptions.html",
+            {
+                "title": f"{plan.frames.model} · layer {layer} · descriptions",
+                "root": "../../",
+                "model": plan.frames.model,
+                "model_slug": plan.slug,
+                "layer": layer,
+                "variants": variants,
+                "described": described,
+                "rows": rows,
+            },
+        )
+        links[layer] = {"href": path, "n_features": len(rows), "n_variants": len(variants)}
+    return links
+
+
 def _render_model(
     plan: _ModelPlan,
     out: Path,
@@ -1213,6 +1269,7 @@ def _render_model(
                 before=before,
             )
             _write_page(out / feature_page_path(plan.slug, layer, feature), "feature.html", context)
+    descriptions = _descriptions_pages(plan, out, page_exists)
     prefix = f"{plan.slug}/summary/"
     return {
         "name": frames.model,
@@ -1236,6 +1293,7 @@ def _render_model(
                 "layer": layer,
                 "rows": _index_rows(plan, layer, tables, scores, variants),
                 "hidden": plan.hidden.get(layer, 0),
+                "descriptions": descriptions.get(layer),
             }
             for layer in sorted(plan.chosen)
         ],
