@@ -499,7 +499,8 @@ def test_token_based_rule_uses_the_share_of_top_contexts():
         )
 
 
-def test_heldout_score_matches_a_dense_computation():
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
+def test_heldout_score_matches_a_dense_computation(fraction):
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, 12, size=(6, 10))
     tokens[:, 0] = 2  # BOS, excluded
@@ -518,13 +519,16 @@ def test_heldout_score_matches_a_dense_computation():
     table = pd.DataFrame(rows, columns=["context", "position", "feature", "activation"])
     heldout = HeldOut(table, ContextTokens.from_matrix(tokens))
     features = np.arange(5)
-    result = score_heldout(features, validated, heldout, vocab_size=16, bos_token_id=2)
+    result = score_heldout(
+        features, validated, heldout, vocab_size=16, bos_token_id=2, positive_fraction=fraction
+    )
     result = result.set_index("feature")
     scored = tokens != 2
     for feature in (0, 1):
-        fires = np.zeros(tokens.shape, bool)
+        value = np.zeros(tokens.shape)
         part = table[table["feature"] == feature]
-        fires[part["context"], part["position"]] = True
+        value[part["context"], part["position"]] = part["activation"]
+        fires = (value > 0) & (value >= fraction * value[scored].max())
         lookup = dict(
             zip(
                 validated["token_id"][validated["feature"] == feature],
@@ -540,10 +544,17 @@ def test_heldout_score_matches_a_dense_computation():
         )
         assert result.loc[feature, "recall"] == pytest.approx((y & (s > 0)).sum() / y.sum())
         assert result.loc[feature, "n_scored_positions"] == scored.sum()
+        assert result.loc[feature, "n_positive"] == (fires & scored).sum()
+        if fraction and feature == 0:  # the weak tail is there, and counted as negatives
+            assert 0 < (fires & scored).sum() < ((value > 0) & scored).sum()
         assert result.loc[feature, "score_reason"] == ""
     assert math.isnan(result.loc[2, "auroc"]) and "never fires" in result.loc[2, "score_reason"]
     assert "no validated tokens" in result.loc[3, "score_reason"]
     assert "no validated tokens" in result.loc[4, "score_reason"]
+    with pytest.raises(InputError, match="heldout_positive_fraction"):
+        score_heldout(
+            features, validated, heldout, vocab_size=16, bos_token_id=2, positive_fraction=2
+        )
     missing = score_heldout(features, validated, None, vocab_size=16, bos_token_id=2)
     assert (missing["score_reason"] == "no held-out data").all() and missing["auroc"].isna().all()
 

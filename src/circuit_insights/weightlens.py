@@ -157,6 +157,10 @@ class WeightLensOptions:
     share of the feature's top contexts is a validated token."""
     batch_size: int = 512
     """Single-token sequences per validation forward pass."""
+    heldout_positive_fraction: float = 0.0
+    """LLM-free held-out score: a position is a positive when the feature's activation there is
+    above 0 and at least this fraction of the feature's largest held-out activation (0: any
+    firing; 0.5: "strong" firing, the weak tail counting as negatives)."""
     feature_chunk: int | None = None
     """Features per matrix product; None: as many as keep a (vocab, chunk) float32 matrix under
     ``chunk_bytes``."""
@@ -792,10 +796,13 @@ def score_heldout(
     *,
     vocab_size: int,
     bos_token_id: int | None,
+    positive_fraction: float = 0.0,
 ) -> pd.DataFrame:
     """LLM-free score of the validated tokens as a token-level predictor of firing.
 
-    Over every scored held-out (context, position), label = the feature fires (activation > 0);
+    Over every scored held-out (context, position), label = the feature fires (activation > 0,
+    and at least ``positive_fraction`` times the feature's largest activation at a scored
+    held-out position; 0 = any firing);
     prediction = the position's token is one of the feature's validated tokens; score = the
     single-token activation of that token (0 for other tokens). ``auroc`` of the score (ties
     count one half), ``precision`` = fires among predicted, ``recall`` = predicted among firing.
@@ -842,13 +849,22 @@ def score_heldout(
     if "excluded" in table.columns:
         flagged = table["excluded"].to_numpy(bool)
         scored[rows[flagged], positions[flagged]] = False
+    if not 0.0 <= positive_fraction <= 1.0:
+        raise InputError(
+            f"weightlens.heldout_positive_fraction must be in [0, 1], got {positive_fraction}"
+        )
     n_scored = int(scored.sum())
     flat = rows * length + positions
+    activation = table["activation"].to_numpy(np.float64)
     positive = (
-        table["feature"].isin(features).to_numpy()
-        & (table["activation"].to_numpy() > 0)
-        & scored.reshape(-1)[flat]
+        table["feature"].isin(features).to_numpy() & (activation > 0) & scored.reshape(-1)[flat]
     )
+    if positive_fraction > 0:
+        feature_of = table["feature"].to_numpy(np.int64)
+        largest = pd.Series(activation[positive]).groupby(feature_of[positive]).max()
+        floor = np.full(len(activation), np.inf)
+        floor[positive] = positive_fraction * largest.reindex(feature_of[positive]).to_numpy()
+        positive &= activation >= floor
     positives = pd.DataFrame(
         {"feature": table["feature"].to_numpy(np.int64)[positive], "flat": flat[positive]}
     ).drop_duplicates()
@@ -1299,6 +1315,7 @@ def run_weightlens(
         heldout,
         vocab_size=model.vocab_size,
         bos_token_id=model.bos_token_id,
+        positive_fraction=options.heldout_positive_fraction,
     )
 
     records = []
