@@ -36,6 +36,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from circuit_insights.errors import InputError
+from circuit_insights.explain import VARIANTS
 from circuit_insights.io import atomic_path, write_parquet_atomic
 from circuit_insights.schemas import (
     METRIC_TABLE_SCHEMA,
@@ -86,18 +87,9 @@ NO_WEIGHTLENS_RESULT = "no_weightlens_result"
 #: Reason of a NaN value whose table gave no reason.
 NO_REASON_GIVEN = "no_reason_given"
 
-#: Display order of the explanation variants (``circuit_insights.explain.VARIANTS``); others
-#: follow alphabetically.
-_VARIANT_ORDER: tuple[str, ...] = (
-    "maxact",
-    "weightlens",
-    "weightlens_out",
-    "weightlens_rule",
-    "weightlens_out_llm",
-    "cl_input",
-    "cl_full",
-    "wl_cl_full",
-)
+#: Display order of the explanation variants: the paper's (``explain.VARIANTS``); others follow
+#: alphabetically.
+_VARIANT_ORDER: tuple[str, ...] = VARIANTS
 
 #: Share of features WeightLens validates, as reported in the paper (METHOD.md §7, secondhand):
 #: family -> (the paper's model, share).
