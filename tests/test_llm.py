@@ -509,6 +509,32 @@ def test_cache_is_shared_safely_by_processes(tmp_path: Any) -> None:
         assert cache.get("2-99") is not None
 
 
+def _open_together(path: str, worker: int, barrier: Any) -> None:
+    barrier.wait(30)
+    _write_entries(path, worker, 1)
+
+
+def test_jobs_that_start_together_can_all_open_a_new_cache(tmp_path: Any) -> None:
+    """Two explain jobs once failed opening a cache file that neither had created yet ("database
+    is locked" while switching it to WAL). Every worker opens a fresh file at the same moment."""
+    context = multiprocessing.get_context("fork")
+    n_workers = 8
+    for round_ in range(40):  # before the fix about 1 round in 30 failed
+        path = str(tmp_path / f"fresh{round_}.sqlite")
+        barrier = context.Barrier(n_workers)
+        workers = [
+            context.Process(target=_open_together, args=(path, w, barrier))
+            for w in range(n_workers)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [w.exitcode for w in workers] == [0] * n_workers, f"round {round_}"
+        with ResponseCache(path) as cache:
+            assert len(cache) == n_workers
+
+
 def test_a_corrupt_cache_file_is_an_input_error_naming_it(tmp_path: Any) -> None:
     path = tmp_path / "broken.sqlite"
     path.write_bytes(b"this is not a database" * 100)

@@ -766,16 +766,38 @@ class ResponseCache:
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 60.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_CACHE_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise InputError(f"LLM response cache {self.path} is not usable: {exc}") from exc
+        self._db = self._open(busy_timeout_s)
         self._lock = threading.Lock()
+
+    def _open(self, busy_timeout_s: float) -> sqlite3.Connection:
+        """Connect, switch to WAL and create the table. Jobs that start together race for a new
+        file: switching its journal mode can fail with "database is locked" at once, without
+        waiting for the busy timeout, so that case is retried until the timeout."""
+        deadline = time.monotonic() + busy_timeout_s
+        delay = 0.05
+        while True:
+            db = None
+            try:
+                db = sqlite3.connect(
+                    self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+                )
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(_CACHE_SCHEMA)
+                return db
+            except sqlite3.OperationalError as exc:
+                if db is not None:
+                    db.close()
+                if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                    raise InputError(
+                        f"LLM response cache {self.path} is not usable: {exc}"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(2 * delay, 1.0)
+            except sqlite3.DatabaseError as exc:
+                if db is not None:
+                    db.close()
+                raise InputError(f"LLM response cache {self.path} is not usable: {exc}") from exc
 
     def get_many(self, keys: Sequence[str]) -> dict[str, ChatResult]:
         """The cached results among ``keys`` (``cached=True``)."""
