@@ -597,3 +597,52 @@ def test_features_left_out_get_one_row_per_variant_saying_why(inputs, tmp_path):
     assert frame.set_index(["feature", "variant"]).loc[(8, "cl_full"), "error"] == reasons[8]
     write_explanations(frame, tmp_path / "e.parquet")  # the table's schema holds
     assert len(pq.read_table(tmp_path / "e.parquet")) == 4
+
+
+class CuttingBackend(FakeBackend):
+    """A small explainer that, for feature 7, writes 8s until the request's max_tokens cuts it
+    (one token per character) and closes its JSON only when 400 characters fit."""
+
+    def chat_many(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        self.calls += 1
+        self.requests.extend(requests)
+        results = []
+        for r in requests:
+            if "Feature 7 " in user_text(r):
+                full = '{"description": "feature_4' + "8" * 391 + '"}'
+                text = full[: r.max_tokens]
+                reason = "length" if len(text) < len(full) else "stop"
+            else:
+                text, reason = json.dumps({"description": "fine"}), "stop"
+            results.append(
+                result_from_text(
+                    r,
+                    text,
+                    tokens_in=100,
+                    tokens_out=len(text),
+                    latency_s=0.5,
+                    finish_reason=reason,
+                )
+            )
+        return results
+
+
+@pytest.mark.parametrize("retry", [0, 200, 600])
+def test_an_answer_cut_at_max_tokens_is_asked_once_more_with_more_room(inputs, retry):
+    backend = CuttingBackend(echo_answer)
+    config = ExplainConfig(max_answer_tokens=200, retry_max_tokens=retry)
+    frame = explain_shard(backend, inputs, ["maxact"], config)
+    rows = frame.set_index("feature")
+    if retry > 200:
+        assert backend.calls == 2 and len(backend.requests) == 4  # 3 features, 1 asked again
+        assert [r.max_tokens for r in backend.requests] == [200, 200, 200, 600]
+        assert backend.requests[3].messages == backend.requests[0].messages
+        assert rows.loc[7, "parse_status"] == "ok"
+        assert rows.loc[7, "description"] == "feature_4" + "8" * 391
+        assert rows.loc[7, "prompt_hash"] == prompt_hash(backend.requests[3])
+        assert rows.loc[7, "tokens_out"] == 419
+    else:  # no retry, or one with no more room than the first request had
+        assert backend.calls == 1 and len(backend.requests) == 3
+        assert rows.loc[7, "parse_status"] == "unparseable"
+        assert "cut at max_tokens=200" in rows.loc[7, "error"]
+    assert (rows.loc[[8, 9], "description"] == "fine").all()

@@ -29,7 +29,7 @@ import math
 import os
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import cache
 from importlib import resources
 from typing import Any, NamedTuple
@@ -137,6 +137,9 @@ class ExplainConfig:
     temperature: float = 0.0
     repetition_penalty: float = 1.0
     """vLLM's repetition penalty of the explainer's requests (1 = none; see llm.repetition_penalty)."""
+    retry_max_tokens: int = 0
+    """An answer cut at ``max_answer_tokens`` before its JSON closed is asked once more with this
+    many tokens (0, or not above ``max_answer_tokens``: never)."""
     seed: int = 0
     drop_bos: bool = True
     """Leave a BOS token at position 0 out of displayed contexts."""
@@ -848,6 +851,43 @@ def unexplained_rows(
     return pd.DataFrame(rows, columns=EXPLANATIONS_SCHEMA.names)
 
 
+def _ask(
+    backend: LLMBackend | None,
+    keyed: Sequence[tuple[RequestKey, ChatRequest]],
+    config: ExplainConfig,
+    model: str,
+) -> list[tuple[RequestKey, ChatRequest, ChatResult]]:
+    """Send the requests; an answer that ``max_tokens`` cut before its JSON closed is asked once
+    more with ``config.retry_max_tokens`` (when larger), and the second answer is kept with its
+    request. Small explainers sometimes fill a description with one repeated character; the
+    answer schema's ``maxLength`` closes the string, but only after more tokens than usual."""
+    if not keyed or backend is None:
+        return []
+
+    def send(requests: list[ChatRequest]) -> list[ChatResult]:
+        results = backend.chat_many(requests)
+        if len(results) != len(requests):
+            raise InputError(
+                f"LLM backend {model!r} returned {len(results)} results for {len(requests)} requests"
+            )
+        return results
+
+    requests = [r for _, r in keyed]
+    results = send(requests)
+    cut = [
+        i
+        for i, (request, result) in enumerate(zip(requests, results, strict=True))
+        if result.parse_status == "unparseable"
+        and result.finish_reason == "length"
+        and config.retry_max_tokens > request.max_tokens
+    ]
+    if cut:
+        again = [replace(requests[i], max_tokens=config.retry_max_tokens) for i in cut]
+        for i, request, result in zip(cut, again, send(again), strict=True):
+            requests[i], results[i] = request, result
+    return [(key, r, res) for (key, _), r, res in zip(keyed, requests, results, strict=True)]
+
+
 def explain_shard(
     backend: LLMBackend | None,
     feature_inputs: Mapping[int, FeatureInputs],
@@ -914,13 +954,8 @@ def explain_shard(
     first: list[tuple[RequestKey, ChatRequest]] = []
     for variant in needs_llm:
         first.extend(build_requests(feature_inputs, variant, config))
-    results = backend.chat_many([r for _, r in first]) if first and backend is not None else []
-    if len(results) != len(first):
-        raise InputError(
-            f"LLM backend {model!r} returned {len(results)} results for {len(first)} requests"
-        )
     answers: dict[tuple[int, str], dict[int, tuple[ChatRequest, ChatResult, str | None]]] = {}
-    for (key, request), result in zip(first, results, strict=True):
+    for key, request, result in _ask(backend, first, config, model):
         inputs = feature_inputs[key.feature]
         row = _answered_row(inputs, key, request, result, n_described(inputs, key.variant), model)
         rows.append(row)
@@ -976,12 +1011,7 @@ def explain_shard(
                     )
                 )
         merge.extend(build_merge_requests(feature_inputs, variant, ok, config))
-    merged = backend.chat_many([r for _, r in merge]) if merge and backend is not None else []
-    if len(merged) != len(merge):
-        raise InputError(
-            f"LLM backend {model!r} returned {len(merged)} results for {len(merge)} requests"
-        )
-    for (key, request), result in zip(merge, merged, strict=True):
+    for key, request, result in _ask(backend, merge, config, model):
         inputs = feature_inputs[key.feature]
         rows.append(
             _answered_row(inputs, key, request, result, n_described(inputs, key.variant), model)

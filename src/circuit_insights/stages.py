@@ -803,6 +803,7 @@ def run_explain_stage(
         **explain_config.get("prompt", {}),
         max_answer_tokens=llm_config["max_tokens"],
         repetition_penalty=llm_config["repetition_penalty"],
+        retry_max_tokens=llm_config["retry_max_tokens"],
     )
     inputs = build_feature_inputs(
         layer=layer,
