@@ -1,6 +1,6 @@
 """Throughput of CircuitLens attribution against a plain forward + backward pass of the same batches.
 
-Prints (feature, sample) pairs per second of :func:`circuit_insights.attribution.attribute` and the
+Prints (feature, sample) pairs per second of :func:`circuit_insights.circuitlens.attribution.attribute` and the
 time of plain forward+backward passes of the same rows (same padded batches, gradient of the
 target feature's pre-activations with respect to the embeddings, parameters frozen), measured in
 the same run, and their ratio (target: <= 2).
@@ -21,9 +21,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from circuit_insights.attribution import AttributionRequest, attribute  # noqa: E402
-from circuit_insights.models import SubjectModel  # noqa: E402
-from circuit_insights.transcoders import Transcoder  # noqa: E402
+from circuit_insights.circuitlens.attribution import AttributionRequest, attribute  # noqa: E402
+from circuit_insights.models.adapters import SubjectModel  # noqa: E402
+from circuit_insights.transcoders.base import Transcoder  # noqa: E402
 
 
 def tiny_model(family: str, n_layers: int, d_model: int) -> SubjectModel:

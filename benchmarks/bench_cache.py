@@ -19,17 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuit_insights.models import SubjectModel
-from circuit_insights.shards import make_shards
-from circuit_insights.stages import cache_artifact_paths, cache_split
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.data.shards import make_shards
+from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.pipeline.stages import cache_artifact_paths, cache_split
+from circuit_insights.transcoders.base import Transcoder
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "resources/models/gemma-3-270m"
 
 
 def load_model(name: str) -> SubjectModel:
     if name.startswith("tiny-"):
-        from circuit_insights.tiny import tiny_subject_model
+        from circuit_insights.models.tiny import tiny_subject_model
 
         return tiny_subject_model(name.removeprefix("tiny-"), n_layers=4, d_model=64)
     return SubjectModel.from_pretrained(name)

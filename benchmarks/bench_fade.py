@@ -1,6 +1,6 @@
 """Benchmark: FADE's steered greedy generation without KV cache vs Hugging Face ``generate``.
 
-:func:`circuit_insights.fade.greedy_continuations` reruns the whole growing sequence at every
+:func:`circuit_insights.evaluation.fade.greedy_continuations` reruns the whole growing sequence at every
 step (simple, and the splice hook sees every position). The baseline, measured in the same run on
 the same prompts under the same steering, is ``hf_model.generate`` with its KV cache (greedy,
 exactly ``--tokens`` new tokens). Both must give the same tokens (checked); the ratio says what
@@ -21,10 +21,10 @@ import time
 import numpy as np
 import torch
 
-from circuit_insights import fade_metrics
-from circuit_insights.fade import greedy_continuations, steering
-from circuit_insights.models import SubjectModel
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.evaluation import metrics as fade_metrics
+from circuit_insights.evaluation.fade import greedy_continuations, steering
+from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.transcoders.base import Transcoder
 
 
 def random_model(vocab: int, d_model: int, n_layers: int) -> SubjectModel:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from circuit_insights.llm import (
+from circuit_insights.llm.client import (
     CachedBackend,
     ChatRequest,
     OpenAICompatibleBackend,
@@ -200,11 +200,11 @@ def main() -> None:
         work = Path(tmp)
         server = None
         if args.url is None:
-            from circuit_insights.llm_server import VLLMServer
+            from circuit_insights.llm.server import VLLMServer
 
             model_dir = Path(args.model_dir)
             if not (model_dir / "config.json").is_file():
-                from circuit_insights.embedded import build_smollm2
+                from circuit_insights.models.embedded import build_smollm2
 
                 print(f"converting SmolLM2 to {work / 'smollm2'} (about a minute)")
                 model_dir = build_smollm2(work / "smollm2")

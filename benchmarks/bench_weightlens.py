@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from circuit_insights.models import SubjectModel
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.weightlens import (
     WeightLensOptions,
     analyze_weights,

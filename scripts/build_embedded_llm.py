@@ -3,8 +3,8 @@
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from circuit_insights.embedded import build_smollm2
-from circuit_insights.logs import configure_logging
+from circuit_insights.models.embedded import build_smollm2
+from circuit_insights.pipeline.logs import configure_logging
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake

@@ -3,7 +3,7 @@
 import logging
 from typing import TYPE_CHECKING
 
-from circuit_insights.logs import configure_logging
+from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.weightlens import gather_weightlens
 
 if TYPE_CHECKING:

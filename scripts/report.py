@@ -3,8 +3,8 @@
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from circuit_insights.logs import configure_logging
-from circuit_insights.stages import run_report_stage
+from circuit_insights.pipeline.logs import configure_logging
+from circuit_insights.pipeline.stages import run_report_stage
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake

@@ -2,8 +2,8 @@
 
 from typing import TYPE_CHECKING
 
-from circuit_insights.logs import configure_logging
-from circuit_insights.stages import run_sample
+from circuit_insights.pipeline.logs import configure_logging
+from circuit_insights.pipeline.stages import run_sample
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake

@@ -2,9 +2,9 @@
 
 from typing import TYPE_CHECKING
 
-from circuit_insights.logs import configure_logging
-from circuit_insights.stages import run_train_transcoder, set_threads
-from circuit_insights.workflow_paths import job_model_location
+from circuit_insights.pipeline.logs import configure_logging
+from circuit_insights.pipeline.paths import job_model_location
+from circuit_insights.pipeline.stages import run_train_transcoder, set_threads
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake

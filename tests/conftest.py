@@ -10,7 +10,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from circuit_insights.tiny import (  # noqa: F401 - re-exported for tests
+from circuit_insights.models.tiny import (  # noqa: F401 - re-exported for tests
     FAMILIES,
     TINY_VOCAB,
     tiny_hf_model,
@@ -40,7 +40,7 @@ def gemma3_270m_dir(tmp_path_factory):
     built here from its PyPI package (about a minute; nothing is downloaded)."""
     from pathlib import Path
 
-    from circuit_insights.embedded import build_gemma3_270m
+    from circuit_insights.models.embedded import build_gemma3_270m
 
     built = Path(__file__).resolve().parents[1] / "resources" / "models" / "gemma-3-270m"
     if (built / "model.safetensors").is_file():

@@ -16,24 +16,24 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from circuit_insights.attribution import (
+from circuit_insights.circuitlens.attribution import (
     STATUS_SKIPPED_BOS,
     AttributionRequest,
     attribute,
 )
-from circuit_insights.attribution_contributions import top_per_row
-from circuit_insights.attribution_frozen import (
+from circuit_insights.circuitlens.contributions import top_per_row
+from circuit_insights.circuitlens.frozen import (
     FrozenReplacement,
     capture_frozen_state,
 )
-from circuit_insights.errors import InputError
-from circuit_insights.io import write_parquet_atomic
-from circuit_insights.models import SubjectModel, get_path
-from circuit_insights.schemas import (
+from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.data.schemas import (
     ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
     ATTRIBUTION_TOTALS_SCHEMA,
 )
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.errors import InputError
+from circuit_insights.models.adapters import SubjectModel, get_path
+from circuit_insights.transcoders.base import Transcoder
 from tests.conftest import TINY_VOCAB, tiny_subject_model
 
 LAYER = 2

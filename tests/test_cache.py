@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from circuit_insights.cache import (
+from circuit_insights.data.cache import (
     ARTIFACTS,
     ActivationCacheWriter,
     LogHistogramSpec,
@@ -22,9 +22,9 @@ from circuit_insights.cache import (
     read_feature_activations,
     read_maxima,
 )
+from circuit_insights.data.schemas import ACTIVATIONS_SCHEMA, FEATURE_STATS_SCHEMA, MAXIMA_SCHEMA
+from circuit_insights.data.shards import Shard, make_shards
 from circuit_insights.errors import InputError
-from circuit_insights.schemas import ACTIVATIONS_SCHEMA, FEATURE_STATS_SCHEMA, MAXIMA_SCHEMA
-from circuit_insights.shards import Shard, make_shards
 
 N_POS = 16
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from circuit_insights.clustering import (
+from circuit_insights.circuitlens.clustering import (
     ClusteringConfig,
     cluster_feature,
     cluster_shard,
@@ -20,13 +20,13 @@ from circuit_insights.clustering import (
     rho_filter,
     write_clusters,
 )
-from circuit_insights.errors import InputError
-from circuit_insights.schemas import (
+from circuit_insights.data.schemas import (
     ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
     ATTRIBUTION_TOTALS_SCHEMA,
     CLUSTER_ASSIGNMENTS_SCHEMA,
     CLUSTERS_SCHEMA,
 )
+from circuit_insights.errors import InputError
 
 TARGET = 40  # target position of every synthetic sample
 

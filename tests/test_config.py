@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from circuit_insights.config import (
+from circuit_insights.errors import InputError
+from circuit_insights.pipeline.config import (
     check_models_at_start,
     load_config,
     load_schema,
     validate_config,
 )
-from circuit_insights.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")

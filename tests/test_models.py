@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from circuit_insights.errors import InputError
-from circuit_insights.models import (
+from circuit_insights.models.adapters import (
     SubjectModel,
     adapter_for,
     get_path,
@@ -14,7 +14,7 @@ from circuit_insights.models import (
     norm_gain,
     normalize,
 )
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.transcoders.base import Transcoder
 from tests.conftest import TINY_VOCAB, tiny_hf_model, tiny_subject_model
 
 

@@ -11,16 +11,16 @@ import pytest
 import yaml
 from safetensors.numpy import save_file
 
-from circuit_insights import registry
 from circuit_insights.errors import InputError
-from circuit_insights.models import Family
-from circuit_insights.registry import (
+from circuit_insights.models.adapters import Family
+from circuit_insights.transcoders import registry
+from circuit_insights.transcoders.base import ACTIVATIONS, INPUT_HOOKS, OUTPUT_HOOKS
+from circuit_insights.transcoders.formats import FORMATS, load_transcoder
+from circuit_insights.transcoders.registry import (
     lowest_numbered_match,
     parse_hf_reference,
     resolve_transcoder_path,
 )
-from circuit_insights.transcoder_formats import FORMATS, load_transcoder
-from circuit_insights.transcoders import ACTIVATIONS, INPUT_HOOKS, OUTPUT_HOOKS
 from circuit_insights.weightlens import thresholds_for
 from tests.test_transcoder_formats import (
     D_MODEL,
@@ -337,7 +337,7 @@ def test_release_files_load_with_the_registry_hooks(hub, name: str) -> None:
 
 def test_jobs_resolve_hf_paths_of_pretrained_transcoders(hub, monkeypatch) -> None:
     """The location a job loads from is the downloaded file, not the hf:// text of the config."""
-    from circuit_insights.stages import transcoder_location
+    from circuit_insights.pipeline.stages import transcoder_location
 
     release = RELEASES["gpt2-dunefsky"]
     _publish(release, hub, 2, np.random.default_rng(1))

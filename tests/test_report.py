@@ -1,4 +1,4 @@
-"""Tests of circuit_insights.report: a static report from fixture parquet files in the real schemas."""
+"""Tests of circuit_insights.report.html: a static report from fixture parquet files in the real schemas."""
 
 from __future__ import annotations
 
@@ -14,17 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from circuit_insights.errors import InputError
-from circuit_insights.io import write_parquet_atomic
-from circuit_insights.report import (
-    ModelFrames,
-    build_report,
-    descriptions_page_path,
-    discover_models,
-    feature_page_path,
-    load_model_frames,
-)
-from circuit_insights.schemas import (
+from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.data.schemas import (
     ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
     CLUSTERS_SCHEMA,
     CORPUS_TOKENS_SCHEMA,
@@ -32,6 +23,15 @@ from circuit_insights.schemas import (
     FADE_EVALUATION_SCHEMA,
     SAMPLES_SCHEMA,
     WEIGHTLENS_SCHEMA,
+)
+from circuit_insights.errors import InputError
+from circuit_insights.report.html import (
+    ModelFrames,
+    build_report,
+    descriptions_page_path,
+    discover_models,
+    feature_page_path,
+    load_model_frames,
 )
 from tests.test_summary import PNG_MAGIC, evaluation_row, schema_frame, weightlens_row
 
@@ -525,7 +525,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 
 def test_feature_pages_go_to_explained_features_first():
-    from circuit_insights.report import _choose_features
+    from circuit_insights.report.html import _choose_features
 
     keys = {3: set(range(10)), 8: {1, 2}}
     chosen, hidden = _choose_features(keys, 3, first={3: {7, 9}, 8: {5}})
@@ -538,7 +538,7 @@ def test_feature_pages_go_to_explained_features_first():
 def test_only_llm_written_explanations_give_a_page_priority():
     import pandas as pd
 
-    from circuit_insights.report import _llm_rows
+    from circuit_insights.report.html import _llm_rows
 
     rows = pd.DataFrame({"feature": [1, 2, 3], "variant": ["weightlens_rule", "cl_full", "maxact"]})
     assert _llm_rows(rows)["feature"].tolist() == [2, 3]

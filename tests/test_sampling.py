@@ -11,9 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from circuit_insights.cache import ARTIFACTS, ActivationCacheWriter, read_maxima
-from circuit_insights.errors import InputError
-from circuit_insights.sampling import (
+from circuit_insights.data.cache import ARTIFACTS, ActivationCacheWriter, read_maxima
+from circuit_insights.data.sampling import (
     SamplingConfig,
     bin_weights,
     negative_contexts,
@@ -24,8 +23,9 @@ from circuit_insights.sampling import (
     top_k_contexts,
     write_shard_samples,
 )
-from circuit_insights.schemas import SAMPLES_SCHEMA
-from circuit_insights.shards import Shard
+from circuit_insights.data.schemas import SAMPLES_SCHEMA
+from circuit_insights.data.shards import Shard
+from circuit_insights.errors import InputError
 
 CONTEXT_LENGTH = 32
 

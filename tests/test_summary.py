@@ -1,4 +1,4 @@
-"""Tests of circuit_insights.summary on fixture frames with known answers."""
+"""Tests of circuit_insights.report.summary on fixture frames with known answers."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from circuit_insights.errors import InputError
-from circuit_insights.schemas import (
+from circuit_insights.data.schemas import (
     FADE_EVALUATION_SCHEMA,
     METRIC_TABLE_SCHEMA,
     SUMMARY_SCHEMA,
     TOKEN_SHARES_SCHEMA,
     WEIGHTLENS_SCHEMA,
 )
-from circuit_insights.summary import (
+from circuit_insights.errors import InputError
+from circuit_insights.report.summary import (
     LLM_FREE_METRICS,
     LLM_FREE_VARIANT,
     METRICS,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from circuit_insights.errors import InputError
-from circuit_insights.training import evaluate_transcoder, train_transcoder
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.transcoders.base import Transcoder
+from circuit_insights.transcoders.training import evaluate_transcoder, train_transcoder
 
 D_MODEL = 64
 N_TRUE = 32
@@ -51,7 +51,7 @@ def sparse_map() -> SparseMap:
 def test_training_recovers_a_sparse_map(sparse_map: SparseMap, caplog) -> None:
     data = [sparse_map.pairs(2048, seed) for seed in range(1, 9)]
     held_out = [sparse_map.pairs(4096, seed=100)]
-    with caplog.at_level(logging.INFO, logger="circuit_insights.training"):
+    with caplog.at_level(logging.INFO, logger="circuit_insights.transcoders.training"):
         transcoder, report = train_transcoder(
             data,
             d_model=D_MODEL,
@@ -107,7 +107,7 @@ def test_held_out_rows_are_never_trained_on_and_one_shot_sources_stop(
     sparse_map: SparseMap, caplog
 ) -> None:
     chunks = [sparse_map.pairs(250, seed) for seed in range(4)]  # 1000 rows
-    with caplog.at_level(logging.WARNING, logger="circuit_insights.training"):
+    with caplog.at_level(logging.WARNING, logger="circuit_insights.transcoders.training"):
         _, report = train_transcoder(
             iter(chunks),
             d_model=D_MODEL,

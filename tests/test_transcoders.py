@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from circuit_insights.errors import InputError
-from circuit_insights.transcoders import (
+from circuit_insights.transcoders.base import (
     NATIVE_CONFIG_FILENAME,
     NATIVE_WEIGHTS_FILENAME,
     Transcoder,

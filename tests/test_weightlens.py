@@ -11,11 +11,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from circuit_insights.data.schemas import WEIGHTLENS_SCHEMA, WEIGHTLENS_TWERA_SCHEMA
+from circuit_insights.data.shards import Shard
 from circuit_insights.errors import InputError
-from circuit_insights.models import SubjectModel, norm_gain
-from circuit_insights.schemas import WEIGHTLENS_SCHEMA, WEIGHTLENS_TWERA_SCHEMA
-from circuit_insights.shards import Shard
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.models.adapters import SubjectModel, norm_gain
+from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.weightlens import (
     ContextTokens,
     HeldOut,

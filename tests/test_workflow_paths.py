@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from circuit_insights.config import gpus_for_device
-from circuit_insights.workflow_paths import job_model_location, layer_table
+from circuit_insights.pipeline.config import gpus_for_device
+from circuit_insights.pipeline.paths import job_model_location, layer_table
 
 
 def test_embedded_models_are_found_beside_their_input_files() -> None:

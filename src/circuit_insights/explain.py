@@ -37,10 +37,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.data.schemas import EXPLANATIONS_SCHEMA
 from circuit_insights.errors import InputError
-from circuit_insights.io import write_parquet_atomic
-from circuit_insights.llm import ChatRequest, ChatResult, LLMBackend
-from circuit_insights.schemas import EXPLANATIONS_SCHEMA
+from circuit_insights.llm.client import ChatRequest, ChatResult, LLMBackend
 from circuit_insights.weightlens import TokenDisplay
 
 __all__ = [
@@ -200,7 +200,7 @@ class WeightLensFacts:
 
 @dataclass(frozen=True)
 class ClusterFacts:
-    """What the explainer learns about one cluster (``circuit_insights.clustering``).
+    """What the explainer learns about one cluster (``circuit_insights.circuitlens.clustering``).
 
     ``cluster`` -1 with ``is_noise``: the feature's samples in no cluster, described only when
     the feature has no cluster at all.

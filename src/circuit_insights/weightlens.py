@@ -40,12 +40,12 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
+from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.data.schemas import WEIGHTLENS_SCHEMA, WEIGHTLENS_TWERA_SCHEMA
+from circuit_insights.data.shards import Shard
 from circuit_insights.errors import InputError
-from circuit_insights.io import write_parquet_atomic
-from circuit_insights.models import SubjectModel, get_path, norm_gain, normalize
-from circuit_insights.schemas import WEIGHTLENS_SCHEMA, WEIGHTLENS_TWERA_SCHEMA
-from circuit_insights.shards import Shard
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.models.adapters import SubjectModel, get_path, norm_gain, normalize
+from circuit_insights.transcoders.base import Transcoder
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from circuit_insights.config import check_models_at_start, load_config
-from circuit_insights.registry import is_hf_reference, load_registry
-from circuit_insights.shards import make_shards
+from circuit_insights.data.shards import make_shards
+from circuit_insights.pipeline.config import check_models_at_start, load_config
+from circuit_insights.transcoders.registry import is_hf_reference, load_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from circuit_insights.shards import make_shards
+from circuit_insights.data.shards import make_shards
 
 pytestmark = pytest.mark.slow
 

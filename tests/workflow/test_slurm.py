@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from circuit_insights.shards import make_shards
+from circuit_insights.data.shards import make_shards
 from tests.workflow.slurm_cluster import SlurmCluster, start_cluster
 
 pytestmark = [

@@ -4,15 +4,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from circuit_insights.config import (  # noqa: E402
+from circuit_insights.pipeline.config import (  # noqa: E402
     check_models_at_start,
     gpus_for_device,
     load_schema,
     validate_config,
 )
-from circuit_insights.shards import make_shards  # noqa: E402
-from circuit_insights import workflow_paths as paths  # noqa: E402
-from circuit_insights.llm_server import stop_shared_server  # noqa: E402
+from circuit_insights.data.shards import make_shards  # noqa: E402
+from circuit_insights.pipeline import paths  # noqa: E402
+from circuit_insights.llm.server import stop_shared_server  # noqa: E402
 
 config.update(
     validate_config(

@@ -1,7 +1,7 @@
 """CircuitLens clustering of a feature's samples by the circuits that make it fire (METHOD.md §4).
 
 Per (feature, sample), the *contribution set* is the set of significant contributors that the
-attribution stage kept (``circuit_insights.attribution``; ``ATTRIBUTION_CONTRIBUTIONS_SCHEMA``):
+attribution stage kept (``circuit_insights.circuitlens.attribution``; ``ATTRIBUTION_CONTRIBUTIONS_SCHEMA``):
 
 - upstream transcoder features ``("feature", layer, source_feature)`` (any position),
 - attention heads at a relative source position ``("head", layer, head, delta)`` with
@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.data.schemas import CLUSTER_ASSIGNMENTS_SCHEMA, CLUSTERS_SCHEMA
 from circuit_insights.errors import InputError
-from circuit_insights.io import write_parquet_atomic
-from circuit_insights.schemas import CLUSTER_ASSIGNMENTS_SCHEMA, CLUSTERS_SCHEMA
 from circuit_insights.weightlens import TokenDisplay
 
 __all__ = [

@@ -57,7 +57,7 @@ class TranscoderRelease:
     model: str
     """Hugging Face id of the subject model, e.g. ``google/gemma-2-2b``."""
     family: str
-    """Model family of ``circuit_insights.models`` (``gpt2``, ``gemma2``, ``gemma3``, ``llama``)."""
+    """Model family of ``circuit_insights.models.adapters`` (``gpt2``, ``gemma2``, ``gemma3``, ``llama``)."""
     n_layers: int
     d_model: int
     n_features: int
@@ -68,7 +68,7 @@ class TranscoderRelease:
     """Path of one layer's file inside ``repo``, with ``{layer}`` (and ``{l0}`` where the name holds
     the layer's L0, taken from ``l0_per_layer``)."""
     format: str
-    """Loader of ``circuit_insights.transcoder_formats``."""
+    """Loader of ``circuit_insights.transcoders.formats``."""
     activation: str
     skip: bool
     """Whether the transcoders have a skip connection (``W_skip`` / ``affine_skip_connection``)."""
@@ -232,7 +232,7 @@ def load_registry(path: str | Path | None = None) -> dict[str, TranscoderRelease
 
 @cache
 def _packaged_registry() -> dict[str, TranscoderRelease]:
-    text = resources.files("circuit_insights").joinpath(REGISTRY_FILE).read_text()
+    text = resources.files("circuit_insights.transcoders").joinpath(REGISTRY_FILE).read_text()
     return _read_registry(text, REGISTRY_FILE)
 
 

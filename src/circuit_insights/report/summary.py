@@ -35,14 +35,14 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from circuit_insights.errors import InputError
-from circuit_insights.explain import VARIANTS
-from circuit_insights.io import atomic_path, write_parquet_atomic
-from circuit_insights.schemas import (
+from circuit_insights.data.io import atomic_path, write_parquet_atomic
+from circuit_insights.data.schemas import (
     METRIC_TABLE_SCHEMA,
     SUMMARY_SCHEMA,
     TOKEN_SHARES_SCHEMA,
 )
+from circuit_insights.errors import InputError
+from circuit_insights.explain import VARIANTS
 
 __all__ = [
     "FADE_METRICS",

@@ -1,7 +1,7 @@
 """The frozen-linearized replacement model that CircuitLens attribution differentiates.
 
 One implementation for every model family: it runs on the Hugging Face modules through the
-:class:`~circuit_insights.models.ArchitectureAdapter` and never names an architecture.
+:class:`~circuit_insights.models.adapters.ArchitectureAdapter` and never names an architecture.
 
 **Capture** (:func:`capture_frozen_state`) runs the real model once (eager attention, no grad)
 and records, per layer, what the linearization freezes: the attention patterns (post-softmax, per
@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from circuit_insights.models import (
+from circuit_insights.models.adapters import (
     SubjectModel,
     get_path,
     norm_bias,
@@ -49,7 +49,7 @@ from circuit_insights.models import (
     norm_scale,
     normalize,
 )
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.transcoders.base import Transcoder
 
 FROZEN_ATTENTION = "circuit_insights_frozen"
 """Name under which the frozen-pattern attention function is registered in transformers."""

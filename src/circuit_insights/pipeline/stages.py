@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuit_insights import workflow_paths as paths
+from circuit_insights.data.io import atomic_path, write_json_atomic
+from circuit_insights.data.shards import Shard
 from circuit_insights.errors import InputError
-from circuit_insights.io import atomic_path, write_json_atomic
-from circuit_insights.models import SubjectModel, adapter_for
-from circuit_insights.shards import Shard
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.models.adapters import SubjectModel, adapter_for
+from circuit_insights.pipeline import paths
+from circuit_insights.transcoders.base import Transcoder
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def run_corpus(
     model_config: Mapping[str, Any], corpus_config: Mapping[str, Any], location: str, out_path: str
 ) -> dict[str, Any]:
     """Rule corpus: documents -> contexts with BOS -> cache / eval split parquet."""
-    from circuit_insights.corpus import CorpusSpec, prepare_corpus
+    from circuit_insights.data.corpus import CorpusSpec, prepare_corpus
 
     tokenizer, bos = load_tokenizer_and_bos(model_config, location)
     spec = CorpusSpec(
@@ -188,8 +188,8 @@ def run_train_transcoder(
     model_name: str = "",
 ) -> dict[str, Any]:
     """Rule train_transcoder: MLP input -> output pairs of the caching set -> a transcoder."""
-    from circuit_insights.corpus import load_contexts
-    from circuit_insights.training import train_transcoder
+    from circuit_insights.data.corpus import load_contexts
+    from circuit_insights.transcoders.training import train_transcoder
 
     settings = model_config["transcoders"]
     model = load_subject_model(model_config, location, model_name)
@@ -257,7 +257,7 @@ def transcoder_location(model_config: Mapping[str, Any], inputs: Sequence[str], 
     A configured ``hf://`` path is downloaded here (call it inside the job that loads the
     transcoder, never while the DAG is built); a local template is only formatted.
     """
-    from circuit_insights.registry import resolve_transcoder_path
+    from circuit_insights.transcoders.registry import resolve_transcoder_path
 
     settings = model_config["transcoders"]
     if settings["kind"] == "train":
@@ -269,7 +269,7 @@ def load_layer_transcoder(
     model_config: Mapping[str, Any], model: SubjectModel, layer: int, path: str, model_name: str
 ) -> Transcoder:
     """The transcoder of ``layer`` at ``path``: trained here (native) or in a published format."""
-    from circuit_insights.transcoder_formats import load_transcoder
+    from circuit_insights.transcoders.formats import load_transcoder
 
     settings = model_config["transcoders"]
     fmt = "native" if settings["kind"] == "train" else settings["format"]
@@ -299,7 +299,7 @@ def cache_artifact_paths(
     results: str, model_name: str, layer: int, shards: Sequence[Shard], prefix: str
 ) -> dict[Shard, dict[str, str]]:
     """Output paths of one split's cache artifacts, per shard, in the workflow's layout."""
-    from circuit_insights.cache import ARTIFACTS
+    from circuit_insights.data.cache import ARTIFACTS
 
     return {
         shard: {
@@ -316,8 +316,8 @@ def cache_paths_from_outputs(
     outputs: Mapping[str, Sequence[str]], prefix: str
 ) -> dict[Shard, dict[str, str]]:
     """Per-shard cache paths of one split from a job's named outputs (kind -> file list)."""
-    from circuit_insights.cache import ARTIFACTS
-    from circuit_insights.shards import parse_shard
+    from circuit_insights.data.cache import ARTIFACTS
+    from circuit_insights.data.shards import parse_shard
 
     by_shard: dict[Shard, dict[str, str]] = {}
     for artifact in ARTIFACTS:
@@ -340,7 +340,7 @@ def cache_split(
     label: str = "cache",
 ) -> dict[str, float]:
     """Stream one split's contexts through the model and the transcoder into the sparse cache."""
-    from circuit_insights.cache import ActivationCacheWriter
+    from circuit_insights.data.cache import ActivationCacheWriter
 
     excluded = {0} if exclude_bos and model.bos_token_id is not None else set()
     start, stop = min(s.start for s in shards), max(s.stop for s in shards)
@@ -395,7 +395,7 @@ def run_cache(
 
     ``outputs`` maps each artifact kind (``activations``, ``heldout_maxima``, ...) to its files.
     """
-    from circuit_insights.corpus import load_contexts
+    from circuit_insights.data.corpus import load_contexts
 
     model = load_subject_model(model_config, location, model_name)
     model.check_layer(layer)
@@ -428,9 +428,9 @@ def run_sample(
     out_path: str,
 ) -> None:
     """Rule sample: quantile, top-k and negative contexts of every feature of one shard."""
-    from circuit_insights.corpus import load_contexts
-    from circuit_insights.sampling import SamplingConfig, write_shard_samples
-    from circuit_insights.shards import parse_shard
+    from circuit_insights.data.corpus import load_contexts
+    from circuit_insights.data.sampling import SamplingConfig, write_shard_samples
+    from circuit_insights.data.shards import parse_shard
 
     context_ids, tokens = load_contexts(tokens_path, "cache")
     frame = write_shard_samples(
@@ -485,8 +485,8 @@ def run_weightlens_stage(
     """
     import pandas as pd
 
-    from circuit_insights.corpus import load_contexts
-    from circuit_insights.shards import parse_shard
+    from circuit_insights.data.corpus import load_contexts
+    from circuit_insights.data.shards import parse_shard
     from circuit_insights.weightlens import (
         ContextTokens,
         HeldOut,
@@ -545,7 +545,7 @@ def attribution_requests(
     """Requests for the quantile samples of a shard: each context cut ``output_k`` tokens after
     its target (the target's own pre-activation sees nothing after it; the output side needs the
     following tokens). ``sample_id`` is the sample's draw rank."""
-    from circuit_insights.attribution import AttributionRequest
+    from circuit_insights.circuitlens.attribution import AttributionRequest
 
     quantile = samples[samples["kind"] == "quantile"].sort_values(["feature", "rank"])
     if features is not None:
@@ -585,10 +585,10 @@ def run_attribution_stage(
     """Rule attribution: CircuitLens contributions of every quantile sample of one shard."""
     import pandas as pd
 
-    from circuit_insights.attribution import attribute
-    from circuit_insights.corpus import load_contexts
-    from circuit_insights.io import write_parquet_atomic
-    from circuit_insights.schemas import (
+    from circuit_insights.circuitlens.attribution import attribute
+    from circuit_insights.data.corpus import load_contexts
+    from circuit_insights.data.io import write_parquet_atomic
+    from circuit_insights.data.schemas import (
         ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
         ATTRIBUTION_TOTALS_SCHEMA,
     )
@@ -659,8 +659,8 @@ def llm_backend(
 ) -> Any:
     """The run's LLM behind the response cache: a configured URL, or the shared vLLM server
     (started by the first job that needs it; the workflow stops it at the end)."""
-    from circuit_insights.llm import CachedBackend, OpenAICompatibleBackend, ResponseCache
-    from circuit_insights.llm_server import backend_from_state, ensure_shared_server
+    from circuit_insights.llm.client import CachedBackend, OpenAICompatibleBackend, ResponseCache
+    from circuit_insights.llm.server import backend_from_state, ensure_shared_server
 
     options = {
         "concurrency": llm_config["concurrency"],
@@ -706,7 +706,11 @@ def run_cluster_stage(
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from circuit_insights.clustering import ClusteringConfig, cluster_shard, write_clusters
+    from circuit_insights.circuitlens.clustering import (
+        ClusteringConfig,
+        cluster_shard,
+        write_clusters,
+    )
 
     clusters, assignments = cluster_shard(
         pd.read_parquet(contributions_path),
@@ -736,7 +740,7 @@ def features_to_explain(
 ) -> list[int]:
     """The features of a shard that get explanations: those with at least ``min_samples``
     quantile samples, all of them or a seeded draw of ``features_per_shard``."""
-    from circuit_insights.shards import parse_shard
+    from circuit_insights.data.shards import parse_shard
 
     counts = quantile_sample_counts(samples)
     eligible = sorted(f for f, n in counts.items() if n >= min_samples)
@@ -765,7 +769,7 @@ def run_explain_stage(
     """Rule explain: descriptions of the chosen features of a shard by every variant."""
     import pandas as pd
 
-    from circuit_insights.corpus import load_contexts
+    from circuit_insights.data.corpus import load_contexts
     from circuit_insights.explain import (
         LLM_VARIANTS,
         RULE_VARIANTS,
@@ -879,9 +883,9 @@ def run_evaluate_stage(
     """Rule evaluate: FADE scores of one variant's descriptions of one shard."""
     import pandas as pd
 
-    from circuit_insights.corpus import load_contexts
+    from circuit_insights.data.corpus import load_contexts
+    from circuit_insights.evaluation.fade import evaluate_descriptions, write_fade_evaluation
     from circuit_insights.explain import features_with_every_variant, final_descriptions
-    from circuit_insights.fade import evaluate_descriptions, write_fade_evaluation
 
     final = final_descriptions(pd.read_parquet(explanations_path))
     compared = features_with_every_variant(
@@ -929,7 +933,7 @@ def run_summarize_stage(
     """Rule summarize: per-model summary parquet, tables in the paper's form, plots."""
     import pandas as pd
 
-    from circuit_insights.summary import paper_family, write_summary
+    from circuit_insights.report.summary import paper_family, write_summary
 
     written = write_summary(
         [pd.read_parquet(path) for path in evaluation_files],
@@ -947,7 +951,7 @@ def run_report_stage(
     """Rule report: the static HTML report of the run (opens from disk, no server)."""
     from transformers import AutoTokenizer
 
-    from circuit_insights.report import build_report
+    from circuit_insights.report.html import build_report
 
     tokenizers = {
         name: AutoTokenizer.from_pretrained(location) for name, location in model_locations.items()

@@ -1,7 +1,7 @@
 """FADE evaluation of feature descriptions (Puri et al. 2025; METHOD.md §6; docs/fade.md).
 
 The LLM-driven and subject-model parts; the metrics themselves are pure functions in
-:mod:`circuit_insights.fade_metrics`.
+:mod:`circuit_insights.evaluation.metrics`.
 
 - Clarity: the LLM writes synthetic texts for the description (:func:`generate_synthetic_texts`);
   the feature's sample activations on them (:func:`text_activations`) are compared with those of
@@ -13,7 +13,7 @@ The LLM-driven and subject-model parts; the metrics themselves are pure function
   :meth:`SubjectModel.splice` with the transcoder's error term kept) are rated the same way.
 
 :func:`evaluate_feature` runs all of it for one (feature, description) and returns one row of
-:data:`circuit_insights.schemas.FADE_EVALUATION_SCHEMA`; :func:`evaluate_descriptions` does it
+:data:`circuit_insights.data.schemas.FADE_EVALUATION_SCHEMA`; :func:`evaluate_descriptions` does it
 for a table of descriptions and :func:`write_fade_evaluation` writes the rows.
 """
 
@@ -37,14 +37,18 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from circuit_insights import fade_metrics as metrics
+from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.data.schemas import FADE_EVALUATION_SCHEMA
 from circuit_insights.errors import InputError
-from circuit_insights.fade_metrics import FADE_PERCENTILES, RatingSelection, select_rating_samples
-from circuit_insights.io import write_parquet_atomic
-from circuit_insights.llm import ChatRequest, ChatResult, LLMBackend
-from circuit_insights.models import SubjectModel
-from circuit_insights.schemas import FADE_EVALUATION_SCHEMA
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.evaluation import metrics
+from circuit_insights.evaluation.metrics import (
+    FADE_PERCENTILES,
+    RatingSelection,
+    select_rating_samples,
+)
+from circuit_insights.llm.client import ChatRequest, ChatResult, LLMBackend
+from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.weightlens import ContextTokens
 
 __all__ = [
@@ -790,7 +794,7 @@ def evaluate_feature(
             ``context``, ``position``, ``activation``, optional ``excluded``); other features'
             rows are ignored.
         heldout_tokens: the held-out contexts (``ContextTokens`` or ``(context_ids, tokens)``
-            as :func:`circuit_insights.corpus.load_contexts` returns); every one is a natural
+            as :func:`circuit_insights.data.corpus.load_contexts` returns); every one is a natural
             sample, activation 0 where it has no row.
         max_activation: reference activation for steering; None: the largest |sample
             activation| over the held-out contexts (what FADE uses).
@@ -800,7 +804,7 @@ def evaluate_feature(
 
     A missing or blank description gives every metric NaN with reason ``no_description`` and
     makes no LLM call. A metric that cannot be computed is NaN with a reason
-    (:data:`circuit_insights.fade_metrics.REASONS`); nothing here raises for degenerate data.
+    (:data:`circuit_insights.evaluation.metrics.REASONS`); nothing here raises for degenerate data.
     """
     preset = fade_preset(preset)
     started = time.perf_counter()

@@ -29,10 +29,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.data.schemas import SAMPLES_SCHEMA
+from circuit_insights.data.shards import Shard
 from circuit_insights.errors import InputError
-from circuit_insights.io import write_parquet_atomic
-from circuit_insights.schemas import SAMPLES_SCHEMA
-from circuit_insights.shards import Shard
 
 Binning = Literal["width", "count"]
 

@@ -81,6 +81,6 @@ def tiny_hf_model(family: str, n_layers: int = 3, d_model: int = 32, seed: int =
 
 
 def tiny_subject_model(family: str, **kwargs):
-    from circuit_insights.models import SubjectModel
+    from circuit_insights.models.adapters import SubjectModel
 
     return SubjectModel(tiny_hf_model(family, **kwargs), None, name=f"tiny-{family}")

@@ -1,7 +1,7 @@
 """The parquet schema of every artifact the workflow writes, in one place.
 
 Each artifact has one ``pyarrow.schema`` constant; stages write with
-``circuit_insights.io.write_parquet_atomic(table, path, schema=...)`` and tests check files
+``circuit_insights.data.io.write_parquet_atomic(table, path, schema=...)`` and tests check files
 against these constants.
 """
 
@@ -11,7 +11,7 @@ import pyarrow as pa
 
 # --- corpus ----------------------------------------------------------------------------------
 
-# One row per fixed-length context (``circuit_insights.corpus``), sorted by ``context``.
+# One row per fixed-length context (``circuit_insights.data.corpus``), sorted by ``context``.
 # ``context``: 0..n-1; ``split``: "cache" (activation cache) or "eval" (held out);
 # ``document``: index of the source document of the context's first non-BOS token;
 # ``token_ids``: the context's token ids, all rows of one file the same length (BOS first
@@ -29,7 +29,7 @@ CORPUS_TOKENS_SCHEMA = pa.schema(
 
 # --- activation cache ------------------------------------------------------------------------
 
-#: Sparse non-zero feature activations of one shard (``circuit_insights.cache``). Every non-zero
+#: Sparse non-zero feature activations of one shard (``circuit_insights.data.cache``). Every non-zero
 #: value is stored, including those at excluded (BOS / attention-sink) positions, which carry
 #: ``excluded = True``. Row groups hold a narrow feature range and are sorted by
 #: (feature, context, position); see ``docs/cache_and_sampling.md``.
@@ -57,7 +57,7 @@ MAXIMA_SCHEMA = pa.schema(
 #: One row per feature of the shard, dead features included. Statistics are over non-excluded
 #: positions only; ``n_active_excluded_tokens`` counts the firings at excluded positions.
 #: ``mean_activation``, ``max_activation`` and the quantiles (of the active values, from a
-#: streaming log-spaced histogram, see ``circuit_insights.cache.LogHistogramSpec``) are null
+#: streaming log-spaced histogram, see ``circuit_insights.data.cache.LogHistogramSpec``) are null
 #: (NaN in pandas) for a feature that never fires; ``frequency`` is null when no token was seen.
 FEATURE_STATS_SCHEMA = pa.schema(
     [
@@ -77,7 +77,7 @@ FEATURE_STATS_SCHEMA = pa.schema(
 
 # --- sampling --------------------------------------------------------------------------------
 
-#: Sampled contexts per feature (``circuit_insights.sampling``). ``kind`` is ``quantile``
+#: Sampled contexts per feature (``circuit_insights.data.sampling``). ``kind`` is ``quantile``
 #: (CircuitLens quantile sampling), ``top`` (MaxAct baseline) or ``negative`` (contexts where the
 #: feature never fires at a non-excluded position). ``rank`` is the draw order (quantile,
 #: negative) or the rank by activation (top), from 0. The consumer truncates the context's tokens
@@ -187,7 +187,7 @@ WEIGHTLENS_TWERA_SCHEMA = pa.schema(
 
 # --- attribution -----------------------------------------------------------------------------
 
-#: CircuitLens contributions (``circuit_insights.attribution``; definitions in
+#: CircuitLens contributions (``circuit_insights.circuitlens.attribution``; definitions in
 #: ``docs/attribution.md``), the significant ones per (feature, sample), in request order.
 #: ``kind``: ``embedding``, ``feature``, ``error``, ``mlp_error``, ``bias`` (``partition`` "leaf":
 #: these sum exactly to the pre-activation before filtering), ``head`` ("mediator": the total effect
@@ -261,11 +261,11 @@ ATTRIBUTION_TOTALS_SCHEMA = pa.schema(
 
 # --- evaluation ------------------------------------------------------------------------------
 
-#: FADE scores (``circuit_insights.fade``; definitions in ``docs/fade.md``), one row per
+#: FADE scores (``circuit_insights.evaluation.fade``; definitions in ``docs/fade.md``), one row per
 #: (feature, variant) of a (layer, shard). ``variant`` names the explanation method (e.g.
 #: ``weightlens``, ``cl_full``); ``description`` is null when the variant has none. Metric values
 #: are null (NaN in pandas) when undefined, with ``*_reason`` saying why (reasons listed in
-#: ``circuit_insights.fade_metrics.REASONS``; null when the value is defined). Counts:
+#: ``circuit_insights.evaluation.metrics.REASONS``; null when the value is defined). Counts:
 #: ``n_synthetic_texts`` distinct LLM texts, ``n_synthetic_scored`` those with a token to score;
 #: ``n_natural`` held-out contexts (all natural samples), ``n_natural_active`` those where the
 #: feature fires; ``n_rated`` natural samples sent for rating and how many got each rating
@@ -318,7 +318,7 @@ FADE_EVALUATION_SCHEMA = pa.schema(
 
 # --- clustering ---
 
-#: CircuitLens clusters (``circuit_insights.clustering``; definitions in
+#: CircuitLens clusters (``circuit_insights.circuitlens.clustering``; definitions in
 #: ``docs/clustering_and_explanations.md``): one row per (feature, cluster) of a (layer, shard),
 #: clusters numbered 0.. by size, plus ``cluster`` -1 (``is_noise``) for the feature's samples in
 #: no cluster (noise, empty sets). ``status`` (per feature): ``clustered``, ``all_noise``,
@@ -422,7 +422,7 @@ EXPLANATIONS_SCHEMA = pa.schema(
 
 # --- summary ---
 
-#: Scores of one model in long form (``circuit_insights.summary.summarize_model``; definitions in
+#: Scores of one model in long form (``circuit_insights.report.summary.summarize_model``; definitions in
 #: ``docs/report.md``): one row per (layer, feature, variant, metric). ``metric``: the FADE
 #: metrics ``clarity``, ``responsiveness``, ``purity``, ``faithfulness`` of every evaluated
 #: variant, and the LLM-free ``weightlens_auroc`` / ``weightlens_precision`` (variant
@@ -441,7 +441,7 @@ SUMMARY_SCHEMA = pa.schema(
     ]
 )
 
-#: The paper-style table (``circuit_insights.summary.metric_table``): per (model, variant, layer,
+#: The paper-style table (``circuit_insights.report.summary.metric_table``): per (model, variant, layer,
 #: metric) the mean over features with a value (``n``) and its percentile-bootstrap CI
 #: (``ci_low``, ``ci_high``; null when ``n`` is 0); ``n_missing`` features without a value,
 #: ``missing_reasons`` their reasons with counts (``"gated: 3; no_rated_0: 1"``, empty when none).
@@ -461,7 +461,7 @@ METRIC_TABLE_SCHEMA = pa.schema(
 )
 
 #: Share of features WeightLens validates / classifies token-based
-#: (``circuit_insights.summary.token_based_shares``), per layer and over all layers (``layer``
+#: (``circuit_insights.report.summary.token_based_shares``), per layer and over all layers (``layer``
 #: null), next to the paper's figure for the model's family (``paper_*`` null for other models).
 TOKEN_SHARES_SCHEMA = pa.schema(
     [

@@ -17,7 +17,7 @@ one token stream with the tokenizer's EOS between consecutive documents, and cut
 when the model has no BOS). The trailing partial chunk is dropped.
 
 Artifact (:func:`prepare_corpus`): one parquet file with schema
-:data:`circuit_insights.schemas.CORPUS_TOKENS_SCHEMA`, read back with :func:`load_contexts`.
+:data:`circuit_insights.data.schemas.CORPUS_TOKENS_SCHEMA`, read back with :func:`load_contexts`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.data.schemas import CORPUS_TOKENS_SCHEMA
 from circuit_insights.errors import InputError
-from circuit_insights.io import write_parquet_atomic
-from circuit_insights.schemas import CORPUS_TOKENS_SCHEMA
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

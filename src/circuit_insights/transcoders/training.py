@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from circuit_insights.errors import InputError
-from circuit_insights.transcoders import InputHook, OutputHook, Transcoder
+from circuit_insights.transcoders.base import InputHook, OutputHook, Transcoder
 
 logger = logging.getLogger(__name__)
 

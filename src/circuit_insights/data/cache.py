@@ -2,7 +2,7 @@
 
 The model side hands :class:`ActivationCacheWriter` one batch of feature activations at a time;
 per feature shard the writer streams three parquet artifacts (schemas in
-:mod:`circuit_insights.schemas`):
+:mod:`circuit_insights.data.schemas`):
 
 - ``activations``: every non-zero activation (context, position, feature, activation, excluded),
   in row groups that each hold one *feature bucket* (``bucket_features`` consecutive features)
@@ -45,10 +45,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from circuit_insights.data.io import atomic_path
+from circuit_insights.data.schemas import ACTIVATIONS_SCHEMA, FEATURE_STATS_SCHEMA, MAXIMA_SCHEMA
+from circuit_insights.data.shards import Shard
 from circuit_insights.errors import InputError
-from circuit_insights.io import atomic_path
-from circuit_insights.schemas import ACTIVATIONS_SCHEMA, FEATURE_STATS_SCHEMA, MAXIMA_SCHEMA
-from circuit_insights.shards import Shard
 
 #: The keys of ``out_paths[shard]``: one parquet artifact each.
 ARTIFACTS: tuple[str, ...] = ("activations", "maxima", "feature_stats")

@@ -101,7 +101,7 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
         )
     llm = config["llm"]
     if not llm["url"]:
-        from circuit_insights.workflow_paths import EMBEDDED_LLMS, EMBEDDED_PREFIX, is_embedded
+        from circuit_insights.pipeline.paths import EMBEDDED_LLMS, EMBEDDED_PREFIX, is_embedded
 
         source = llm["model"]
         if is_embedded(source) and source.removeprefix(EMBEDDED_PREFIX) not in EMBEDDED_LLMS:
@@ -137,7 +137,7 @@ def check_models_at_start(config: Mapping[str, Any], resources: str) -> None:
     """
     import json
 
-    from circuit_insights.workflow_paths import (
+    from circuit_insights.pipeline.paths import (
         EMBEDDED_MODELS,
         EMBEDDED_N_LAYERS,
         EMBEDDED_PREFIX,

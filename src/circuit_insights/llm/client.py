@@ -9,7 +9,7 @@
   ``iter_chat(requests)`` (yields ``(index, result)`` pairs in completion order), which
   :class:`CachedBackend` uses to store each answer as soon as it exists.
 - :class:`OpenAICompatibleBackend`: HTTP to any OpenAI-compatible ``/v1/chat/completions``
-  server (a vLLM server started by :mod:`circuit_insights.llm_server`, or one the user runs),
+  server (a vLLM server started by :mod:`circuit_insights.llm.server`, or one the user runs),
   a bounded thread pool, retries with exponential backoff on transport errors, timeouts, 429
   and 5xx. Structured output is requested as
   ``response_format={"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``,

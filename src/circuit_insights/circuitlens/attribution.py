@@ -2,7 +2,7 @@
 
 For each request (a context, a target position ``t``, a feature ``i`` of the transcoder at layer
 ``L``) the model is linearized around the context (attention patterns, norm denominators and
-transcoder gates frozen; see :mod:`circuit_insights.attribution_frozen`) and the feature's
+transcoder gates frozen; see :mod:`circuit_insights.circuitlens.frozen`) and the feature's
 pre-activation ``x_c[t] . f_enc + b_enc[i]`` is decomposed with one backward pass per batch:
 
 - leaves (``partition = "leaf"``; they sum exactly to the pre-activation): ``embedding`` (token +
@@ -36,7 +36,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from circuit_insights.attribution_contributions import (
+from circuit_insights.circuitlens.contributions import (
     KINDS,
     LEAF_KINDS,
     PARTITION_OF_KIND,
@@ -44,19 +44,19 @@ from circuit_insights.attribution_contributions import (
     contribution_frame,
     select_significant,
 )
-from circuit_insights.attribution_frozen import (
+from circuit_insights.circuitlens.frozen import (
     AttentionRecord,
     FrozenReplacement,
     FrozenState,
     capture_frozen_state,
 )
-from circuit_insights.errors import InputError
-from circuit_insights.models import SubjectModel
-from circuit_insights.schemas import (
+from circuit_insights.data.schemas import (
     ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
     ATTRIBUTION_TOTALS_SCHEMA,
 )
-from circuit_insights.transcoders import Transcoder
+from circuit_insights.errors import InputError
+from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.transcoders.base import Transcoder
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ class AttributionRequest:
 
 @dataclass
 class AttributionResult:
-    """Contributions (:data:`~circuit_insights.schemas.ATTRIBUTION_CONTRIBUTIONS_SCHEMA`) and
-    per-request totals (:data:`~circuit_insights.schemas.ATTRIBUTION_TOTALS_SCHEMA`)."""
+    """Contributions (:data:`~circuit_insights.data.schemas.ATTRIBUTION_CONTRIBUTIONS_SCHEMA`) and
+    per-request totals (:data:`~circuit_insights.data.schemas.ATTRIBUTION_TOTALS_SCHEMA`)."""
 
     contributions: pd.DataFrame
     totals: pd.DataFrame

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from circuit_insights.errors import InputError
 
 if TYPE_CHECKING:
-    from circuit_insights.transcoders import Transcoder
+    from circuit_insights.transcoders.base import Transcoder
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import yaml
 from torch import Tensor
 
 from circuit_insights.errors import InputError
-from circuit_insights.transcoders import (
+from circuit_insights.transcoders.base import (
     INPUT_HOOKS,
     OUTPUT_HOOKS,
     Activation,

@@ -12,7 +12,7 @@
   of every variant and every score with the reason when it is missing;
 - ``{model}/layer{L}/descriptions.html``: every explained feature of the layer (not only those
   with a page) with its final description by every variant, or why there is none;
-- ``{model}/summary/``: :func:`circuit_insights.summary.write_summary`'s files.
+- ``{model}/summary/``: :func:`circuit_insights.report.summary.write_summary`'s files.
 
 Pages are rendered with the jinja2 templates in ``templates/`` (autoescape on: every string from
 the tables is escaped), CSS inline, links relative. Every file is written atomically. Missing
@@ -36,11 +36,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from circuit_insights import summary as summ
-from circuit_insights import workflow_paths as paths
-from circuit_insights.corpus import load_contexts
+from circuit_insights.data.corpus import load_contexts
+from circuit_insights.data.io import atomic_path
 from circuit_insights.errors import InputError
-from circuit_insights.io import atomic_path
+from circuit_insights.pipeline import paths
+from circuit_insights.report import summary as summ
 from circuit_insights.weightlens import TokenDisplay
 
 __all__ = [
@@ -884,7 +884,7 @@ def _format_percent(value: Any) -> str:
 @cache
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("circuit_insights", "templates"),
+        loader=jinja2.PackageLoader("circuit_insights.report", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -7,7 +7,7 @@
   interpreter exit, on SIGTERM / SIGHUP, and (Linux) when the process that started it dies.
 - :func:`start_shared_server` / :func:`stop_shared_server` (and :func:`ensure_shared_server`,
   the same start under a file lock for jobs that start the server lazily) and the command line
-  ``python -m circuit_insights.llm_server start --model DIR --state-file F`` /
+  ``python -m circuit_insights.llm.server start --model DIR --state-file F`` /
   ``stop --state-file F``: one server for every job of a workflow run (Snakemake ``onstart`` /
   ``onsuccess`` / ``onerror``). The state file (JSON: url, pid, model, log) is written
   atomically; jobs connect with :func:`backend_from_state`.
@@ -38,9 +38,9 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from circuit_insights.data.io import write_json_atomic
 from circuit_insights.errors import InputError
-from circuit_insights.io import write_json_atomic
-from circuit_insights.llm import LLMServerError, OpenAICompatibleBackend
+from circuit_insights.llm.client import LLMServerError, OpenAICompatibleBackend
 
 log = logging.getLogger(__name__)
 
@@ -573,7 +573,7 @@ def backend_from_state(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m circuit_insights.llm_server",
+        prog="python -m circuit_insights.llm.server",
         description="Start or stop a vLLM server shared by the jobs of a workflow run.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
