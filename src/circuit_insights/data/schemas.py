@@ -443,8 +443,10 @@ SUMMARY_SCHEMA = pa.schema(
 
 #: The paper-style table (``circuit_insights.report.summary.metric_table``): per (model, variant, layer,
 #: metric) the mean over features with a value (``n``) and its percentile-bootstrap CI
-#: (``ci_low``, ``ci_high``; null when ``n`` is 0); ``n_missing`` features without a value,
-#: ``missing_reasons`` their reasons with counts (``"gated: 3; no_rated_0: 1"``, empty when none).
+#: (``ci_low``, ``ci_high``; null when ``n`` is 0); ``n_degenerate`` of those ``n`` are degenerate
+#: features counted as FADE's code counts them (Clarity / Responsiveness of all-equal activations:
+#: 0); ``n_missing`` features without a value, ``missing_reasons`` their reasons with counts
+#: (``"gated: 3; no_rated_0: 1"``, empty when none).
 METRIC_TABLE_SCHEMA = pa.schema(
     [
         pa.field("model", pa.string(), nullable=False),
@@ -452,6 +454,7 @@ METRIC_TABLE_SCHEMA = pa.schema(
         pa.field("layer", pa.int32(), nullable=False),
         pa.field("metric", pa.string(), nullable=False),
         pa.field("n", pa.int64(), nullable=False),
+        pa.field("n_degenerate", pa.int64(), nullable=False),
         pa.field("n_missing", pa.int64(), nullable=False),
         pa.field("mean", pa.float64()),
         pa.field("ci_low", pa.float64()),

@@ -43,6 +43,7 @@ from circuit_insights.errors import InputError
 from circuit_insights.evaluation import metrics
 from circuit_insights.evaluation.metrics import (
     FADE_PERCENTILES,
+    TOP_SELECTIONS,
     RatingSelection,
     select_rating_samples,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "natural_sample_activations",
     "parse_ratings",
     "parse_texts",
+    "preset_from_config",
     "rate_text_groups",
     "rate_texts",
     "read_fade_evaluation",
@@ -102,6 +104,11 @@ class FadePreset:
     """Share of ``n_rated`` taken from the highest activations (the rest from the percentile
     strata ``percentiles``)."""
     percentiles: tuple[float, ...] = FADE_PERCENTILES
+    top_selection: str = "fade"
+    """How the top part is taken (:data:`circuit_insights.evaluation.metrics.TOP_SELECTIONS`):
+    ``fade``: the top samples whether or not a stratum drew them, then de-duplicated (FADE's
+    code; fewer than ``n_rated`` may be rated); ``distinct``: the top samples not drawn yet
+    (exactly ``n_rated``)."""
     failed_retries: int = 1
     """Times the texts whose rating is missing are sent again (FADE: 1)."""
     sparse_retries: int = 1
@@ -147,6 +154,10 @@ class FadePreset:
                 raise InputError(f"fade preset {self.name!r}: {name} must be >= 0")
         if not 0.0 <= self.top_fraction <= 1.0:
             raise InputError(f"fade preset {self.name!r}: top_fraction must be in [0, 1]")
+        if self.top_selection not in TOP_SELECTIONS:
+            raise InputError(
+                f"fade preset {self.name!r}: top_selection must be one of {list(TOP_SELECTIONS)}"
+            )
         if list(self.percentiles) != sorted(self.percentiles) or len(self.percentiles) < 2:
             raise InputError(f"fade preset {self.name!r}: percentiles must increase")
         if self.baseline not in ("ablate", "unsteered"):
@@ -175,6 +186,7 @@ PRESETS: dict[str, FadePreset] = {
         max_text_tokens=64,
         max_prompt_tokens=32,
         max_text_chars=400,
+        top_selection="distinct",
     ),
 }
 
@@ -194,6 +206,20 @@ def fade_preset(preset: str | FadePreset = "paper", **overrides: Any) -> FadePre
     if "percentiles" in overrides:
         overrides["percentiles"] = tuple(float(p) for p in overrides["percentiles"])
     return replace(preset, **overrides) if overrides else preset
+
+
+def preset_from_config(evaluate_config: Mapping[str, Any]) -> FadePreset:
+    """The FADE preset of a workflow ``evaluate`` config block: ``preset`` (a preset name) with
+    ``top_selection`` overriding the preset's own when it is set (not null)."""
+    name = evaluate_config.get("preset", "paper")
+    top_selection = evaluate_config.get("top_selection")
+    if top_selection is not None and top_selection not in TOP_SELECTIONS:
+        raise InputError(
+            f"config key evaluate.top_selection: {top_selection!r} is not one of "
+            f"{list(TOP_SELECTIONS)}"
+        )
+    overrides = {} if top_selection is None else {"top_selection": str(top_selection)}
+    return fade_preset(str(name), **overrides)
 
 
 # --- LLM bookkeeping -------------------------------------------------------------------------
@@ -586,7 +612,9 @@ def natural_sample_activations(
 
     ``activations``: rows with columns ``feature``, ``context``, ``position``, ``activation``
     (optional ``excluded``: excluded rows, e.g. BOS, do not count). A context without rows has
-    activation 0. (len(context_ids),) float64 in the order of ``context_ids``.
+    activation 0; a context with a NaN activation (at a position that counts) has activation
+    NaN, never 0, so the metrics that use it are NaN with reason ``non_finite_activations``.
+    (len(context_ids),) float64 in the order of ``context_ids``.
     """
     contexts = np.asarray(context_ids, dtype=np.int64)
     out = np.zeros(len(contexts))
@@ -599,10 +627,11 @@ def natural_sample_activations(
         return out
     values = rows["activation"].to_numpy(np.float64)
     row_context = rows["context"].to_numpy(np.int64)
-    order = np.lexsort((-np.abs(values), row_context))  # by context, largest |value| first
+    # by context, then NaN first, then largest |value| first: a NaN row wins its context
+    order = np.lexsort((-np.abs(values), ~np.isnan(values), row_context))
     first = order[np.r_[True, row_context[order][1:] != row_context[order][:-1]]]
     best = pd.Series(values[first], index=row_context[first])
-    return best.reindex(contexts).fillna(0.0).to_numpy(np.float64)
+    return best.reindex(contexts, fill_value=0.0).to_numpy(np.float64)
 
 
 @torch.no_grad()
@@ -752,6 +781,7 @@ def _rate_natural(
             percentiles=preset.percentiles,
             seed=seed + round_,
             exclude=rated_index,
+            top_selection=preset.top_selection,
         )
         if len(selection.index) == 0:
             break
@@ -796,8 +826,9 @@ def evaluate_feature(
         heldout_tokens: the held-out contexts (``ContextTokens`` or ``(context_ids, tokens)``
             as :func:`circuit_insights.data.corpus.load_contexts` returns); every one is a natural
             sample, activation 0 where it has no row.
-        max_activation: reference activation for steering; None: the largest |sample
-            activation| over the held-out contexts (what FADE uses).
+        max_activation: reference activation for steering; None (the workflow's choice): FADE's,
+            the largest |sample activation| over the held-out contexts
+            (:func:`circuit_insights.evaluation.metrics.steering_reference`).
         seed: seeds the sample choice and the LLM requests; keep it the same across the
             variants of one feature so that they are rated on the same samples.
         details: if given, filled with the texts, activations and ratings behind the metrics.
@@ -881,11 +912,13 @@ def evaluate_feature(
     reference = (
         float(max_activation)
         if max_activation is not None
-        else float(np.max(np.abs(natural), initial=0.0))
+        else metrics.steering_reference(natural)
     )
     row["steering_reference"] = reference if math.isfinite(reference) else None
     if gate is not None:
         _set_metric(row, "faithfulness", (math.nan, gate))
+    elif not np.isfinite(natural).all():
+        _set_metric(row, "faithfulness", (math.nan, "non_finite_activations"))
     elif not math.isfinite(reference) or reference == 0.0 or preset.n_prompts == 0:
         _set_metric(row, "faithfulness", (math.nan, "no_max_activation"))
     else:
@@ -999,13 +1032,12 @@ def evaluate_descriptions(
     backend: LLMBackend,
     preset: FadePreset | str = "paper",
     seed: int = 0,
-    *,
-    max_activations: Mapping[int, float] | None = None,
 ) -> pd.DataFrame:
     """:func:`evaluate_feature` for every row of ``descriptions`` (``feature``, ``variant``,
     ``description``; description may be null); FADE_EVALUATION_SCHEMA columns.
 
-    ``max_activations``: feature -> steering reference (None / absent: FADE's default).
+    The steering reference of each feature is FADE's: the largest |sample activation| over the
+    held-out contexts it is evaluated on (not a maximum over another split).
     """
     for column in ("feature", "variant", "description"):
         if column not in descriptions.columns:
@@ -1021,7 +1053,6 @@ def evaluate_descriptions(
         description = record.description
         if description is not None and not isinstance(description, str):
             description = None if pd.isna(description) else str(description)
-        reference = (max_activations or {}).get(feature)
         rows.append(
             evaluate_feature(
                 model,
@@ -1030,7 +1061,7 @@ def evaluate_descriptions(
                 description,
                 by_feature.get(feature, own.iloc[:0]),
                 corpus,
-                None if reference is None or pd.isna(reference) else float(reference),
+                None,
                 backend,
                 preset,
                 feature_seed(seed, feature),

@@ -97,12 +97,21 @@ TOP_STRATUM = -1
 """Stratum label of the samples taken from the very top (the ``top_fraction`` part)."""
 
 
+#: How the top part of the rated selection is taken (``top_selection``):
+#: ``fade``: the highest-activation candidates whether or not a stratum already drew them, then
+#: de-duplicated, so fewer than ``n_samples`` may be chosen (FADE's code,
+#: ``fade/llm.py: RateSamples.get_activation_based_subset``); ``distinct``: the highest ones not
+#: drawn yet, so exactly ``n_samples`` are chosen.
+TOP_SELECTIONS: tuple[str, ...] = ("fade", "distinct")
+
+
 @dataclass(frozen=True)
 class RatingSelection:
     """Natural samples chosen for rating: ``index`` into the candidates, in stratum order.
 
     ``stratum[i]`` is the percentile stratum (0 .. len(percentiles) - 2) of ``index[i]``, or
-    :data:`TOP_STRATUM` for the top samples.
+    :data:`TOP_STRATUM` for the top samples (a candidate both drawn by a stratum and among the
+    top ones keeps its stratum label).
     """
 
     index: np.ndarray  # (k,) int64
@@ -117,20 +126,24 @@ def select_rating_samples(
     percentiles: Sequence[float] = FADE_PERCENTILES,
     seed: int = 0,
     exclude: np.ndarray | Sequence[int] | None = None,
+    top_selection: str = "distinct",
 ) -> RatingSelection:
     """FADE's stratified choice of natural samples to rate.
 
     The candidates (``activations`` (n,), the sample activations, zeros included) are sorted by
     activation (stable, so equal activations keep their order); each percentile stratum of the
     sorted list contributes ``floor(n_samples · (1 − top_fraction) / n_strata)`` samples drawn
-    without replacement (all of it when smaller); the rest up to ``n_samples`` are the
-    highest-activation candidates not drawn yet. All candidates when ``n <= n_samples``.
-    ``exclude``: candidate indices that may not be chosen (already rated ones).
+    without replacement (all of it when smaller); the rest, ``rest = n_samples − drawn``, come
+    from the top of the sorted list. All candidates when ``n <= n_samples``. ``exclude``:
+    candidate indices that may not be chosen (already rated ones).
 
-    Differences from FADE's code: FADE takes the top ``rest`` candidates whether or not a stratum
-    draw already took them and then removes duplicates, so it may rate fewer than ``n_samples``;
-    here the top part skips drawn candidates and the count is exact.
+    ``top_selection`` (:data:`TOP_SELECTIONS`): ``"fade"`` takes the ``rest`` highest candidates
+    whether or not a stratum drew them and keeps each candidate once, as FADE's code does, so
+    ``n_samples − (duplicates)`` are chosen; ``"distinct"`` takes the ``rest`` highest candidates
+    not drawn yet, so exactly ``n_samples`` are chosen.
     """
+    if top_selection not in TOP_SELECTIONS:
+        raise ValueError(f"top_selection {top_selection!r} is not one of {list(TOP_SELECTIONS)}")
     values = np.asarray(activations, dtype=np.float64).reshape(-1)
     candidates = np.arange(len(values))
     if exclude is not None and len(exclude):
@@ -158,13 +171,28 @@ def select_rating_samples(
     drawn = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
     rest = n_samples - len(drawn)
     if rest > 0:
-        remaining = order[~np.isin(order, drawn)]
-        top = remaining[len(remaining) - rest :][::-1]
+        # "fade": the top `rest` of all candidates, then the ones drawn already are dropped;
+        # "distinct": the top `rest` of the candidates not drawn yet.
+        pool = order if top_selection == "fade" else order[~np.isin(order, drawn)]
+        top = pool[len(pool) - rest :][::-1]
+        top = top[~np.isin(top, drawn)]
         chosen.append(top)
         labels.append(np.full(len(top), TOP_STRATUM, dtype=np.int64))
     return RatingSelection(
         np.concatenate(chosen).astype(np.int64), np.concatenate(labels).astype(np.int64)
     )
+
+
+def steering_reference(natural_activations: np.ndarray | Sequence[float]) -> float:
+    """FADE's steering reference: the largest ``|activation|`` over the natural samples (n,).
+
+    FADE (``fade/pipeline.py``, ``sae_max_value = natural_activations.abs().max()``) multiplies
+    the steering factors by this value. NaN when a value is not finite or there is none.
+    """
+    values = np.asarray(natural_activations, dtype=np.float64).reshape(-1)
+    if len(values) == 0 or not np.isfinite(values).all():
+        return NAN
+    return float(np.abs(values).max())
 
 
 # --- ranking metrics -------------------------------------------------------------------------
@@ -359,3 +387,35 @@ def faithfulness(
         return _missing("baseline_saturated")
     best = max(share for share, _ in shares.values() if math.isfinite(share))
     return max(best - baseline, 0.0) / (1.0 - baseline), None
+
+
+# --- how FADE counts degenerate features in its means ----------------------------------------
+
+#: Reasons for which a metric is undefined because the compared activations are all equal.
+#: FADE's code does not stop there: ``roc_auc_score`` of tied values is 0.5, so its Clarity and
+#: Responsiveness are ``|2 · 0.5 − 1| = 0`` (``fade/results.py: gini_ap_metric``).
+DEGENERATE_REASONS: frozenset[str] = frozenset({"no_variance", "no_heldout_activations"})
+#: The metrics whose degenerate value FADE's code makes 0.
+FADE_ZERO_METRICS: frozenset[str] = frozenset({"clarity", "responsiveness"})
+
+
+def is_degenerate(metric: str, value: float, reason: str | None) -> bool:
+    """True when ``metric`` is missing for a reason FADE's code would score as 0."""
+    return (
+        metric in FADE_ZERO_METRICS
+        and not (value is not None and math.isfinite(value))
+        and reason in DEGENERATE_REASONS
+    )
+
+
+def fade_counted_value(metric: str, value: float, reason: str | None) -> float:
+    """The value a feature contributes to a mean the way FADE counts it.
+
+    A finite ``value`` as it is; a degenerate Clarity or Responsiveness (:func:`is_degenerate`)
+    as 0; anything else NaN (left out of the mean). Purity of tied activations is not counted:
+    FADE's average precision there is the share of samples rated 2, which says nothing about the
+    feature (and no ratings are made for a feature whose held-out activations are all equal).
+    """
+    if value is not None and math.isfinite(value):
+        return float(value)
+    return 0.0 if is_degenerate(metric, value, reason) else NAN

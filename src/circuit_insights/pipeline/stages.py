@@ -884,7 +884,11 @@ def run_evaluate_stage(
     import pandas as pd
 
     from circuit_insights.data.corpus import load_contexts
-    from circuit_insights.evaluation.fade import evaluate_descriptions, write_fade_evaluation
+    from circuit_insights.evaluation.fade import (
+        evaluate_descriptions,
+        preset_from_config,
+        write_fade_evaluation,
+    )
     from circuit_insights.explain import features_with_every_variant, final_descriptions
 
     final = final_descriptions(pd.read_parquet(explanations_path))
@@ -895,8 +899,6 @@ def run_evaluate_stage(
     descriptions = descriptions.sort_values("feature")
     model = load_subject_model(model_config, model_location, model_name)
     transcoder = load_layer_transcoder(model_config, model, layer, transcoder_path, model_name)
-    stats = pd.read_parquet(feature_stats_path)
-    max_activations = dict(zip(stats["feature"].astype(int), stats["max_activation"], strict=True))
     backend = llm_backend(llm_config, llm_location, *llm_files)
     started = time.perf_counter()
     frame = evaluate_descriptions(
@@ -906,9 +908,8 @@ def run_evaluate_stage(
         pd.read_parquet(heldout_path),
         load_contexts(tokens_path, "eval"),
         backend,
-        evaluate_config["preset"],
+        preset_from_config(evaluate_config),
         evaluate_config["seed"],
-        max_activations=max_activations,
     )
     write_fade_evaluation(frame, out_path)
     log.info(

@@ -9,8 +9,9 @@ Inputs are the FADE evaluation tables (``FADE_EVALUATION_SCHEMA``) and the Weigh
   feature, so each feature has at least one score that does not depend on the evaluator LLM.
   Missing values stay as rows (``value`` NaN) with their ``reason``.
 - :func:`metric_table`: per (model, variant, layer, metric) the mean over features with a 95%
-  percentile-bootstrap CI, ``n`` (features with a value) and ``n_missing`` (features without,
-  with their reasons) (``METRIC_TABLE_SCHEMA``); :func:`metric_grid` lays it out like the paper's
+  percentile-bootstrap CI, ``n`` (features in the mean, ``n_degenerate`` of them degenerate
+  features counted as FADE's code counts them) and ``n_missing`` (features without, with their
+  reasons) (``METRIC_TABLE_SCHEMA``); :func:`metric_grid` lays it out like the paper's
   tables (rows: variant, columns: layer x metric); :func:`markdown_table` / :func:`html_table`
   render any table (no extra dependency).
 - :func:`token_based_shares`: per layer the share of features with validated tokens and of
@@ -42,6 +43,7 @@ from circuit_insights.data.schemas import (
     TOKEN_SHARES_SCHEMA,
 )
 from circuit_insights.errors import InputError
+from circuit_insights.evaluation.metrics import fade_counted_value
 from circuit_insights.explain import VARIANTS
 
 __all__ = [
@@ -334,7 +336,11 @@ def metric_table(
 ) -> pd.DataFrame:
     """Mean and bootstrap CI per (model, variant, layer, metric): ``METRIC_TABLE_SCHEMA`` rows.
 
-    ``n``: features with a value; ``n_missing``: features without one (excluded from the mean),
+    ``n``: features in the mean: those with a value and the degenerate ones, which count as
+    FADE's code counts them (:func:`circuit_insights.evaluation.metrics.fade_counted_value`: a
+    Clarity or Responsiveness missing because all compared activations are equal counts as 0);
+    ``n_degenerate``: how many of ``n`` are such features (their ``reason`` stays in the
+    summary); ``n_missing``: features left out of the mean,
     ``missing_reasons`` their reasons with counts (``"gated: 3; no_rated_0: 1"``). ``mean``,
     ``ci_low``, ``ci_high`` are NaN when ``n`` is 0. The bootstrap resamples features within the
     cell (:func:`bootstrap_ci`), seeded per cell from ``seed`` and the cell's key.
@@ -346,7 +352,8 @@ def metric_table(
     for (model, variant, layer, metric), cell in frame.groupby(
         ["model", "variant", "layer", "metric"], sort=False
     ):
-        values = pd.to_numeric(cell["value"], errors="coerce").to_numpy(dtype=np.float64)
+        raw = pd.to_numeric(cell["value"], errors="coerce").to_numpy(dtype=np.float64)
+        values = _fade_counted(str(metric), raw, cell["reason"])
         finite = np.isfinite(values)
         present = values[finite]
         low, high = bootstrap_ci(
@@ -360,6 +367,7 @@ def metric_table(
                 "layer": int(layer),
                 "metric": str(metric),
                 "n": int(finite.sum()),
+                "n_degenerate": int((finite & ~np.isfinite(raw)).sum()),
                 "n_missing": int((~finite).sum()),
                 "mean": float(present.mean()) if len(present) else math.nan,
                 "ci_low": low,
@@ -372,6 +380,17 @@ def metric_table(
         return pd.DataFrame({name: [] for name in columns})
     table = pd.DataFrame(rows)
     return _sorted_cells(table)[columns]
+
+
+def _fade_counted(metric: str, values: np.ndarray, reasons: pd.Series) -> np.ndarray:
+    """``values`` (n,) with degenerate ones replaced as FADE counts them (else NaN stays)."""
+    return np.array(
+        [
+            fade_counted_value(metric, value, None if pd.isna(reason) else str(reason))
+            for value, reason in zip(values.tolist(), reasons.tolist(), strict=True)
+        ],
+        dtype=np.float64,
+    )
 
 
 def _sorted_cells(table: pd.DataFrame) -> pd.DataFrame:
@@ -407,6 +426,8 @@ def _number(value: Any, digits: int = 2) -> str:
 
 def _cell_text(row: Mapping[str, Any], digits: int) -> str:
     missing = f", {int(row['n_missing'])} missing" if int(row["n_missing"]) else ""
+    degenerate = int(row.get("n_degenerate", 0) or 0)
+    missing = (f", {degenerate} degenerate as 0" if degenerate else "") + missing
     if int(row["n"]) == 0:
         return f"{_DASH} (n=0{missing})"
     ci = f"[{_number(row['ci_low'], digits)}, {_number(row['ci_high'], digits)}]"
