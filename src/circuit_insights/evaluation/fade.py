@@ -910,9 +910,7 @@ def evaluate_feature(
     # Faithfulness.
     gate = metrics.faithfulness_gate(row["clarity"], row["responsiveness"], preset.gate)
     reference = (
-        float(max_activation)
-        if max_activation is not None
-        else metrics.steering_reference(natural)
+        float(max_activation) if max_activation is not None else metrics.steering_reference(natural)
     )
     row["steering_reference"] = reference if math.isfinite(reference) else None
     if gate is not None:
