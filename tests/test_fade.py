@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from circuit_insights.data.schemas import FADE_EVALUATION_SCHEMA
+from circuit_insights.evaluation import fade as fade_module
 from circuit_insights.evaluation import metrics as fm
 from circuit_insights.evaluation.fade import (
     PRESETS,
@@ -29,6 +31,7 @@ from circuit_insights.evaluation.fade import (
     natural_sample_activations,
     parse_ratings,
     parse_texts,
+    preset_from_config,
     rate_text_groups,
     rate_texts,
     read_fade_evaluation,
@@ -699,3 +702,154 @@ def test_presets():
         fade_preset("nope")
     with pytest.raises(ValueError, match="unknown"):
         fade_preset("paper", colour=1)
+
+
+# --- parity with fade-language 0.1.2 -----------------------------------------------------------
+
+
+def _sparse_rows(feature: int, per_context: dict[int, list[float]]) -> pd.DataFrame:
+    """Sparse activation rows of one feature: context -> activations at positions 1, 2, ..."""
+    records = [
+        (feature, context, position, value)
+        for context, values in per_context.items()
+        for position, value in enumerate(values, start=1)
+    ]
+    return pd.DataFrame(records, columns=["feature", "context", "position", "activation"])
+
+
+def test_steering_multiplies_fade_reference_over_the_evaluated_samples(monkeypatch):
+    """(a) FADE's reference is max |activation| over the natural samples it evaluates
+    (``sae_max_value = natural_activations.abs().max()``), not a maximum from another split."""
+    assert fm.steering_reference([0.5, -4.0, 3.0, 0.0]) == 4.0
+    assert math.isnan(fm.steering_reference([1.0, nan])) and math.isnan(fm.steering_reference([]))
+
+    model = _model("gpt2")
+    transcoder = _transcoder(model)
+    _, corpus = _heldout(model, transcoder, n=12)
+    feature = 5
+    # context 100: 0.5 and -4.0 (sample activation -4.0); a BOS row of 9.0 does not count
+    per_context = {100: [0.5, -4.0], 101: [3.0], 102: [1.0], 103: [2.0], 104: [0.25]}
+    rows = _sparse_rows(feature, per_context)
+    rows["excluded"] = False
+    bos = pd.DataFrame(
+        {"feature": [feature], "context": [105], "position": [0], "activation": [9.0]}
+    )
+    rows = pd.concat([rows, bos.assign(excluded=True)], ignore_index=True)
+    strong = {
+        decode_tokens(model, corpus.tokens[context - 100])
+        for context, values in per_context.items()
+        if fm.sample_activation(values) >= 2.0
+    }
+    values: list[float | None] = []
+    real_steering = fade_module.steering
+
+    @contextlib.contextmanager
+    def spy(model_, transcoder_, feature_, value):
+        values.append(value)
+        with real_steering(model_, transcoder_, feature_, value):
+            yield
+
+    monkeypatch.setattr(fade_module, "steering", spy)
+    backend = oracle(lambda text: 2 if text in strong else 0, ["abc", "hello"])
+    preset = fade_preset("small", gate=0.0, n_prompts=2, n_generated_tokens=2)
+    descriptions = pd.DataFrame({"feature": [feature], "variant": ["v"], "description": ["d"]})
+    frame = evaluate_descriptions(model, transcoder, descriptions, rows, corpus, backend, preset)
+    assert frame.loc[0, "steering_reference"] == 4.0
+    assert frame.loc[0, "responsiveness"] == 1.0  # rated 2 exactly where activation >= 2
+    assert values == [-40.0, 0.0, 40.0]  # factors -10, 0, 10 times the reference 4.0
+
+
+def test_nan_activation_in_the_sparse_path_is_nan_with_a_reason_never_zero():
+    """(c) A NaN activation makes its context's sample activation NaN (not 0), and the metrics
+    that use it NaN with reason ``non_finite_activations``."""
+    rows = _sparse_rows(4, {10: [1.5, nan], 11: [nan], 12: [2.0, -0.5], 14: [-3.0, 1.0]})
+    values = natural_sample_activations(rows, 4, [10, 11, 12, 13, 14])
+    assert math.isnan(values[0]) and math.isnan(values[1])
+    np.testing.assert_array_equal(values[2:], [2.0, 0.0, -3.0])  # 13 has no row: activation 0
+    infinite = natural_sample_activations(_sparse_rows(4, {10: [1.0, -np.inf]}), 4, [10])
+    assert infinite[0] == -np.inf
+
+    model = _model("gpt2")
+    transcoder = _transcoder(model)
+    _, corpus = _heldout(model, transcoder, n=8)
+    rows = _sparse_rows(3, {100: [1.0], 101: [nan, 2.0], 102: [0.5]})
+    backend = oracle(lambda text: 2, ["abc", "def"])
+    preset = fade_preset("small", gate=0.0)
+    row = evaluate_feature(model, transcoder, 3, "c", rows, corpus, None, backend, preset)
+    for name in ("clarity", "responsiveness", "purity"):
+        assert math.isnan(row[name]) and row[f"{name}_reason"] == "non_finite_activations"
+    assert row["faithfulness_reason"] == "gated" and row["steering_reference"] is None
+    assert not any(is_rating(request) for request in backend.requests)  # nothing rated
+
+
+def test_fade_top_selection_hand_computed():
+    """(d) FADE's code takes the top samples whether or not a stratum drew them, then drops
+    duplicates; ``distinct`` (the other reading) takes the top samples not drawn yet."""
+    activations = np.arange(20.0)  # rank == value
+    # strata [0, 80) and [80, 100] of 20 samples: 0..15 and 16..19; floor(10 * 0.8 / 2) = 4 each:
+    # 4 drawn from 0..15, all of 16..19; the rest, 10 - 8 = 2, from the top: 19, 18 (drawn).
+    for seed in range(5):
+        fade = fm.select_rating_samples(
+            activations, 10, top_fraction=0.2, percentiles=(0, 80, 100), seed=seed,
+            top_selection="fade",
+        )  # fmt: skip
+        chosen = set(fade.index.tolist())
+        assert len(fade.index) == 8 and len(chosen) == 8
+        assert {16, 17, 18, 19} <= chosen and len(chosen - {16, 17, 18, 19}) == 4
+        assert fm.TOP_STRATUM not in fade.stratum  # every top sample was drawn already
+        distinct = fm.select_rating_samples(
+            activations, 10, top_fraction=0.2, percentiles=(0, 80, 100), seed=seed,
+            top_selection="distinct",
+        )  # fmt: skip
+        assert len(distinct.index) == 10 and len(set(distinct.index.tolist())) == 10
+        top = distinct.index[distinct.stratum == fm.TOP_STRATUM]
+        drawn = set(distinct.index[distinct.stratum == 0].tolist())
+        assert top.tolist() == [v for v in range(15, -1, -1) if v not in drawn][:2]
+        np.testing.assert_array_equal(distinct.index[:8], fade.index)  # the same strata draws
+
+    # FADE's own strata, 40 samples, 20 rated: bounds 0, 20, 30, 38, 40; floor(20 * 0.9 / 4) = 4
+    # from each of 0..19, 20..29, 30..37 and all of 38, 39: 14 drawn; the top 6 are 34..39, of
+    # which 38, 39 and those of 34..37 the stratum [30, 38) drew are duplicates.
+    for seed in range(5):
+        fade = fm.select_rating_samples(np.arange(40.0), 20, seed=seed, top_selection="fade")
+        chosen = set(fade.index.tolist())
+        third = set(fade.index[fade.stratum == 2].tolist())
+        assert len(third) == 4 and third <= set(range(30, 38))
+        assert set(range(34, 40)) <= chosen
+        assert len(fade.index) == len(chosen) == 14 + len({34, 35, 36, 37} - third)
+        assert set(fade.index[fade.stratum == fm.TOP_STRATUM].tolist()) == (
+            {34, 35, 36, 37} - third
+        )
+    with pytest.raises(ValueError, match="top_selection"):
+        fm.select_rating_samples(activations, 10, top_selection="all")
+
+
+def test_fade_top_selection_in_presets_config_and_rating():
+    """(d) ``paper`` follows FADE's code, ``small`` keeps the distinct reading; the workflow's
+    ``evaluate.top_selection`` overrides the preset; the rating uses the preset's choice."""
+    assert PRESETS["paper"].top_selection == "fade"
+    assert PRESETS["small"].top_selection == "distinct"
+    assert preset_from_config({"preset": "paper", "top_selection": None}).top_selection == "fade"
+    chosen = preset_from_config({"preset": "paper", "top_selection": "distinct"})
+    assert chosen.top_selection == "distinct" and chosen.n_rated == 500
+    assert preset_from_config({"preset": "small", "top_selection": "fade"}).top_selection == "fade"
+    with pytest.raises(ValueError, match="evaluate.top_selection"):
+        preset_from_config({"preset": "paper", "top_selection": "top"})
+    with pytest.raises(ValueError, match="top_selection"):
+        fade_preset("small", top_selection="top")
+
+    # 20 held-out samples with activations 1..20; rating 10 as in the hand-computed case above
+    model = _model("gpt2")
+    transcoder = _transcoder(model)
+    _, corpus = _heldout(model, transcoder, n=20)
+    rows = _sparse_rows(2, {100 + i: [float(i + 1)] for i in range(20)})
+    backend = oracle(lambda text: 0, ["abc"])
+    counts = {}
+    for top_selection in ("fade", "distinct"):
+        preset = fade_preset(
+            "small", n_rated=10, top_fraction=0.2, percentiles=(0, 80, 100),
+            top_selection=top_selection,
+        )  # fmt: skip
+        row = evaluate_feature(model, transcoder, 2, "c", rows, corpus, None, backend, preset)
+        counts[top_selection] = row["n_rated"]
+    assert counts == {"fade": 8, "distinct": 10}

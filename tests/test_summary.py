@@ -415,3 +415,57 @@ def test_write_summary_files(tmp_path):
     assert all(written[f"plot_{m}"].read_bytes()[:8] == PNG_MAGIC for m in METRICS)
     leftovers = [p for p in Path(tmp_path).rglob("*") if p.name.endswith(".partial")]
     assert not leftovers
+
+
+# --- degenerate features, counted as FADE counts them ------------------------------------------
+
+
+def test_metric_table_counts_degenerate_features_as_fade_does():
+    """FADE's code scores a feature whose compared activations are all equal 0 (roc_auc 0.5):
+    Clarity and Responsiveness of such features enter the means as 0; the long summary keeps
+    NaN with the reason, and the table says how many there were."""
+    rows = [
+        evaluation_row(2, 0, "maxact", clarity=0.8, responsiveness=0.9, purity=0.7),
+        evaluation_row(
+            2,
+            1,
+            "maxact",
+            clarity=(None, "no_variance"),
+            responsiveness=(None, "no_heldout_activations"),
+            purity=(None, "no_heldout_activations"),
+        ),
+        evaluation_row(2, 2, "maxact", clarity=0.6, responsiveness=0.3, purity=0.5),
+        evaluation_row(
+            2,
+            3,
+            "maxact",
+            clarity=(None, "no_synthetic_samples"),
+            responsiveness=(None, "no_variance"),
+            purity=(None, "no_variance"),
+        ),
+    ]
+    evaluation = schema_frame(FADE_EVALUATION_SCHEMA, rows)
+    summary = summarize_model(evaluation, None, model="m")
+    # the long table keeps the missing value and its reason
+    kept = summary.query("feature == 1 and metric == 'clarity'").iloc[0]
+    assert math.isnan(kept["value"]) and kept["reason"] == "no_variance"
+    stats = metric_table(summary, n_boot=200, seed=0).set_index("metric")
+    # Clarity: (0.8 + 0 + 0.6) / 3 over 3 features, 1 degenerate; no_synthetic_samples left out
+    assert stats.loc["clarity", "mean"] == pytest.approx((0.8 + 0.0 + 0.6) / 3)
+    assert stats.loc["clarity", ["n", "n_degenerate", "n_missing"]].tolist() == [3, 1, 1]
+    assert stats.loc["clarity", "missing_reasons"] == "no_synthetic_samples: 1"
+    # Responsiveness: (0.9 + 0 + 0.3 + 0) / 4, both degenerate reasons count as 0
+    assert stats.loc["responsiveness", "mean"] == pytest.approx(1.2 / 4)
+    assert stats.loc["responsiveness", ["n", "n_degenerate", "n_missing"]].tolist() == [4, 2, 0]
+    assert stats.loc["responsiveness", "ci_low"] <= 0.3 <= stats.loc["responsiveness", "ci_high"]
+    # Purity of tied activations is not a FADE 0 (it is the share rated 2): left out
+    assert stats.loc["purity", "mean"] == pytest.approx(0.6)
+    assert stats.loc["purity", ["n", "n_degenerate", "n_missing"]].tolist() == [2, 0, 2]
+    assert stats.loc["purity", "missing_reasons"] == ("no_heldout_activations: 1; no_variance: 1")
+    # gated Faithfulness (FADE returns None there) stays out of the mean
+    assert stats.loc["faithfulness", ["n", "n_degenerate", "n_missing"]].tolist() == [0, 0, 4]
+    # the paper-style cell says how many degenerate features were counted as 0
+    grid = metric_grid(stats.reset_index())
+    assert "(n=4, 2 degenerate as 0)" in grid.loc["maxact", (2, "responsiveness")]
+    assert "(n=3, 1 degenerate as 0, 1 missing)" in grid.loc["maxact", (2, "clarity")]
+    pa.Table.from_pandas(stats.reset_index(), schema=METRIC_TABLE_SCHEMA, preserve_index=False)
