@@ -1,4 +1,4 @@
-"""FADE metrics as pure functions (Puri et al. 2025, METHOD.md §6; definitions in docs/fade.md).
+"""FADE metrics as pure functions (Puri et al. 2025; definitions in docs/fade.md).
 
 Every metric returns ``(value, reason)``: a float and ``None`` when defined, ``NaN`` and a short
 reason (one of :data:`REASONS`) when not. Nothing here raises on degenerate input (empty arrays,
@@ -18,7 +18,12 @@ Conventions, as in the published FADE code (``fade/results.py``, ``fade/llm.py``
   the feature separates the two groups). ``flip_negative`` turns this off.
 - Faithfulness is ``max(max_f p2(f) − p2(0), 0) / (1 − p2(0))``, ``p2(f)`` the share of
   continuations rated 2 under steering factor ``f`` (over those the LLM rated), computed only
-  when Clarity and Responsiveness both reach the gate (0.5).
+  when Clarity and Responsiveness both reach the gate (0.5); the factors multiply
+  :func:`steering_reference`, the largest ``|activation|`` over the evaluated natural samples.
+- The rated selection (:func:`select_rating_samples`) is FADE's stratified one; its top part
+  either as FADE's code takes it (``top_selection="fade"``) or without repeats (``"distinct"``).
+- A degenerate metric (all compared activations equal) is NaN with a reason here; in means it
+  counts the way FADE's code scores it (:func:`fade_counted_value`: Clarity and Responsiveness 0).
 """
 
 from __future__ import annotations

@@ -880,7 +880,11 @@ def run_evaluate_stage(
     llm_files: tuple[str, str],
     model_name: str,
 ) -> None:
-    """Rule evaluate: FADE scores of one variant's descriptions of one shard."""
+    """Rule evaluate: FADE scores of one variant's descriptions of one shard.
+
+    ``feature_stats_path`` is not read: steering multiplies FADE's reference (the largest
+    |activation| over the held-out samples evaluated), not the cache split's maximum.
+    """
     import pandas as pd
 
     from circuit_insights.data.corpus import load_contexts
