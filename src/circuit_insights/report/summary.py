@@ -901,8 +901,10 @@ def write_summary(
 
     title = f"Scores of {model}" if model else "Scores"
     note = (
-        "Cells: mean over features [95% percentile-bootstrap CI] (n = features with a value; "
-        "missing values are excluded and counted)."
+        "Cells: mean over features [95% percentile-bootstrap CI] (n = features in the mean; "
+        "a degenerate Clarity or Responsiveness, all compared activations equal, counts as 0 "
+        "as in FADE's code and is counted as such; other missing values are excluded and "
+        "counted)."
     )
     markdown = "\n".join(
         [
