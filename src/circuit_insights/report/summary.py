@@ -402,7 +402,10 @@ def _sorted_cells(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def missing_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Missing values by (model, variant, layer, metric, reason), with their count."""
+    """Missing values by (model, variant, layer, metric, reason), with their count.
+
+    Degenerate values that :func:`metric_table` counts as 0 (FADE's way) are listed here too,
+    under their reason (``no_variance``, ``no_heldout_activations``)."""
     _require(summary, ["model", "layer", "variant", "metric", "value", "reason"], "summary")
     missing = summary[~np.isfinite(pd.to_numeric(summary["value"], errors="coerce"))]
     missing = missing.assign(reason=missing["reason"].fillna(NO_REASON_GIVEN))
