@@ -26,7 +26,9 @@ from safetensors.numpy import save_file
 from circuit_insights.errors import InputError
 from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.transcoders.formats import (
+    has_post_mlp_norm,
     load_transcoder,
+    output_hook_from_transformerlens,
     read_circuit_tracer_config,
     read_torch_checkpoint,
 )
@@ -719,6 +721,29 @@ def test_negative_threshold_follows_each_publishers_jumprelu(
     expected_y = gate(pre, arrays["threshold"]) @ arrays["W_dec"] + arrays["b_dec"]
     actual_y = transcoder(torch.from_numpy(x).float()).detach().double().numpy()
     np.testing.assert_allclose(actual_y, expected_y, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "post_norm"),
+    [
+        ("google/gemma-2-2b", True),
+        ("gemma2", True),
+        ("google/gemma-3-1b-pt", True),
+        ("gemma3_text", True),
+        ("google/gemma-3-270m", True),
+        ("google/gemma-2b", False),  # Gemma 1: no post-feedforward norm
+        ("google/gemma-7b", False),
+        ("gemma-2b-it", False),
+        ("meta-llama/Llama-3.2-1B", False),
+        (None, False),
+    ],
+)
+def test_post_mlp_norm_models_are_gemma_2_and_3_only(model_name, post_norm: bool) -> None:
+    assert has_post_mlp_norm(model_name) is post_norm
+    expected = "mlp_out_post_norm" if post_norm else "mlp_out"
+    assert output_hook_from_transformerlens("hook_mlp_out", model_name=model_name, source="t") == (
+        expected
+    )
 
 
 def test_circuit_tracer_file_without_config_needs_hooks(tmp_path, rng) -> None:
