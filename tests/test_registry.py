@@ -81,7 +81,7 @@ def test_the_papers_releases_are_known() -> None:
         12,
     )
     assert (gpt2.input_hook, gpt2.output_hook) == ("mlp_in_unaffine", "mlp_out")
-    assert not gpt2.prepend_bos and gpt2.bos_token_id is None
+    assert gpt2.prepend_bos and gpt2.bos_token_id == 50256  # trained with BOS (issue 13)
 
     gemma2 = RELEASES["gemma-2-2b-gemmascope"]
     assert (gemma2.repo, gemma2.format, gemma2.n_features, gemma2.n_layers) == (
@@ -299,6 +299,8 @@ def _publish(release: registry.TranscoderRelease, hub: FakeHub, layer: int, rng)
         np.savez(target, **gemmascope_arrays(rng))
     elif release.repo.startswith("google/gemma-scope-2-"):
         save_file(gemma_scope_2_arrays(rng, affine=release.skip), str(target))
+    elif release.name == "llama-3.2-1b-skip":  # the pinned files: W_dec transposed, no config
+        save_file(skip_transcoder_arrays(rng, layout="pinned"), str(target))
     else:  # a circuit-tracer transcoder set: layer files and a config.yaml beside them
         save_file(skip_transcoder_arrays(rng), str(target))
         hooks = {"resid_mid": "hook_resid_mid", "mlp_out": "mlp.hook_out"}
@@ -326,7 +328,11 @@ def test_release_files_load_with_the_registry_hooks(hub, name: str) -> None:
         download=hub.download,
         list_files=hub.list_files,
     )
-    transcoder = load_transcoder(path, release.format, layer=layer, d_model=D_MODEL)
+    fallback = registry.fallback_hooks(release.model_config()["transcoders"])
+    assert fallback == (release.input_hook, release.output_hook)
+    transcoder = load_transcoder(
+        path, release.format, layer=layer, d_model=D_MODEL, fallback_hooks=fallback
+    )
     assert (transcoder.input_hook, transcoder.output_hook) == (
         release.input_hook,
         release.output_hook,
@@ -349,3 +355,223 @@ def test_jobs_resolve_hf_paths_of_pretrained_transcoders(hub, monkeypatch) -> No
     location = transcoder_location(model_config, [], 2)
     assert Path(location) == hub.folder(release.repo, release.revision) / release.file_in_repo(2)
     assert load_transcoder(location, "dunefsky", layer=2, d_model=D_MODEL).n_features == D_SAE
+
+
+# --- presets agree with the registry ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+PRESET_FILES = sorted((ROOT / "config/presets").glob("*.yaml"))
+
+
+def preset_block(path: Path) -> tuple[str, dict]:
+    """The one model block of a preset, with the schema's defaults filled in."""
+    from circuit_insights.pipeline.config import load_config
+
+    config = load_config(path, SCHEMA)
+    ((name, block),) = config["models"].items()
+    return name, {**block, "_config": config}
+
+
+@pytest.mark.parametrize("path", PRESET_FILES, ids=lambda path: path.stem)
+def test_each_preset_matches_its_registry_entry(path: Path) -> None:
+    _, block = preset_block(path)
+    release = registry.release_for_path(block["transcoders"]["path"])
+    assert release is not None, f"{path.name}: no registry entry has its transcoder path"
+    expected = release.model_config()
+    assert block["source"] == expected["source"] == release.model
+    assert block["prepend_bos"] == release.prepend_bos
+    assert block["layers"] == release.layers
+    for key, value in expected["transcoders"].items():
+        assert block["transcoders"][key] == value, f"{path.name}: transcoders.{key}"
+    assert registry.fallback_hooks(block["transcoders"]) == (
+        release.input_hook,
+        release.output_hook,
+    )
+    if release.prepend_bos:  # position 0 (BOS) stays out of maxima and samples
+        assert block["_config"]["cache"]["exclude_bos"] is True
+
+
+def test_release_for_path_and_fallback_hooks() -> None:
+    llama = RELEASES["llama-3.2-1b-skip"]
+    assert registry.release_for_path(llama.path_template) == llama
+    assert registry.release_for_path(llama.path_template.replace("new-training", "main")) is None
+    assert registry.release_for_path("/local/layer_{layer}.safetensors") is None
+    local = {"path": "/local/layer_{layer}.safetensors"}
+    assert registry.fallback_hooks(local) is None
+    assert registry.fallback_hooks({**local, "input_hook": "mlp_in", "output_hook": None}) is None
+    assert registry.fallback_hooks({**local, "input_hook": "mlp_in", "output_hook": "mlp_out"}) == (
+        "mlp_in",
+        "mlp_out",
+    )
+
+
+# --- Llama-3.2-1B: the pinned mntss layout through the preset's loader, spliced ------------------
+
+
+def test_pinned_llama_file_loads_through_the_preset_and_splices_exactly(hub, monkeypatch) -> None:
+    """The file exactly as the pinned revision holds it (W_dec (d_model, d_transcoder), no
+    config.yaml) is fetched and loaded as the preset's jobs do, with the registry's hooks, and the
+    tiny Llama with it spliced in writes the transcoder's own output where its MLP's was."""
+    import torch
+
+    from circuit_insights.models.adapters import SubjectModel
+    from circuit_insights.models.tiny import tiny_hf_model
+    from circuit_insights.pipeline.stages import load_layer_transcoder, transcoder_location
+
+    release = RELEASES["llama-3.2-1b-skip"]
+    name, block = preset_block(ROOT / "config/presets/llama-3.2-1b-skip.yaml")
+    layer, d_model = 1, 32
+    model = SubjectModel(tiny_hf_model("llama", d_model=d_model), None)
+    arrays = skip_transcoder_arrays(np.random.default_rng(3), layout="pinned", d_model=d_model)
+    assert arrays["W_dec"].shape == (d_model, D_SAE)
+    target = hub.add(release.repo, release.file_in_repo(layer), release.revision)
+    save_file(arrays, str(target))
+    assert not (target.parent / "config.yaml").exists()
+    monkeypatch.setattr(registry, "_hub_download", hub.download)
+    monkeypatch.setattr(registry, "_hub_list_files", hub.list_files)
+    tiny_block = {**block, "transcoders": {**block["transcoders"], "n_features": D_SAE}}
+
+    location = transcoder_location(tiny_block, [], layer)
+    transcoder = load_layer_transcoder(tiny_block, model, layer, location, name)
+
+    assert (release.repo, release.file_in_repo(layer), release.revision) in hub.downloads
+    assert (transcoder.input_hook, transcoder.output_hook) == ("resid_mid", "mlp_out")
+    assert transcoder.skip and transcoder.activation == "relu"
+    seen: dict[str, torch.Tensor] = {}
+    norm = model.block_part(layer, "pre_mlp_norm")
+    mlp = model.block_part(layer, "mlp")
+    ids = torch.randint(0, model.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    with model.splice({layer: transcoder}):
+        handles = [
+            norm.register_forward_pre_hook(lambda _m, args: seen.update(x=args[0].detach())),
+            mlp.register_forward_hook(lambda _m, _a, out: seen.update(y=out.detach())),
+        ]
+        try:
+            model.logits(ids)
+        finally:
+            for handle in handles:
+                handle.remove()
+    x = seen["x"].double().numpy()  # (batch, pos, d_model): resid_mid
+    # circuit-tracer's forward on the file's tensors: W_dec used transposed, W_skip as x @ W_skip.T.
+    pre = x @ arrays["W_enc"].T.astype(np.float64) + arrays["b_enc"]
+    expected = np.maximum(pre, 0) @ arrays["W_dec"].T + arrays["b_dec"] + x @ arrays["W_skip"].T
+    np.testing.assert_allclose(seen["y"].double().numpy(), expected, rtol=1e-4, atol=1e-4)
+    true_mlp = mlp(norm(seen["x"])).detach().double().numpy()
+    assert not np.allclose(true_mlp, expected, atol=1e-3), "the MLP was really replaced"
+
+
+# --- GPT-2 + Dunefsky: BOS 50256 as in the publisher's training ---------------------------------
+
+GPT2_VOCAB = 50257
+GPT2_BOS = 50256
+
+
+def tiny_gpt2_with_real_bos():
+    """A tiny GPT-2 whose vocabulary and BOS are the real ones (BOS = EOS = 50256)."""
+    from circuit_insights.models.tiny import tiny_hf_model
+
+    hf = tiny_hf_model("gpt2", n_layers=2, d_model=32, vocab_size=GPT2_VOCAB)
+    assert hf.config.bos_token_id == GPT2_BOS
+    return hf
+
+
+def test_gpt2_preset_contexts_start_with_bos_50256(tmp_path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from circuit_insights.data.corpus import tokenize_contexts
+    from circuit_insights.pipeline.stages import load_tokenizer_and_bos
+
+    _, block = preset_block(ROOT / "config/presets/gpt2-dunefsky.yaml")
+    folder = tmp_path / "gpt2"
+    tiny_gpt2_with_real_bos().config.save_pretrained(folder)
+    words = "the cat sat on a mat and then ran off to see the dog".split()
+    vocab = {word: index for index, word in enumerate(dict.fromkeys(words))}
+    vocab["<|endoftext|>"] = GPT2_BOS  # GPT-2's one special token: BOS = EOS = unk
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    special = "<|endoftext|>"
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=special, eos_token=special, unk_token=special
+    )
+    tokenizer.save_pretrained(folder)
+
+    loaded, bos = load_tokenizer_and_bos(block, str(folder))
+    assert bos == GPT2_BOS
+    documents = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
+    contexts = tokenize_contexts(documents, loaded, context_length=8, bos_token_id=bos)
+    assert contexts.n_contexts > 3
+    assert (contexts.tokens[:, 0] == GPT2_BOS).all()
+    # The separator between documents is EOS (the same id), but no context is BOS-only.
+    assert (contexts.tokens[:, 1:] != GPT2_BOS).any(axis=1).all()
+
+
+def test_gpt2_preset_leaves_position_0_out_of_maxima(tmp_path) -> None:
+    import pyarrow.parquet as pq
+    import torch
+
+    from circuit_insights.data.shards import make_shards
+    from circuit_insights.models.adapters import SubjectModel
+    from circuit_insights.pipeline.stages import cache_split
+    from circuit_insights.transcoders.base import Transcoder
+
+    _, block = preset_block(ROOT / "config/presets/gpt2-dunefsky.yaml")
+    model = SubjectModel(tiny_gpt2_with_real_bos(), None, prepend_bos=block["prepend_bos"])
+    assert model.bos_token_id == GPT2_BOS
+    torch.manual_seed(0)
+    transcoder = Transcoder(32, 24, input_hook="mlp_in_unaffine", center_input=True)
+    with torch.no_grad():
+        transcoder.b_enc.fill_(0.5)  # every feature fires nearly everywhere, BOS included
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 1000, size=(6, 9)).astype(np.int32)
+    tokens[:, 0] = GPT2_BOS
+    context_ids = np.arange(6, dtype=np.int32)
+    shards = make_shards(24, 12)
+    out_paths = {
+        shard: {
+            kind: str(tmp_path / f"{kind}_{shard.start}.parquet")
+            for kind in ("activations", "maxima", "feature_stats")
+        }
+        for shard in shards
+    }
+    cache_split(
+        model,
+        transcoder,
+        0,
+        context_ids,
+        tokens,
+        shards,
+        out_paths,
+        batch_size=4,
+        exclude_bos=block["_config"]["cache"]["exclude_bos"],
+    )
+    activations = pq.read_table([out_paths[s]["activations"] for s in shards][0]).to_pandas()
+    maxima = pq.read_table(out_paths[shards[0]]["maxima"]).to_pandas()
+    at_bos = activations[activations["position"] == 0]
+    assert len(at_bos) and at_bos["excluded"].all()
+    assert not activations[activations["position"] > 0]["excluded"].any()
+    assert len(maxima) and (maxima["max_position"] >= 1).all()
+    kept = activations[~activations["excluded"]]
+    brute = kept.groupby(["feature", "context"])["activation"].max()
+    got = maxima.set_index(["feature", "context"])["max_activation"]
+    np.testing.assert_allclose(
+        got.sort_index().to_numpy(), brute.sort_index().to_numpy(), rtol=1e-6
+    )
+
+
+def test_gpt2_preset_validates_each_token_as_bos_50256_then_token() -> None:
+    import torch
+
+    from circuit_insights.models.adapters import SubjectModel
+    from circuit_insights.weightlens import single_token_inputs
+
+    _, block = preset_block(ROOT / "config/presets/gpt2-dunefsky.yaml")
+    model = SubjectModel(tiny_gpt2_with_real_bos(), None, prepend_bos=block["prepend_bos"])
+    inputs = single_token_inputs(model, np.array([5, 700, 50255]))
+    assert inputs.tolist() == [[GPT2_BOS, 5], [GPT2_BOS, 700], [GPT2_BOS, 50255]]
+    # The token then sits at position 1, after GPT-2's attention sink, as in training.
+    values = model.hook_values(inputs, {0: ["mlp_in_unaffine"]})[(0, "mlp_in_unaffine")]
+    alone = model.hook_values(inputs[:, 1:], {0: ["mlp_in_unaffine"]})[(0, "mlp_in_unaffine")]
+    assert values.shape[:2] == (3, 2)
+    assert not torch.allclose(values[:, 1], alone[:, 0], atol=1e-4)

@@ -2,7 +2,11 @@
 
 Each test compares the loaded Transcoder's forward with a reference computed from the raw arrays
 with the format's own conventions (numpy, float64), so orientation, centering, bias and skip
-mistakes all show.
+mistakes all show. The fixtures follow the publishers' code (docs/transcoders.md, "Evidence"):
+Dunefsky's ``SparseAutoencoder.save_model`` / ``forward``; Google's ``JumpReLUSAE`` (Gemma Scope
+tutorial; ``relu(pre) * (pre > threshold)``); circuit-tracer's ``SingleLayerTranscoder`` with the
+``W_dec`` layout of the pinned mntss Llama files ((d_model, d_transcoder), transposed on load by
+circuit-tracer d797c82's ``load_relu_transcoder``) or of current repositories.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from safetensors.numpy import save_file
 from circuit_insights.errors import InputError
 from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.transcoders.formats import (
+    has_post_mlp_norm,
     load_transcoder,
+    output_hook_from_transformerlens,
     read_circuit_tracer_config,
     read_torch_checkpoint,
 )
@@ -55,7 +61,13 @@ def relu(t: np.ndarray) -> np.ndarray:
 
 
 def jumprelu(pre: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """circuit-tracer's JumpReLU (``activation_functions.jumprelu.forward``)."""
     return pre * (pre > threshold)
+
+
+def jumprelu_google(pre: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Google's JumpReLU (Gemma Scope tutorial ``JumpReLUSAE.encode``; sae-lens likewise)."""
+    return relu(pre) * (pre > threshold)
 
 
 # --- Dunefsky -------------------------------------------------------------------------------------
@@ -123,6 +135,7 @@ def test_dunefsky_file_loads_with_centering_and_output_bias(tmp_path, rng) -> No
         "layer": 3,
         "input_hook": "mlp_in_unaffine",
         "output_hook": "mlp_out",
+        "jumprelu_form": "pre",
     }
     assert_forward_matches(transcoder, dunefsky_reference(arrays), rng)
 
@@ -196,7 +209,9 @@ def gemmascope_arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def gemmascope_reference(a: dict[str, np.ndarray]):
-    return lambda x: jumprelu(x @ a["W_enc"] + a["b_enc"], a["threshold"]) @ a["W_dec"] + a["b_dec"]
+    return lambda x: (
+        jumprelu_google(x @ a["W_enc"] + a["b_enc"], a["threshold"]) @ a["W_dec"] + a["b_dec"]
+    )
 
 
 def test_gemmascope_npz_loads_as_jumprelu_with_output_bias(tmp_path, rng) -> None:
@@ -228,27 +243,45 @@ def test_gemmascope_repository_layout_picks_the_lowest_l0(tmp_path, rng) -> None
 # --- circuit-tracer -------------------------------------------------------------------------------
 
 
-def skip_transcoder_arrays(rng: np.random.Generator, *, threshold: bool = False) -> dict:
+def skip_transcoder_arrays(
+    rng: np.random.Generator,
+    *,
+    threshold: bool = False,
+    layout: str = "current",
+    d_model: int = D_MODEL,
+) -> dict:
+    """A circuit-tracer layer file's tensors.
+
+    ``layout="pinned"``: ``W_dec`` stored (d_model, d_transcoder), as in
+    ``mntss/skip-transcoder-Llama-3.2-1B-131k-nobos@new-training`` (circuit-tracer d797c82's
+    ``load_relu_transcoder`` transposes it into its (d_transcoder, d_model) parameter);
+    ``"current"``: (d_transcoder, d_model), read as is by circuit-tracer 0.5.
+    """
     arrays = {
-        "W_enc": normal(rng, D_SAE, D_MODEL),  # (d_transcoder, d_model)
-        "W_dec": normal(rng, D_SAE, D_MODEL),
+        "W_enc": normal(rng, D_SAE, d_model),  # (d_transcoder, d_model): F.linear(x, W_enc, b_enc)
+        "W_dec": normal(rng, D_SAE, d_model),
         "b_enc": normal(rng, D_SAE) * 0.5,
-        "b_dec": normal(rng, D_MODEL),
-        "W_skip": normal(rng, D_MODEL, D_MODEL),  # applied as x @ W_skip.T
+        "b_dec": normal(rng, d_model),
+        "W_skip": normal(rng, d_model, d_model),  # applied as x @ W_skip.T
     }
+    if layout == "pinned":
+        arrays["W_dec"] = np.ascontiguousarray(arrays["W_dec"].T)
     if threshold:
         arrays["activation_function.threshold"] = np.abs(normal(rng, D_SAE))
     return arrays
 
 
 def skip_transcoder_reference(a: dict[str, np.ndarray]):
+    """circuit-tracer's forward: ``acts @ W_dec + b_dec + x @ W_skip.T``, ``W_dec`` features first."""
+    W_dec = a["W_dec"] if a["W_dec"].shape[0] == a["b_enc"].shape[0] else a["W_dec"].T
+
     def forward(x: np.ndarray) -> np.ndarray:
         pre = x @ a["W_enc"].T + a["b_enc"]
         if "activation_function.threshold" in a:
             acts = jumprelu(pre, a["activation_function.threshold"])
         else:
             acts = relu(pre)
-        return acts @ a["W_dec"] + a["b_dec"] + x @ a["W_skip"].T
+        return acts @ W_dec + a["b_dec"] + x @ a["W_skip"].T
 
     return forward
 
@@ -257,9 +290,12 @@ def write_yaml(path: Path, content: dict) -> None:
     path.write_text(yaml.safe_dump(content))
 
 
+@pytest.mark.parametrize("layout", ["pinned", "current"])
 @pytest.mark.parametrize("threshold", [False, True])
-def test_mntss_skip_transcoder_repository(tmp_path, rng, threshold: bool) -> None:
-    arrays = {layer: skip_transcoder_arrays(rng, threshold=threshold) for layer in range(2)}
+def test_mntss_skip_transcoder_repository(tmp_path, rng, threshold: bool, layout: str) -> None:
+    arrays = {
+        layer: skip_transcoder_arrays(rng, threshold=threshold, layout=layout) for layer in range(2)
+    }
     for layer, layer_arrays in arrays.items():
         save_file(layer_arrays, str(tmp_path / f"layer_{layer}.safetensors"))
     write_yaml(
@@ -316,7 +352,7 @@ def gemma_scope_2_arrays(rng: np.random.Generator, *, affine: bool) -> dict[str,
 
 def gemma_scope_2_reference(a: dict[str, np.ndarray]):
     def forward(x: np.ndarray) -> np.ndarray:
-        y = jumprelu(x @ a["w_enc"] + a["b_enc"], a["threshold"]) @ a["w_dec"] + a["b_dec"]
+        y = jumprelu_google(x @ a["w_enc"] + a["b_enc"], a["threshold"]) @ a["w_dec"] + a["b_dec"]
         if "affine_skip_connection" in a:
             y = y + x @ a["affine_skip_connection"]
         return y
@@ -556,6 +592,158 @@ def test_bad_circuit_tracer_config_names_the_key(tmp_path, rng, config, message)
     with pytest.raises(InputError, match=message) as error:
         load_transcoder(tmp_path, "circuit_tracer", layer=0)
     assert str(tmp_path / "config.yaml") in str(error.value)
+
+
+def test_pinned_llama_layer_file_without_config_takes_the_fallback_hooks(tmp_path, rng) -> None:
+    """The pinned mntss files: W_dec (d_model, d_transcoder), no config.yaml beside them."""
+    arrays = skip_transcoder_arrays(rng, layout="pinned")
+    assert arrays["W_dec"].shape == (D_MODEL, D_SAE)
+    save_file(arrays, str(tmp_path / "layer_3.safetensors"))
+    transcoder = load_transcoder(
+        tmp_path / "layer_3.safetensors",
+        "circuit_tracer",
+        layer=3,
+        d_model=D_MODEL,
+        fallback_hooks=("resid_mid", "mlp_out"),
+    )
+    assert (transcoder.input_hook, transcoder.output_hook) == ("resid_mid", "mlp_out")
+    assert transcoder.W_dec.shape == (D_SAE, D_MODEL) and transcoder.skip
+    assert_forward_matches(transcoder, skip_transcoder_reference(arrays), rng)
+
+
+def test_fallback_hooks_never_override_a_config(tmp_path, rng) -> None:
+    save_file(skip_transcoder_arrays(rng), str(tmp_path / "layer_0.safetensors"))
+    write_yaml(
+        tmp_path / "config.yaml",
+        {"feature_input_hook": "hook_resid_mid", "feature_output_hook": "mlp.hook_out"},
+    )
+    transcoder = load_transcoder(
+        tmp_path, "circuit_tracer", layer=0, fallback_hooks=("mlp_in", "mlp_out_post_norm")
+    )
+    assert (transcoder.input_hook, transcoder.output_hook) == ("resid_mid", "mlp_out")
+
+
+@pytest.mark.parametrize(
+    ("square", "message"),
+    [
+        (True, "square"),
+        (False, r"expected \(d_transcoder=64, d_model=16\) or its transpose"),
+    ],
+)
+def test_circuit_tracer_decoder_of_neither_orientation_is_refused(
+    tmp_path, rng, square: bool, message: str
+) -> None:
+    arrays = skip_transcoder_arrays(rng)
+    if square:  # d_transcoder == d_model: the orientation cannot be told
+        arrays.update(
+            W_enc=normal(rng, D_MODEL, D_MODEL),
+            b_enc=normal(rng, D_MODEL),
+            W_dec=normal(rng, D_MODEL, D_MODEL),
+        )
+    else:
+        arrays["W_dec"] = normal(rng, D_SAE, D_MODEL + 1)
+    save_file(arrays, str(tmp_path / "layer_0.safetensors"))
+    with pytest.raises(InputError, match=message) as error:
+        load_transcoder(
+            tmp_path / "layer_0.safetensors",
+            "circuit_tracer",
+            layer=0,
+            fallback_hooks=("resid_mid", "mlp_out"),
+        )
+    assert "layer_0.safetensors" in str(error.value) and "'W_dec'" in str(error.value)
+
+
+# --- JumpReLU: each publisher's form, told apart by a negative threshold --------------------------
+
+
+def negative_threshold_arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """At x = 0: feature 0 has pre-activation -0.5 above its threshold -1 (and below 0),
+    feature 1 has -2 below its threshold -1, feature 2 has 0.5 above its threshold 0.1."""
+    return {
+        "W_enc": normal(rng, D_MODEL, 3),
+        "W_dec": normal(rng, 3, D_MODEL),
+        "b_enc": np.array([-0.5, -2.0, 0.5], dtype=np.float32),
+        "b_dec": normal(rng, D_MODEL),
+        "threshold": np.array([-1.0, -1.0, 0.1], dtype=np.float32),
+    }
+
+
+def write_negative_threshold(fmt: str, directory: Path, a: dict[str, np.ndarray]) -> Path:
+    """One transcoder in each JumpReLU layout: GemmaScope npz, Gemma Scope 2 safetensors
+    (lower-case names), circuit-tracer layer file (encoder (d_transcoder, d_model),
+    ``activation_function.threshold``)."""
+    if fmt == "gemmascope":
+        np.savez(directory / "params.npz", **a)
+        return directory / "params.npz"
+    if fmt == "gemma_scope_2":
+        renamed = {"w_enc": a["W_enc"], "w_dec": a["W_dec"]}
+        renamed.update({key: a[key] for key in ("b_enc", "b_dec", "threshold")})
+        save_file(renamed, str(directory / "params.safetensors"))
+        return directory / "params.safetensors"
+    tracer = {
+        "W_enc": np.ascontiguousarray(a["W_enc"].T),
+        "W_dec": a["W_dec"],
+        "b_enc": a["b_enc"],
+        "b_dec": a["b_dec"],
+        "activation_function.threshold": a["threshold"],
+    }
+    save_file(tracer, str(directory / "layer_0.safetensors"))
+    return directory / "layer_0.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "loader", "form", "expected"),
+    [
+        # Google (Gemma Scope 1 and 2): relu(pre) * (pre > threshold), so -0.5 becomes 0.
+        ("gemmascope", "gemmascope", "relu", [0.0, 0.0, 0.5]),
+        ("gemma_scope_2", "circuit_tracer", "relu", [0.0, 0.0, 0.5]),
+        # circuit-tracer: pre * (pre > threshold), so -0.5 passes, negative.
+        ("circuit_tracer", "circuit_tracer", "pre", [-0.5, 0.0, 0.5]),
+    ],
+)
+def test_negative_threshold_follows_each_publishers_jumprelu(
+    tmp_path, rng, fmt: str, loader: str, form: str, expected: list[float]
+) -> None:
+    arrays = negative_threshold_arrays(rng)
+    path = write_negative_threshold(fmt, tmp_path, arrays)
+    transcoder = load_transcoder(
+        path, loader, layer=0, d_model=D_MODEL, fallback_hooks=("resid_mid", "mlp_out")
+    )
+    assert transcoder.activation == "jumprelu" and transcoder.jumprelu_form == form
+    zero = torch.zeros(1, D_MODEL)
+    np.testing.assert_allclose(transcoder.encode(zero)[0].detach().numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        transcoder.encode_slice(zero, 0, 1)[0].detach().numpy(), expected[:1]
+    )
+    gate = jumprelu_google if form == "relu" else jumprelu
+    x = normal(rng, 11, D_MODEL).astype(np.float64)
+    pre = x @ arrays["W_enc"] + arrays["b_enc"]
+    expected_y = gate(pre, arrays["threshold"]) @ arrays["W_dec"] + arrays["b_dec"]
+    actual_y = transcoder(torch.from_numpy(x).float()).detach().double().numpy()
+    np.testing.assert_allclose(actual_y, expected_y, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "post_norm"),
+    [
+        ("google/gemma-2-2b", True),
+        ("gemma2", True),
+        ("google/gemma-3-1b-pt", True),
+        ("gemma3_text", True),
+        ("google/gemma-3-270m", True),
+        ("google/gemma-2b", False),  # Gemma 1: no post-feedforward norm
+        ("google/gemma-7b", False),
+        ("gemma-2b-it", False),
+        ("meta-llama/Llama-3.2-1B", False),
+        (None, False),
+    ],
+)
+def test_post_mlp_norm_models_are_gemma_2_and_3_only(model_name, post_norm: bool) -> None:
+    assert has_post_mlp_norm(model_name) is post_norm
+    expected = "mlp_out_post_norm" if post_norm else "mlp_out"
+    assert output_hook_from_transformerlens("hook_mlp_out", model_name=model_name, source="t") == (
+        expected
+    )
 
 
 def test_circuit_tracer_file_without_config_needs_hooks(tmp_path, rng) -> None:

@@ -24,6 +24,7 @@ CONFIGS = [
     {"activation": "topk", "top_k": 5},
     {"activation": "relu", "center_input": True},
     {"activation": "jumprelu", "skip": True},
+    {"activation": "jumprelu", "jumprelu_form": "relu"},
     {"activation": "topk", "top_k": 3, "center_input": True, "skip": True},
 ]
 
@@ -48,7 +49,8 @@ def reference_forward(transcoder: Transcoder, x: torch.Tensor) -> torch.Tensor:
     if transcoder.activation == "relu":
         a = pre.clamp_min(0)
     elif transcoder.activation == "jumprelu":
-        a = torch.where(pre > p["threshold"], pre, torch.zeros_like(pre))
+        kept = pre.clamp_min(0) if transcoder.jumprelu_form == "relu" else pre
+        a = torch.where(pre > p["threshold"], kept, torch.zeros_like(pre))
     else:
         a = torch.zeros_like(pre)
         for row in range(pre.shape[0]):
@@ -103,6 +105,34 @@ def test_jumprelu_is_strict_at_the_threshold() -> None:
     pre = transcoder.threshold.detach().clone().unsqueeze(0)  # exactly at the threshold
     assert torch.all(transcoder.activate(pre) == 0)
     assert torch.all(transcoder.activate(pre + 1e-3) > 0)
+
+
+@pytest.mark.parametrize(
+    ("form", "expected"), [("pre", [-0.5, 0.0, 0.5]), ("relu", [0.0, 0.0, 0.5])]
+)
+def test_jumprelu_forms_differ_only_below_zero(form: str, expected: list[float]) -> None:
+    """``pre``: pre * (pre > threshold) (circuit-tracer); ``relu``: relu(pre) * (pre > threshold)
+    (sae-lens, Gemma Scope). A negative threshold lets -0.5 through only in the first."""
+    transcoder = Transcoder(D_MODEL, 3, activation="jumprelu", jumprelu_form=form)  # type: ignore[arg-type]
+    with torch.no_grad():
+        transcoder.threshold.copy_(torch.tensor([-1.0, -1.0, 0.1]))
+    pre = torch.tensor([[-0.5, -2.0, 0.5]])
+    torch.testing.assert_close(transcoder.activate(pre), torch.tensor([expected]))
+    torch.testing.assert_close(
+        transcoder.encode_slice(torch.zeros(1, D_MODEL), 0, 3),
+        transcoder.activate(transcoder.pre_activation(torch.zeros(1, D_MODEL))),
+    )
+
+
+def test_native_config_without_jumprelu_form_loads_as_before(tmp_path) -> None:
+    """Files written before ``jumprelu_form`` existed meant ``pre * (pre > threshold)``."""
+    transcoder = make_transcoder(activation="jumprelu")
+    transcoder.save(tmp_path)
+    config_path = tmp_path / NATIVE_CONFIG_FILENAME
+    config = json.loads(config_path.read_text())
+    del config["jumprelu_form"]
+    config_path.write_text(json.dumps(config))
+    assert Transcoder.load(tmp_path).jumprelu_form == "pre"
 
 
 def test_topk_keeps_the_k_largest_positive_activations() -> None:
@@ -164,6 +194,7 @@ def test_inputs_are_computed_in_the_parameter_dtype_and_the_module_moves() -> No
         ({"input_hook": "resid_post"}, "input_hook"),
         ({"output_hook": "resid_post"}, "output_hook"),
         ({"layer": -1}, "layer"),
+        ({"activation": "jumprelu", "jumprelu_form": "step"}, "jumprelu_form"),
     ],
 )
 def test_bad_config_raises_input_error(kwargs: dict, message: str) -> None:

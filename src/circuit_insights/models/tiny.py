@@ -11,11 +11,22 @@ FAMILIES = ("gpt2", "gemma2", "gemma3", "llama")
 TINY_VOCAB = 96
 
 
-def tiny_hf_model(family: str, n_layers: int = 3, d_model: int = 32, seed: int = 0):
-    """A randomly initialised causal LM of ``family`` with tiny sizes, in eval mode, float32."""
+def tiny_hf_model(
+    family: str,
+    n_layers: int = 3,
+    d_model: int = 32,
+    seed: int = 0,
+    *,
+    vocab_size: int = TINY_VOCAB,
+):
+    """A randomly initialised causal LM of ``family`` with tiny sizes, in eval mode, float32.
+
+    GPT-2's BOS (= EOS) is the last id, as in the real model: ``vocab_size=50257`` gives a tiny
+    GPT-2 whose BOS is the real one, 50256.
+    """
     import transformers as tf
 
-    common = dict(vocab_size=TINY_VOCAB)
+    common = dict(vocab_size=vocab_size)
     if family == "gpt2":
         config = tf.GPT2Config(
             n_layer=n_layers,
@@ -23,8 +34,8 @@ def tiny_hf_model(family: str, n_layers: int = 3, d_model: int = 32, seed: int =
             n_head=4,
             n_positions=128,
             **common,
-            bos_token_id=TINY_VOCAB - 1,
-            eos_token_id=TINY_VOCAB - 1,
+            bos_token_id=vocab_size - 1,
+            eos_token_id=vocab_size - 1,
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,

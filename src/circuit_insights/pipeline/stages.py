@@ -270,10 +270,14 @@ def load_layer_transcoder(
 ) -> Transcoder:
     """The transcoder of ``layer`` at ``path``: trained here (native) or in a published format."""
     from circuit_insights.transcoders.formats import load_transcoder
+    from circuit_insights.transcoders.registry import fallback_hooks
 
     settings = model_config["transcoders"]
     fmt = "native" if settings["kind"] == "train" else settings["format"]
-    transcoder = load_transcoder(path, fmt, layer=layer, d_model=model.d_model)
+    fallback = None if settings["kind"] == "train" else fallback_hooks(settings)
+    transcoder = load_transcoder(
+        path, fmt, layer=layer, d_model=model.d_model, fallback_hooks=fallback
+    )
     if transcoder.n_features != settings["n_features"]:
         raise InputError(
             f"transcoder {path} has {transcoder.n_features} features but config key "

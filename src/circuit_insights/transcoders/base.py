@@ -18,6 +18,14 @@ State (float32 unless moved with ``.to``):
 - ``W_skip``    (d_model, d_model) linear skip, ``y += x @ W_skip`` with the *uncentered* ``x``;
   present only when ``skip``, else ``None``
 
+JumpReLU comes in the two forms publishers use, chosen by ``jumprelu_form`` (they differ only
+where a threshold is negative, for pre-activations between the threshold and 0):
+
+- ``"pre"``:  ``pre * (pre > threshold)`` (circuit-tracer's ``JumpReLU``; negative activations
+  possible);
+- ``"relu"``: ``relu(pre) * (pre > threshold)`` (sae-lens' ``JumpReLUSAE`` / ``JumpReLUTranscoder``
+  and Google's Gemma Scope tutorials; never negative).
+
 Hooks name where ``x`` is read and ``y`` is written, in model-independent words (see
 ``docs/transcoders.md``): ``mlp_in`` (output of the pre-MLP norm, affine weights included: what
 the MLP module receives), ``mlp_in_unaffine`` (the pre-MLP norm's normalisation without its affine
@@ -49,10 +57,12 @@ from circuit_insights.errors import InputError
 Activation = Literal["relu", "jumprelu", "topk"]
 InputHook = Literal["mlp_in", "mlp_in_unaffine", "resid_mid"]
 OutputHook = Literal["mlp_out", "mlp_out_post_norm"]
+JumpReLUForm = Literal["pre", "relu"]
 
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 INPUT_HOOKS: tuple[str, ...] = get_args(InputHook)
 OUTPUT_HOOKS: tuple[str, ...] = get_args(OutputHook)
+JUMPRELU_FORMS: tuple[str, ...] = get_args(JumpReLUForm)
 
 NATIVE_FORMAT_VERSION = 1
 """Version of the native ``config.json`` + ``transcoder.safetensors`` layout."""
@@ -70,6 +80,9 @@ _CONFIG_KEYS = (
     "input_hook",
     "output_hook",
 )
+_OPTIONAL_CONFIG_DEFAULTS: dict[str, Any] = {"jumprelu_form": "pre"}
+"""Native ``config.json`` keys added after format version 1 was fixed, with the value that files
+written before them meant."""
 
 
 class Transcoder(nn.Module):
@@ -78,14 +91,17 @@ class Transcoder(nn.Module):
     Args:
         d_model: residual width of the model.
         d_transcoder: number of features.
-        activation: ``relu``; ``jumprelu`` (``pre * (pre > threshold)``); ``topk`` (ReLU, then keep
-            the ``top_k`` largest activations per row).
+        activation: ``relu``; ``jumprelu`` (a per-feature threshold, see ``jumprelu_form``);
+            ``topk`` (ReLU, then keep the ``top_k`` largest activations per row).
         top_k: features kept per row; required for (and only for) ``topk``.
         center_input: subtract ``b_dec_in`` from ``x`` before encoding.
         skip: add the linear skip ``x @ W_skip`` to the output.
         layer: the model layer the transcoder belongs to.
         input_hook: where ``x`` is read (see the module docstring).
         output_hook: where ``y`` is written (see the module docstring).
+        jumprelu_form: ``"pre"`` (``pre * (pre > threshold)``, circuit-tracer) or ``"relu"``
+            (``relu(pre) * (pre > threshold)``, sae-lens and Gemma Scope); only read for
+            ``jumprelu``.
 
     Fresh parameters are initialised with random unit-norm decoder rows and ``W_enc = W_dec.T``
     (zeros elsewhere), from the global torch generator; loaders overwrite them.
@@ -111,6 +127,7 @@ class Transcoder(nn.Module):
         layer: int = 0,
         input_hook: InputHook = "mlp_in",
         output_hook: OutputHook = "mlp_out",
+        jumprelu_form: JumpReLUForm = "pre",
     ) -> None:
         super().__init__()
         _validate_config(
@@ -121,6 +138,7 @@ class Transcoder(nn.Module):
             layer=layer,
             input_hook=input_hook,
             output_hook=output_hook,
+            jumprelu_form=jumprelu_form,
         )
         self.activation: Activation = activation
         self.top_k = top_k
@@ -129,6 +147,7 @@ class Transcoder(nn.Module):
         self.layer = int(layer)
         self.input_hook: InputHook = input_hook
         self.output_hook: OutputHook = output_hook
+        self.jumprelu_form: JumpReLUForm = jumprelu_form
 
         W_dec = torch.randn(d_transcoder, d_model)
         W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -184,6 +203,7 @@ class Transcoder(nn.Module):
             "layer": self.layer,
             "input_hook": self.input_hook,
             "output_hook": self.output_hook,
+            "jumprelu_form": self.jumprelu_form,
         }
 
     def extra_repr(self) -> str:
@@ -223,7 +243,8 @@ class Transcoder(nn.Module):
             return F.relu(pre)
         if self.activation == "jumprelu":
             assert threshold is not None
-            return pre * (pre > threshold)
+            gated = F.relu(pre) if self.jumprelu_form == "relu" else pre
+            return gated * (pre > threshold)
         assert self.top_k is not None
         positive = F.relu(pre)
         k = min(self.top_k, pre.shape[-1])
@@ -297,6 +318,7 @@ class Transcoder(nn.Module):
         layer: int = 0,
         input_hook: InputHook = "mlp_in",
         output_hook: OutputHook = "mlp_out",
+        jumprelu_form: JumpReLUForm = "pre",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> Transcoder:
@@ -345,6 +367,7 @@ class Transcoder(nn.Module):
                 layer=layer,
                 input_hook=input_hook,
                 output_hook=output_hook,
+                jumprelu_form=jumprelu_form,
             )
         state = {
             key: tensors[key].detach().to(device=device or "cpu", dtype=dtype).contiguous()
@@ -397,6 +420,7 @@ class Transcoder(nn.Module):
         missing = [key for key in _CONFIG_KEYS if key not in config]
         if missing:
             raise InputError(f"{config_path}: missing config key(s) {', '.join(missing)}")
+        config = {**_OPTIONAL_CONFIG_DEFAULTS, **config}
         tensors = read_safetensors(weights_path)
         transcoder = cls.from_tensors(
             tensors,
@@ -409,6 +433,7 @@ class Transcoder(nn.Module):
             layer=int(config["layer"]),
             input_hook=config["input_hook"],
             output_hook=config["output_hook"],
+            jumprelu_form=config["jumprelu_form"],
             dtype=dtype,
             device=device,
         )
@@ -432,6 +457,7 @@ def _validate_config(
     layer: int,
     input_hook: str,
     output_hook: str,
+    jumprelu_form: str = "pre",
 ) -> None:
     if int(d_model) <= 0 or int(d_transcoder) <= 0:
         raise InputError(
@@ -450,6 +476,10 @@ def _validate_config(
         raise InputError(f"input_hook {input_hook!r} is not one of {', '.join(INPUT_HOOKS)}")
     if output_hook not in OUTPUT_HOOKS:
         raise InputError(f"output_hook {output_hook!r} is not one of {', '.join(OUTPUT_HOOKS)}")
+    if jumprelu_form not in JUMPRELU_FORMS:
+        raise InputError(
+            f"jumprelu_form {jumprelu_form!r} is not one of {', '.join(JUMPRELU_FORMS)}"
+        )
 
 
 def _check_ndim(source: str, key: str, tensor: Tensor, ndim: int) -> None:

@@ -8,15 +8,18 @@ Formats (file layouts and conventions, with sources, in ``docs/transcoders.md``)
   e.g. ``final_sparse_autoencoder_gpt2-small_blocks.{l}.ln2.hook_normalized_24576.pt``. Input
   centering by ``b_dec``, output bias ``b_dec_out``, ReLU, input ``mlp_in_unaffine``.
 - ``gemmascope``: GemmaScope transcoders, ``params.npz`` with ``W_enc`` (d_model, d_sae), ``W_dec``,
-  ``b_enc``, ``b_dec`` (output bias), ``threshold``; JumpReLU; input ``mlp_in_unaffine``, output
-  ``mlp_out_post_norm``.
+  ``b_enc``, ``b_dec`` (output bias), ``threshold``; JumpReLU in Google's form
+  ``relu(pre) * (pre > threshold)``; input ``mlp_in_unaffine``, output ``mlp_out_post_norm``.
 - ``circuit_tracer``: circuit-tracer transcoder sets: a directory with ``config.yaml``
   (``feature_input_hook``, ``feature_output_hook``, optional ``transcoders`` list, ...) and one file
-  per layer (``layer_{l}.safetensors`` with ``W_enc`` (d_transcoder, d_model), ``W_dec``, ``b_enc``,
+  per layer (``layer_{l}.safetensors`` with ``W_enc`` (d_transcoder, d_model), ``W_dec`` in either
+  orientation (the pinned mntss Llama release stores it (d_model, d_transcoder), which older
+  circuit-tracer transposed on load; newer repositories store (d_transcoder, d_model)), ``b_enc``,
   ``b_dec``, optional ``W_skip`` applied as ``x @ W_skip.T`` and optional
-  ``activation_function.threshold``), or Gemma Scope 2 ``params.safetensors`` files (``w_enc``
-  (d_model, d_sae), ``w_dec``, ``b_enc``, ``b_dec``, ``threshold``, optional
-  ``affine_skip_connection`` applied as ``x @ affine_skip_connection``).
+  ``activation_function.threshold``, JumpReLU in circuit-tracer's form ``pre * (pre > threshold)``),
+  or Gemma Scope 2 ``params.safetensors`` files (``w_enc`` (d_model, d_sae), ``w_dec``, ``b_enc``,
+  ``b_dec``, ``threshold``, optional ``affine_skip_connection`` applied as
+  ``x @ affine_skip_connection``; JumpReLU in Google's form).
 
 Every loader checks each tensor's shape against the expected ``d_model`` (when given) and the sizes
 the file itself implies, and raises :class:`InputError` naming the file and the dimension at fault;
@@ -44,6 +47,7 @@ from circuit_insights.transcoders.base import (
     OUTPUT_HOOKS,
     Activation,
     InputHook,
+    JumpReLUForm,
     OutputHook,
     Transcoder,
     check_shape,
@@ -66,9 +70,20 @@ _TL_INPUT_HOOKS: dict[str, InputHook] = {
 _TL_OUTPUT_HOOKS: dict[str, OutputHook] = {
     "mlp.hook_out": "mlp_out",
 }
-_POST_NORM_MODEL = re.compile(r"gemma-?[23]", re.IGNORECASE)
+# Gemma-2/3 names (gemma-2-2b, gemma2, gemma-3-1b-pt, gemma3_text), not Gemma-1 ones (gemma-2b,
+# gemma-7b): a 2 or 3 that is not itself followed by a size such as "b".
+_POST_NORM_MODEL = re.compile(r"gemma-?[23](?![0-9]*(?:\.[0-9]+)?[bm])", re.IGNORECASE)
 _LAYER_IN_NAME = re.compile(r"^layer_(\d+)(?:[_.]|$)")
 _DUNEFSKY_LAYER = re.compile(r"blocks\.(\d+)\.")
+
+GOOGLE_JUMPRELU: JumpReLUForm = "relu"
+"""Gemma Scope (1 and 2), published by Google: ``relu(pre) * (pre > threshold)`` (the Gemma Scope
+tutorial's ``JumpReLUSAE.encode``; sae-lens' ``JumpReLUTranscoder.encode``)."""
+CIRCUIT_TRACER_JUMPRELU: JumpReLUForm = "pre"
+"""circuit-tracer's own files: ``pre * (pre > threshold)`` (``activation_functions.jumprelu``)."""
+
+HookPair = tuple[InputHook, OutputHook]
+"""(input hook, output hook)."""
 
 
 def has_post_mlp_norm(model_name: str | None) -> bool:
@@ -123,6 +138,7 @@ def load_transcoder(
     output_hook: OutputHook | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    fallback_hooks: HookPair | None = None,
 ) -> Transcoder:
     """Load the transcoder of ``layer`` stored at ``path`` in format ``fmt``.
 
@@ -133,6 +149,10 @@ def load_transcoder(
         d_model: the model's residual width; every tensor is checked against it when given.
         input_hook, output_hook: override the format's (or its config's) hooks.
         dtype, device: where the loaded parameters live (float32 on CPU by default).
+        fallback_hooks: (input, output) hooks for a file that names none itself (a circuit-tracer
+            layer file without ``config.yaml``, as in the pinned mntss Llama release); the
+            registry entry's hooks in the workflow. Ignored when the file or its config names
+            hooks, and by formats whose hooks are fixed.
     """
     loaders = {
         "native": load_native,
@@ -142,6 +162,17 @@ def load_transcoder(
     }
     if fmt not in loaders:
         raise InputError(f"transcoder format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "circuit_tracer":
+        return load_circuit_tracer(
+            path,
+            layer=layer,
+            d_model=d_model,
+            input_hook=input_hook,
+            output_hook=output_hook,
+            dtype=dtype,
+            device=device,
+            fallback_hooks=fallback_hooks,
+        )
     return loaders[fmt](
         path,
         layer=layer,
@@ -450,6 +481,7 @@ def _jumprelu_from_gemmascope_layout(
         source=source,
         d_model=d_model,
         activation="jumprelu",
+        jumprelu_form=GOOGLE_JUMPRELU,
         skip=skip_key is not None,
         layer=layer,
         input_hook=input_hook,
@@ -472,7 +504,7 @@ def load_gemmascope(
     """Load a GemmaScope transcoder ``params.npz`` (a file, or a directory: see
     :func:`find_gemmascope_file`).
 
-    JumpReLU, ``b_dec`` is the output bias (no input centering); input ``mlp_in_unaffine`` (the
+    JumpReLU in Google's form ``relu(pre) * (pre > threshold)``, ``b_dec`` is the output bias (no input centering); input ``mlp_in_unaffine`` (the
     pre-MLP RMSNorm's normalisation with its gain folded away), output ``mlp_out_post_norm``.
     """
     file = Path(path)
@@ -618,15 +650,19 @@ def load_circuit_tracer(
     output_hook: OutputHook | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    fallback_hooks: HookPair | None = None,
 ) -> Transcoder:
     """Load one layer of a circuit-tracer transcoder set.
 
     ``path`` is the repository directory (with ``config.yaml``, whose hooks are used) or one layer
     file. The file is read by its keys: circuit-tracer's (``W_enc`` (d_transcoder, d_model),
-    ``W_skip`` applied transposed, ``activation_function.threshold`` or ``threshold`` making it
-    JumpReLU, else ReLU), Gemma Scope 2's (``w_enc`` (d_model, d_sae), ``affine_skip_connection``
-    applied untransposed, JumpReLU), or a GemmaScope ``.npz``. Without a config the hooks must be
-    given, except for Gemma Scope 2 files (``mlp_in`` -> ``mlp_out_post_norm``).
+    ``W_dec`` in either orientation (see :func:`_features_first_decoder`), ``W_skip`` applied
+    transposed, ``activation_function.threshold`` or ``threshold`` making it JumpReLU in
+    circuit-tracer's form ``pre * (pre > threshold)``, else ReLU), Gemma Scope 2's (``w_enc``
+    (d_model, d_sae), ``affine_skip_connection`` applied untransposed, JumpReLU in Google's form
+    ``relu(pre) * (pre > threshold)``), or a GemmaScope ``.npz``. Hooks: the arguments, else the
+    config, else ``fallback_hooks``; a Gemma Scope 2 file without any of them reads ``mlp_in``
+    and writes ``mlp_out_post_norm``.
     """
     root = Path(path)
     config: CircuitTracerConfig | None = None
@@ -641,6 +677,9 @@ def load_circuit_tracer(
     source = str(file)
     _check_layer_in_path(file, layer)
 
+    if config is None and fallback_hooks is not None:
+        input_hook = input_hook or fallback_hooks[0]
+        output_hook = output_hook or fallback_hooks[1]
     if config is not None:
         hook_source = f"{config.path} feature_input_hook"
         input_hook = input_hook or input_hook_from_transformerlens(
@@ -692,8 +731,8 @@ def load_circuit_tracer(
 
     if input_hook is None or output_hook is None:
         raise InputError(
-            f"{source}: no {CIRCUIT_TRACER_CONFIG_FILENAME} beside it; pass input_hook and "
-            "output_hook"
+            f"{source}: no {CIRCUIT_TRACER_CONFIG_FILENAME} beside it and no registry entry "
+            "for its path; pass input_hook and output_hook"
         )
     if "log_thresholds" in state:
         raise InputError(
@@ -706,11 +745,10 @@ def load_circuit_tracer(
     check_shape(source, "b_enc", tensors["b_enc"], ((d_transcoder, "d_transcoder"),))
     shape = ((d_transcoder, "d_transcoder"), (d_model, "d_model"))
     check_shape(source, "W_enc", tensors["W_enc"], shape)
-    check_shape(source, "W_dec", tensors["W_dec"], shape)
     mapped = {
         "W_enc": tensors["W_enc"].T,
         "b_enc": tensors["b_enc"],
-        "W_dec": tensors["W_dec"],
+        "W_dec": _features_first_decoder(tensors["W_dec"], d_transcoder, d_model, source),
         "b_dec_out": tensors["b_dec"],
     }
     activation: Activation = "relu"
@@ -732,12 +770,44 @@ def load_circuit_tracer(
         source=source,
         d_model=d_model,
         activation=activation,
+        jumprelu_form=CIRCUIT_TRACER_JUMPRELU,
         skip=skip,
         layer=layer,
         input_hook=_checked_input_hook(input_hook),
         output_hook=_checked_output_hook(output_hook),
         dtype=dtype,
         device=device,
+    )
+
+
+def _features_first_decoder(W_dec: Tensor, d_transcoder: int, d_model: int, source: str) -> Tensor:
+    """A circuit-tracer ``W_dec`` as (d_transcoder, d_model), whichever way the file stores it.
+
+    circuit-tracer's ``SingleLayerTranscoder`` computes ``acts @ W_dec`` with ``W_dec``
+    (d_transcoder, d_model). Its loader up to the release whose Llama config pins
+    ``mntss/skip-transcoder-Llama-3.2-1B-131k-nobos@new-training`` transposed the file's tensor
+    (``load_relu_transcoder``: ``W_dec.T``), so those files hold (d_model, d_transcoder); later
+    releases read newer repositories' (d_transcoder, d_model) as is. Both are accepted; a square
+    tensor (d_transcoder == d_model) cannot be told apart and is refused.
+    """
+    if W_dec.ndim != 2:
+        raise InputError(
+            f"{source}: tensor 'W_dec' has {W_dec.ndim} dimension(s) "
+            f"(shape {tuple(W_dec.shape)}), expected 2"
+        )
+    shape = tuple(int(size) for size in W_dec.shape)
+    if d_transcoder == d_model and shape == (d_model, d_model):
+        raise InputError(
+            f"{source}: tensor 'W_dec' is square ({d_model} x {d_model}): cannot tell "
+            "(d_transcoder, d_model) from the transposed (d_model, d_transcoder) layout"
+        )
+    if shape == (d_transcoder, d_model):
+        return W_dec
+    if shape == (d_model, d_transcoder):
+        return W_dec.T
+    raise InputError(
+        f"{source}: tensor 'W_dec' has shape {shape}, expected (d_transcoder={d_transcoder}, "
+        f"d_model={d_model}) or its transpose (d_model, d_transcoder)"
     )
 
 

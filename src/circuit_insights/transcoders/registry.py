@@ -1,6 +1,6 @@
 """The registry of known subject models and transcoder releases, and hub transcoder paths.
 
-``registry.yaml`` (packaged next to this module) holds one entry per release of METHOD.md section 8;
+``registry.yaml`` (packaged next to this module) holds one entry per published release;
 :func:`load_registry` reads it into :class:`TranscoderRelease` objects, checked field by field.
 ``config/presets/*.yaml`` are built from these entries (:meth:`TranscoderRelease.model_config`).
 
@@ -246,6 +246,38 @@ def _read_registry(text: str, source: str) -> dict[str, TranscoderRelease]:
     return {
         str(name): release_from_mapping(str(name), entry, source) for name, entry in raw.items()
     }
+
+
+def release_for_path(path_template: str) -> TranscoderRelease | None:
+    """The registry entry whose transcoder files ``path_template`` names, else None.
+
+    An entry matches when the ``hf://`` template has its repository, revision and file pattern
+    (``{l0}`` written ``*``), i.e. equals :attr:`TranscoderRelease.path_template`, as the presets
+    write it. Local paths match no entry.
+    """
+    if not is_hf_reference(path_template):
+        return None
+    for release in load_registry().values():
+        if release.path_template == path_template:
+            return release
+    return None
+
+
+def fallback_hooks(transcoder_settings: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Hooks for a pretrained file that names none itself (``models.<name>.transcoders`` block).
+
+    The registry entry of the configured ``path`` first (:func:`release_for_path`), else the
+    configured ``input_hook`` / ``output_hook`` when both are set, else None. The pinned mntss
+    Llama-3.2-1B release has no ``config.yaml`` beside its layer files (circuit-tracer kept that
+    config in its own package), so its hooks come from here.
+    """
+    release = release_for_path(str(transcoder_settings.get("path") or ""))
+    if release is not None:
+        return release.input_hook, release.output_hook
+    configured = (transcoder_settings.get("input_hook"), transcoder_settings.get("output_hook"))
+    if all(configured):
+        return str(configured[0]), str(configured[1])
+    return None
 
 
 def get_release(name: str) -> TranscoderRelease:
