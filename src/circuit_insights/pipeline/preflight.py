@@ -45,10 +45,8 @@ def check_output_folder(key: str, path: str | Path) -> None:
     path = Path(path).expanduser()
     for candidate in (path, *path.parents):
         if candidate.exists() and not candidate.is_dir():
-            where = "" if candidate == path else f" ({candidate} is a file)"
-            raise InputError(
-                f"config key {key!r}: {path} must be a folder, but it is not one{where}"
-            )
+            what = "it is a file" if candidate == path else f"{candidate} is a file"
+            raise InputError(f"config key {key!r}: {path} must be a folder, but {what}")
 
 
 def check_corpus_files(corpus: Mapping[str, Any]) -> None:
