@@ -200,3 +200,18 @@ def test_a_folder_inside_a_file_is_refused(tmp_path):
     with pytest.raises(InputError, match=f"config key 'results_dir'.*{file} is a file"):
         preflight.check_output_folder("results_dir", file / "results")
     preflight.check_output_folder("results_dir", tmp_path / "new" / "results")
+
+
+@pytest.mark.parametrize(
+    "preset", sorted((ROOT / "config/presets").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_gpu_presets_name_a_hub_explainer_and_need_its_url(preset):
+    """Never the embedded 135M explainer: a hub instruct model, served by the user (llm.url)."""
+    from circuit_insights.pipeline.config import load_config
+    from circuit_insights.pipeline.paths import is_embedded
+
+    config = load_config(preset, ROOT / "workflow/schemas/config.schema.yaml")
+    assert not is_embedded(config["llm"]["model"]) and is_hub_id(config["llm"]["model"])
+    assert config["llm"]["url"] == ""
+    with pytest.raises(InputError, match="config key 'llm.url' must be set"):
+        preflight.check_llm(config["llm"], network=False)
