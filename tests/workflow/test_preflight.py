@@ -215,3 +215,16 @@ def test_gpu_presets_name_a_hub_explainer_and_need_its_url(preset):
     assert config["llm"]["url"] == ""
     with pytest.raises(InputError, match="config key 'llm.url' must be set"):
         preflight.check_llm(config["llm"], network=False)
+
+
+def test_a_plain_snakemake_uses_the_workflow_profile(tmp_path):
+    """profiles/default next to the Snakefile is where Snakemake looks by itself: a run with no
+    --profile gets its settings (here the cap of the resource gpu, printed in a dry run)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [str(SNAKEMAKE), "-n", "--configfile", "config/ci.yaml", "--config"]
+    command.append(f"results_dir={tmp_path / 'results'}")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Using workflow specific profile profiles/default" in done.stderr
+    profile = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
+    assert "gpu=1" in profile["resources"] and "gpu=0" in profile["default-resources"]
