@@ -228,3 +228,23 @@ def test_a_plain_snakemake_uses_the_workflow_profile(tmp_path):
     assert "Using workflow specific profile profiles/default" in done.stderr
     profile = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
     assert "gpu=1" in profile["resources"] and "gpu=0" in profile["default-resources"]
+
+
+def test_unlock_after_a_crash_works_while_the_llm_server_is_down(tmp_path):
+    """--unlock runs no job: validation only, so a stale lock can be removed with the run's own
+    config even when its llm.url does not answer (docs/troubleshooting.md)."""
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    config = ci_config(tmp_path, llm={"url": url, "model": "explainer"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [str(SNAKEMAKE), "--unlock", "--configfile", str(config), "--config"]
+    command.append(f"results_dir={tmp_path / 'results'}")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Unlock" in done.stdout + done.stderr
+
+
+def test_only_a_main_process_that_plans_jobs_runs_the_preflight():
+    assert preflight.runs_jobs(["snakemake", "--cores", "2", "-n"], main_process=True)
+    assert not preflight.runs_jobs(["snakemake", "--unlock"], main_process=True)
+    assert not preflight.runs_jobs(["snakemake", "--lint"], main_process=True)
+    assert not preflight.runs_jobs(["snakemake", "--cores", "2"], main_process=False)

@@ -13,7 +13,12 @@ from circuit_insights.llm.server import stop_shared_server  # noqa: E402
 # Validation and the preflight (models, transcoders, corpus, folders, llm.url), before any job
 # runs: bad input ends Snakemake here with one message naming the key and the thing at fault.
 config.update(
-    start_checks(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+    start_checks(
+        config,
+        Path(workflow.basedir) / "workflow/schemas/config.schema.yaml",
+        argv=sys.argv,
+        main_process=workflow.is_main_process,
+    )
 )
 RESULTS = config["results_dir"]
 RESOURCES = config["resources_dir"]

@@ -16,7 +16,8 @@ hub id or URL at fault, so that a problem a job would meet an hour into the run 
 
 ``preflight.network: false`` skips what needs the network (the hub, ``llm.url``): an offline dry
 run of a preset. :func:`start_checks` is the workflow's entry point: validation and preflight,
-and on bad input one line on stderr and exit status 1 (no traceback).
+and on bad input one line on stderr and exit status 1 (no traceback). Commands that run no job
+(``--unlock``, ``--lint``, ...) and the processes of single jobs get the validation only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -226,14 +227,54 @@ def fail(error: InputError) -> NoReturn:
     raise SystemExit(1)
 
 
-def start_checks(config: Mapping[str, Any], schema_path: str | Path) -> dict[str, Any]:
+MAINTENANCE_OPTIONS = frozenset(
+    {
+        "--unlock",
+        "--lint",
+        "--cleanup-metadata",
+        "--cm",
+        "--summary",
+        "-S",
+        "--detailed-summary",
+        "-D",
+        "--list-rules",
+        "--list",
+        "-l",
+        "--list-target-rules",
+        "--lt",
+        "--dag",
+        "--rulegraph",
+        "--filegraph",
+        "--delete-all-output",
+        "--delete-temp-output",
+    }
+)
+"""Snakemake options of commands that run no job: the preflight is skipped for them, so that
+``--unlock`` after a crash works while, say, the LLM server is down."""
+
+
+def runs_jobs(argv: Sequence[str], *, main_process: bool) -> bool:
+    """Whether this Snakemake process plans jobs: the main process, not running one of the
+    :data:`MAINTENANCE_OPTIONS` (a job's own process re-reads the workflow after the check)."""
+    return main_process and not MAINTENANCE_OPTIONS.intersection(argv)
+
+
+def start_checks(
+    config: Mapping[str, Any],
+    schema_path: str | Path,
+    *,
+    argv: Sequence[str] = (),
+    main_process: bool = True,
+) -> dict[str, Any]:
     """The workflow's start: validate ``config`` against the schema (defaults filled in) and run
-    :func:`preflight`. On bad input, one message and exit status 1, before any job runs."""
+    :func:`preflight` when this process plans jobs (:func:`runs_jobs` of Snakemake's ``argv``).
+    On bad input, one message and exit status 1, before any job runs."""
     from circuit_insights.pipeline.config import load_schema, validate_config
 
     try:
         validated = validate_config(config, load_schema(schema_path))
-        preflight(validated)
+        if runs_jobs(argv, main_process=main_process):
+            preflight(validated)
     except InputError as error:
         fail(error)
     return validated
