@@ -1,4 +1,5 @@
-# The two commands of the README. Both create the environments first when they are missing.
+# The commands of the README (`make help` lists them; plain `make` only prints that list).
+# run and test create the environments first when they are missing.
 #   make run   - the workflow on the embedded default (config/config.yaml)
 #   make test  - the test suite
 # GPU users who already have a CUDA torch: `make run VENV_OPTS=--system-site-packages` keeps it
@@ -21,7 +22,13 @@ LLM_STAMP := $(LLM_VENV)/.installed
 APT_PACKAGES := slurmctld slurmd slurm-client munge chromium
 APT_STAMP := .apt-installed
 
-.PHONY: run test lint dry-run clean-results system-packages
+.PHONY: help run test lint dry-run clean-results system-packages
+.DEFAULT_GOAL := help
+
+help: ## List the targets (plain `make` prints this and builds nothing)
+	@echo "circuit-insights: make TARGET [CONFIG=config/presets/....yaml] [CORES=N]"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' \
+		| expand -t 18
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_OPTS) $(VENV)
@@ -47,22 +54,22 @@ $(APT_STAMP):
 	fi
 	touch $(APT_STAMP)
 
-system-packages: $(APT_STAMP)
+system-packages: $(APT_STAMP) ## Debian packages of the SLURM and browser tests (root only)
 
-run: $(STAMP) $(LLM_STAMP)
+run: $(STAMP) $(LLM_STAMP) ## Create the environments if missing, then run the workflow on CONFIG (config/config.yaml)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --rerun-incomplete
 
-test: $(STAMP) $(LLM_STAMP) $(APT_STAMP)
+test: $(STAMP) $(LLM_STAMP) $(APT_STAMP) ## Create the environments if missing, then run the test suite
 	$(BIN)/pytest -ra
 
-lint: $(STAMP)
+lint: $(STAMP) ## ruff, snakefmt and snakemake --lint
 	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --cores 1
 
-dry-run: $(STAMP)
+dry-run: $(STAMP) ## List the jobs a run of CONFIG would run (snakemake -n)
 	$(BIN)/snakemake -n --cores $(CORES) --configfile $(CONFIG)
 
-clean-results:
+clean-results: ## Delete results/ and Snakemake's incomplete markers
 	rm -rf results .snakemake/incomplete

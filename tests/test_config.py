@@ -120,6 +120,9 @@ def test_layer_out_of_range_of_the_embedded_model_fails_at_start():
 
 def test_layer_out_of_range_of_a_local_model_fails_at_start(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 2}')
+    with pytest.raises(InputError, match=f"model folder {tmp_path} has no weights"):
+        check_models_at_start(_with_model(source=str(tmp_path), layers=[1]), "resources")
+    (tmp_path / "model.safetensors").write_bytes(b"")
     config = _with_model(source=str(tmp_path), layers=[2])
     with pytest.raises(InputError, match="layer 2 is out of range"):
         check_models_at_start(config, "resources")
@@ -132,8 +135,20 @@ def test_unknown_model_fails_at_start(source):
         check_models_at_start(_with_model(source=source), "resources")
 
 
-def test_hub_ids_pass_the_offline_check():
-    check_models_at_start(_with_model(source="openai-community/gpt2", layers=[40]), "resources")
+@pytest.mark.parametrize("source", ["openai-community/gpt2", "gpt2"])
+def test_hub_ids_pass_the_offline_check(source):
+    """Not in the (empty) hub cache: the layers are left to the preflight or the jobs."""
+    check_models_at_start(_with_model(source=source, layers=[40]), "resources")
+
+
+def test_a_config_error_ends_the_workflow_with_one_line_and_no_traceback(capsys):
+    from circuit_insights.pipeline.preflight import start_checks
+
+    with pytest.raises(SystemExit) as stop:
+        start_checks({"cache": {"shard_size": 0}}, ROOT / "workflow/schemas/config.schema.yaml")
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "Error: config key 'cache.shard_size': 0 is less than the minimum of 1"
 
 
 def test_prompt_settings_are_the_explainers_own_fields_and_defaults():

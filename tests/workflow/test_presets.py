@@ -30,6 +30,9 @@ PRESETS = {
 DRY_RUN_LIMIT_S = {"gemma-2-2b-gemmascope": 60}
 """Acceptance: seconds a dry run of the preset may take on the 2-core development machine."""
 DRY_RUN_TIMEOUT_S = 600
+OFFLINE_EXPLAINER = ROOT / "tests/workflow/offline-explainer.yaml"
+"""Merged into a preset's dry run: the explainer's server URL (a preset's explainer is a GPU
+server of the user's own) and no network checks at start (the run is offline)."""
 
 
 def preset_path(stem: str) -> Path:
@@ -70,6 +73,7 @@ def dry_run(stem: str, results: Path) -> tuple[subprocess.CompletedProcess[str],
         "2",
         "--configfile",
         str(preset_path(stem)),
+        str(OFFLINE_EXPLAINER),
         # config/config.yaml would otherwise be merged in (its embedded model added to the preset's)
         "--replace-workflow-config",
         "--rerun-triggers",
@@ -110,6 +114,7 @@ def test_dry_run_builds_every_layer_and_shard_offline(tmp_path, stem: str) -> No
     counts = job_counts(done.stdout)
     n_layers, per_layer = release.n_layers, release.n_layers * n_shards
     assert counts["corpus"] == 1 and counts["all"] == 1, counts
+    assert "build_embedded_llm" not in counts, "a GPU preset never builds the 135M CPU explainer"
     assert counts[f"cache_{model}"] == n_layers, counts
     assert counts["sample"] == per_layer, counts
     stages = {rule: count for rule, count in counts.items() if rule != "total"}

@@ -83,8 +83,8 @@ def test_ci_config_runs_to_the_end_through_the_slurm_profile(cluster, tmp_path) 
     config.write_text(yaml.safe_dump(CONFIG))
     command = [
         str(SNAKEMAKE),
-        "--profile",
-        "workflow/profiles/slurm",
+        "--workflow-profile",
+        "profiles/slurm",
         "--configfile",
         str(config),
         "--rerun-triggers",

@@ -4,25 +4,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from circuit_insights.pipeline.config import (  # noqa: E402
-    check_models_at_start,
-    gpus_for_device,
-    load_schema,
-    validate_config,
-)
+from circuit_insights.pipeline.config import gpus_for_device  # noqa: E402
+from circuit_insights.pipeline.preflight import start_checks  # noqa: E402
 from circuit_insights.data.shards import make_shards  # noqa: E402
 from circuit_insights.pipeline import paths  # noqa: E402
 from circuit_insights.llm.server import stop_shared_server  # noqa: E402
 
+# Validation and the preflight (models, transcoders, corpus, folders, llm.url), before any job
+# runs: bad input ends Snakemake here with one message naming the key and the thing at fault.
 config.update(
-    validate_config(
+    start_checks(
         config,
-        load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"),
+        Path(workflow.basedir) / "workflow/schemas/config.schema.yaml",
+        argv=sys.argv,
+        main_process=workflow.is_main_process,
     )
 )
 RESULTS = config["results_dir"]
 RESOURCES = config["resources_dir"]
-check_models_at_start(config, RESOURCES)
 
 
 wildcard_constraints:

@@ -23,6 +23,7 @@ Artifact (:func:`prepare_corpus`): one parquet file with schema
 from __future__ import annotations
 
 import bz2
+import codecs
 import importlib
 import json
 import logging
@@ -227,9 +228,53 @@ def _expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return expanded
 
 
+TEXT_CHECK_BYTES = 1 << 16
+"""Bytes of a text corpus file read at start to tell text from a binary file."""
+
+
+def _not_text(path: Path, error: UnicodeDecodeError) -> InputError:
+    return InputError(
+        f"corpus file {path} is not UTF-8 text (byte {error.start}: {error.reason}); "
+        "is it a binary file?"
+    )
+
+
+def check_text_file(path: str | os.PathLike[str], limit: int = TEXT_CHECK_BYTES) -> None:
+    """Raise :class:`InputError` naming ``path`` when its first ``limit`` bytes are not UTF-8
+    text (a NUL byte, or bytes that do not decode): a binary file under a ``.txt`` name."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(limit)
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise InputError(f"corpus file {path} is binary (NUL byte at offset {nul}), not UTF-8 text")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        decoder.decode(head, final=len(head) < limit)  # a character cut at the limit is fine
+    except UnicodeDecodeError as error:
+        raise _not_text(path, error) from None
+
+
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file's contents; :class:`InputError` naming the file when it is not text."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise _not_text(path, error) from None
+
+
+def _text_lines(path: Path, handle: Iterable[str]) -> Iterator[str]:
+    """The lines of an open UTF-8 text file; :class:`InputError` naming it when one is not text."""
+    try:
+        yield from handle
+    except UnicodeDecodeError as error:
+        raise _not_text(path, error) from None
+
+
 def txt_documents(path: Path, mode: TxtDocuments = "file") -> Iterator[str]:
     """Documents of a UTF-8 text file: the whole file, or each blank-line-separated block."""
-    text = path.read_text(encoding="utf-8")
+    check_text_file(path)
+    text = _read_text(path)
     if mode == "file":
         yield text.strip()
     elif mode == "paragraph":
@@ -240,8 +285,9 @@ def txt_documents(path: Path, mode: TxtDocuments = "file") -> Iterator[str]:
 
 def jsonl_documents(path: Path, text_field: str = "text") -> Iterator[str]:
     """The ``text_field`` string of each JSON object in a JSON-lines file (blank lines skipped)."""
+    check_text_file(path)
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(_text_lines(path, handle), start=1):
             if not line.strip():
                 continue
             try:

@@ -229,10 +229,14 @@ class SubjectModel:
         """Load a Hugging Face causal LM by hub id or local folder."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+        from circuit_insights.models.hub import check_model_folder, hub_config, is_hub_id
+
         source = str(name_or_path)
-        looks_local = source.startswith((".", "/")) or Path(source).exists()
-        if looks_local and not Path(source).is_dir():
-            raise InputError(f"model folder {source} does not exist")
+        looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
+        if looks_local:
+            check_model_folder(source)  # names a missing folder or a config.json not JSON
+        elif is_hub_id(source):
+            hub_config(source, network=not local_files_only)  # "cannot reach the hub" offline
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
         except (OSError, ValueError) as exc:

@@ -131,50 +131,10 @@ def load_config(path: str | Path, schema_path: str | Path) -> dict[str, Any]:
 
 
 def check_models_at_start(config: Mapping[str, Any], resources: str) -> None:
-    """Checks of each model that need no network: the source exists, the layers are in range.
-
-    Hub ids are only checked for their form here; a job that loads one reports a missing one.
+    """Checks of each model that need no network: the source exists (a local folder's
+    ``config.json`` is JSON), the layers are in range. A hub id's layer count is checked when its
+    config is in the local hub cache; :mod:`circuit_insights.pipeline.preflight` also asks the hub.
     """
-    import json
+    from circuit_insights.pipeline.preflight import check_models
 
-    from circuit_insights.pipeline.paths import (
-        EMBEDDED_MODELS,
-        EMBEDDED_N_LAYERS,
-        EMBEDDED_PREFIX,
-        is_embedded,
-    )
-
-    for name, model in config["models"].items():
-        source = model["source"]
-        key = f"models.{name}"
-        n_layers: int | None = None
-        if is_embedded(source):
-            embedded = source.removeprefix(EMBEDDED_PREFIX)
-            if embedded not in EMBEDDED_MODELS:
-                raise InputError(
-                    f"config key '{key}.source': unknown model {source!r} "
-                    f"(embedded models: {', '.join(EMBEDDED_MODELS)})"
-                )
-            n_layers = EMBEDDED_N_LAYERS[embedded]
-        elif Path(source).exists() or source.startswith((".", "/", "~")):
-            config_file = Path(source).expanduser() / "config.json"
-            if not config_file.is_file():
-                raise InputError(
-                    f"config key '{key}.source': unknown model {source!r}: "
-                    f"{config_file} does not exist"
-                )
-            model_config = json.loads(config_file.read_text())
-            model_config = model_config.get("text_config", model_config)
-            n_layers = model_config.get("num_hidden_layers", model_config.get("n_layer"))
-        elif source.count("/") != 1 or not all(source.split("/")):
-            raise InputError(
-                f"config key '{key}.source': unknown model {source!r} (neither a folder, "
-                "a Hugging Face id like org/name, nor embedded:gemma-3-270m)"
-            )
-        if n_layers is not None:
-            for layer in model["layers"]:
-                if layer >= n_layers:
-                    raise InputError(
-                        f"config key '{key}.layers': layer {layer} is out of range "
-                        f"(model {source!r} has layers 0..{n_layers - 1})"
-                    )
+    check_models(config, network=False)
