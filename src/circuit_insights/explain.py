@@ -1,4 +1,4 @@
-"""Feature descriptions, every variant of the paper from the same inputs (METHOD.md §5).
+"""Feature descriptions, every variant of the paper from the same inputs (docs/method.md).
 
 Variants (the ``variant`` column, also the FADE variant names):
 

@@ -1,4 +1,4 @@
-"""FADE evaluation of feature descriptions (Puri et al. 2025; METHOD.md §6; docs/fade.md).
+"""FADE evaluation of feature descriptions (Puri et al. 2025; docs/method.md, docs/fade.md).
 
 The LLM-driven and subject-model parts; the metrics themselves are pure functions in
 :mod:`circuit_insights.evaluation.metrics`.

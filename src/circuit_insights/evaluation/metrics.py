@@ -1,4 +1,4 @@
-"""FADE metrics as pure functions (Puri et al. 2025, METHOD.md §6; definitions in docs/fade.md).
+"""FADE metrics as pure functions (Puri et al. 2025, definitions in docs/fade.md).
 
 Every metric returns ``(value, reason)``: a float and ``None`` when defined, ``NaN`` and a short
 reason (one of :data:`REASONS`) when not. Nothing here raises on degenerate input (empty arrays,

@@ -91,7 +91,7 @@ NO_REASON_GIVEN = "no_reason_given"
 #: alphabetically.
 _VARIANT_ORDER: tuple[str, ...] = VARIANTS
 
-#: Share of features WeightLens validates, as reported in the paper (METHOD.md §7, secondhand):
+#: Share of token-based features, as reported in the paper (secondhand; docs/method.md):
 #: family -> (the paper's model, share).
 PAPER_TOKEN_SHARES: dict[str, tuple[str, float]] = {
     "gemma": ("Gemma-2-2B", 0.327),
@@ -99,7 +99,7 @@ PAPER_TOKEN_SHARES: dict[str, tuple[str, float]] = {
     "llama": ("Llama-3.2-1B", 0.254),
 }
 
-#: FADE figures of the paper (METHOD.md §7, secondhand; Gemma-2-2B transcoders):
+#: FADE figures of the paper (secondhand; Gemma-2-2B transcoders; docs/method.md):
 #: (method, setting, layer, metric, value). ``neuronpedia`` is not a variant of this project.
 PAPER_SCORES: tuple[tuple[str, str, int, str, float], ...] = (
     ("weightlens", "", 18, "clarity", 0.80),
@@ -594,9 +594,9 @@ def token_based_shares(
 ) -> pd.DataFrame:
     """Per layer, and over all layers (``layer`` null), ``TOKEN_SHARES_SCHEMA`` rows.
 
-    ``validated_share``: features with at least one validated token (what the paper reports as
-    the share of features WeightLens validates); ``token_based_share``: features classified
-    token-based (``is_token_based``, ``docs/weightlens.md``). ``paper_model`` / ``paper_share``:
+    ``validated_share``: features with at least one validated token; ``token_based_share``:
+    features classified token-based (``is_token_based``, ``docs/weightlens.md``), what the paper
+    reports. ``paper_model`` / ``paper_share``:
     the paper's figure for ``family`` (default: :func:`paper_family` of ``model``), null when the
     model is of none of its families.
     """
@@ -661,7 +661,7 @@ def _shares_rows(shares: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         "validated share",
         "token-based",
         "token-based share",
-        "paper (share validated)",
+        "paper (share token-based)",
     ]
     rows = []
     for row in shares.to_dict("records"):
@@ -813,7 +813,7 @@ def _paper_scores_html() -> Markup:
     return html_table(
         ["method", "setting", "layer", "metric", "value"],
         rows,
-        caption="Paper figures (Gemma-2-2B transcoders; METHOD.md §7, secondhand)",
+        caption="Paper figures (Gemma-2-2B transcoders; secondhand, see docs/method.md)",
     )
 
 
@@ -893,7 +893,7 @@ def write_summary(
             "## Missing values",
             "",
             missing_markdown(missing),
-            "## Paper figures (Gemma-2-2B transcoders; METHOD.md §7, secondhand)",
+            "## Paper figures (Gemma-2-2B transcoders; secondhand, see docs/method.md)",
             "",
             _paper_scores_markdown(),
         ]

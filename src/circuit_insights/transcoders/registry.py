@@ -1,6 +1,6 @@
 """The registry of known subject models and transcoder releases, and hub transcoder paths.
 
-``registry.yaml`` (packaged next to this module) holds one entry per release of METHOD.md section 8;
+``registry.yaml`` (packaged next to this module) holds one entry per published release (docs/transcoders.md);
 :func:`load_registry` reads it into :class:`TranscoderRelease` objects, checked field by field.
 ``config/presets/*.yaml`` are built from these entries (:meth:`TranscoderRelease.model_config`).
 
