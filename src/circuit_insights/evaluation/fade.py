@@ -48,6 +48,7 @@ from circuit_insights.evaluation.metrics import (
 )
 from circuit_insights.llm.client import ChatRequest, ChatResult, LLMBackend
 from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.pipeline.logs import Progress
 from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.weightlens import ContextTokens
 
@@ -1016,6 +1017,9 @@ def evaluate_descriptions(
     own = heldout_activations[heldout_activations["feature"].isin(features)]
     rows = []
     by_feature = {int(f): g for f, g in own.groupby("feature")}
+    progress = Progress(
+        f"evaluate ({getattr(backend, 'model_name', '?')})", len(descriptions), unit="descriptions"
+    )
     for record in descriptions.itertuples(index=False):
         feature = int(record.feature)
         description = record.description
@@ -1037,6 +1041,12 @@ def evaluate_descriptions(
                 variant=str(record.variant),
             )
         )
+        progress.update(
+            1,
+            llm_calls=int(rows[-1].get("llm_calls") or 0),
+            completion_tokens=int(rows[-1].get("llm_tokens_out") or 0),
+        )
+    progress.close()
     return fade_frame(rows)
 
 
