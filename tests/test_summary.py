@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -417,3 +418,120 @@ def test_write_summary_files(tmp_path):
     assert all(written[f"plot_{m}"].read_bytes()[:8] == PNG_MAGIC for m in METRICS)
     leftovers = [p for p in Path(tmp_path).rglob("*") if p.name.endswith(".partial")]
     assert not leftovers
+
+
+# --- what the numbers are worth: n, CI only from 3 features, description flags ------------------
+
+
+def test_no_ci_below_three_features_and_n_on_every_cell():
+    from circuit_insights.report.summary import MIN_FEATURES_FOR_CI
+
+    rows = [evaluation_row(0, f, "maxact", clarity=0.1 * (f + 1)) for f in range(4)]
+    rows += [evaluation_row(0, f, "cl_full", clarity=0.2 + 0.3 * f) for f in range(2)]
+    rows += [evaluation_row(1, 0, "cl_full", clarity=0.6)]
+    summary = summarize_model(schema_frame(FADE_EVALUATION_SCHEMA, rows), None, model="m")
+    stats = metric_table(summary, n_boot=200, seed=0)
+    clarity = stats[stats["metric"] == "clarity"]
+    for row in clarity.itertuples():
+        has_ci = math.isfinite(row.ci_low) and math.isfinite(row.ci_high)
+        assert has_ci == (row.n >= MIN_FEATURES_FOR_CI), row
+    grid = metric_grid(stats)
+    assert grid.loc["cl_full", (1, "clarity")] == "0.60 (n=1; too few for a CI)"
+    assert grid.loc["cl_full", (0, "clarity")].startswith("0.35 (n=2")
+    assert "[" in grid.loc["maxact", (0, "clarity")] and "n=4" in grid.loc["maxact", (0, "clarity")]
+    html = str(metric_grid_html(stats))
+    cells = re.findall(r"<td>(.*?)</td>", html)
+    scored = [c for c in cells if "<b>" in c or "few" in c]
+    assert scored and all("n=" in c for c in scored)  # n on every cell with a value
+    assert html.count("no CI") == 2  # the n=1 and n=2 cells
+    assert "[0.60, 0.60]" not in html and "[0.20, 0.50]" not in html
+
+
+def test_plots_draw_error_bars_only_from_three_features(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    drawn: list[np.ndarray] = []
+    original = Axes.errorbar
+
+    def spy(self, x, y, *args, **kwargs):
+        drawn.append(np.asarray(y))
+        assert kwargs.get("linestyle") == "none"  # no line joins the layers
+        return original(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "errorbar", spy)
+    rows = [evaluation_row(0, f, "maxact", clarity=0.25 * f) for f in range(4)]
+    rows += [evaluation_row(1, 0, "maxact", clarity=0.9)]
+    summary = summarize_model(schema_frame(FADE_EVALUATION_SCHEMA, rows), None, model="m")
+    stats = metric_table(summary, n_boot=100)
+    written = plot_metrics(stats[stats["metric"] == "clarity"], tmp_path)
+    assert written["clarity"].read_bytes()[:8] == PNG_MAGIC
+    assert len(drawn) == 1 and drawn[0].tolist() == [pytest.approx(0.375)]  # layer 0 only
+
+
+def test_description_flags():
+    from circuit_insights.report.summary import description_flags, flag_counts
+
+    frame = pd.DataFrame(
+        [
+            ("maxact", 0, "feature_fire(s)", "ok"),
+            ("maxact", 1, "Fires on the word 'Paris' and other French city names.", "ok"),
+            ("maxact", 2, "fires on the word 'paris' and other French city names", "ok"),
+            ("maxact", 3, None, "unparseable"),
+            ("maxact", 4, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "ok"),
+            ("maxact", 5, '{"description": "..."}', "ok"),
+            ("maxact", 6, "A closing parenthesis after a year, as in (1998).", "ok"),
+            ("cl_full", 1, "Fires on the word 'Paris' and other French city names.", "ok"),
+            ("cl_full", 7, "the <description> of the feature", "ok"),
+        ],
+        columns=["variant", "feature", "description", "parse_status"],
+    )
+    flags = description_flags(frame).tolist()
+    assert flags[0] == ("placeholder",)
+    assert flags[1] == flags[2] == ("repeated",)  # same text, two features, one variant
+    assert flags[3] == ("unparseable",)
+    assert flags[4] == ("degenerate",)
+    assert flags[5] == ("placeholder",)
+    assert flags[6] == ()  # nothing fired: a clean description (not "ok")
+    assert flags[7] == ()  # the same text in another variant is not a repeat
+    assert flags[8] == ("placeholder",)
+    counts = flag_counts(frame).set_index("variant")
+    assert counts.loc["maxact", "n"] == 6 and counts.loc["maxact", "repeated"] == 2
+    assert counts.loc["maxact", "placeholder"] == 2 and counts.loc["cl_full", "placeholder"] == 1
+
+
+def test_small_embedded_llm_names():
+    from circuit_insights.report.summary import is_small_embedded_llm
+
+    assert is_small_embedded_llm("smollm2") and is_small_embedded_llm("SmolLM2-135M-Instruct")
+    assert not is_small_embedded_llm("Qwen/Qwen2.5-7B-Instruct")
+    assert not is_small_embedded_llm("smollm2-1.7b") and not is_small_embedded_llm(None)
+
+
+def test_cluster_coverage_per_layer():
+    from circuit_insights.report.summary import cluster_coverage
+
+    def row(layer, feature, cluster, n_samples, n_clusters, status="clustered"):
+        return {
+            "layer": layer,
+            "feature": feature,
+            "cluster": cluster,
+            "n_samples": n_samples,
+            "n_clusters": n_clusters,
+            "status": status,
+        }
+
+    clusters = pd.DataFrame(
+        [
+            row(3, 0, 0, 6, 2),
+            row(3, 0, 1, 2, 2),
+            row(3, 0, -1, 2, 2),
+            row(3, 1, -1, 10, 0, "all_noise"),
+            row(5, 2, 0, 4, 1),
+        ]
+    )
+    coverage = cluster_coverage(clusters).set_index("layer")
+    assert coverage.loc[3, "n_features"] == 2 and coverage.loc[3, "n_features_clustered"] == 1
+    assert coverage.loc[3, "clusters_per_feature"] == pytest.approx(1.0)
+    assert coverage.loc[3, "noise_share"] == pytest.approx(12 / 20)
+    assert coverage.loc[3, "share_all_noise"] == pytest.approx(0.5)
+    assert coverage.loc[5, "noise_share"] == 0
