@@ -867,14 +867,11 @@ def cluster_coverage(clusters: pd.DataFrame) -> pd.DataFrame:
     ``n_features``), ``n_samples``, ``noise_share`` (samples labelled noise, pooled),
     ``share_all_noise`` (features whose every sample is noise).
     """
-    try:
-        from circuit_insights.circuitlens.clustering import (  # type: ignore[attr-defined]
-            cluster_coverage as library_coverage,
-        )
-    except ImportError:
-        library_coverage = None
-    if library_coverage is not None:
-        return library_coverage(clusters)
+    from circuit_insights.circuitlens import clustering
+
+    library_coverage = getattr(clustering, "cluster_coverage", None)
+    if callable(library_coverage):
+        return pd.DataFrame(library_coverage(clusters))
     _require(
         clusters, ["layer", "feature", "cluster", "n_samples", "n_clusters", "status"], "clusters"
     )
