@@ -299,7 +299,7 @@ def test_metric_grid_in_paper_form():
     assert set(grid.columns.get_level_values("metric")) == set(METRICS)
     cell = grid.loc["maxact", (3, "clarity")]
     assert cell.startswith("0.50 [") and "(n=4, 1 missing)" in cell
-    assert grid.loc["cl_full", (5, "clarity")] == "\u2014"  # no row at all
+    assert grid.loc["cl_full", (5, "clarity")] == "\u2014 (n=0)"  # no row at all
     markdown = metric_grid_markdown(stats)
     lines = markdown.strip().splitlines()
     assert len(lines) == 2 + len(grid)
@@ -440,9 +440,9 @@ def test_no_ci_below_three_features_and_n_on_every_cell():
     assert grid.loc["cl_full", (0, "clarity")].startswith("0.35 (n=2")
     assert "[" in grid.loc["maxact", (0, "clarity")] and "n=4" in grid.loc["maxact", (0, "clarity")]
     html = str(metric_grid_html(stats))
-    cells = re.findall(r"<td>(.*?)</td>", html)
-    scored = [c for c in cells if "<b>" in c or "few" in c]
-    assert scored and all("n=" in c for c in scored)  # n on every cell with a value
+    cells = [c for c in re.findall(r"<td>(.*?)</td>", html) if c not in ("maxact", "cl_full")]
+    assert len(cells) == 2 * len(metric_grid(stats).columns)
+    assert all("n=" in c for c in cells)  # n on every cell, maxact's empty layer 1 too (n=0)
     assert html.count("no CI") == 2  # the n=1 and n=2 cells
     assert "[0.60, 0.60]" not in html and "[0.20, 0.50]" not in html
 

@@ -443,7 +443,7 @@ def metric_grid(stats: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
     """:func:`metric_table` in the paper's form: one row per variant (``model / variant`` when
     there are several models), columns a (layer, metric) MultiIndex, cells
     ``"mean [ci_low, ci_high] (n=N, M missing)"``, without the CI below
-    :data:`MIN_FEATURES_FOR_CI` features; ``—`` where a variant has no row."""
+    :data:`MIN_FEATURES_FOR_CI` features; ``— (n=0)`` where a variant has no row."""
     if stats.empty:
         return pd.DataFrame()
     several = stats["model"].nunique() > 1
@@ -460,7 +460,7 @@ def metric_grid(stats: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
             cells[label] = {}
         cells[label][(int(row["layer"]), str(row["metric"]))] = _cell_text(row, digits)
     index = pd.MultiIndex.from_tuples(columns, names=["layer", "metric"])
-    data = [[cells[label].get(column, _DASH) for column in columns] for label in labels]
+    data = [[cells[label].get(column, f"{_DASH} (n=0)") for column in columns] for label in labels]
     return pd.DataFrame(data, index=pd.Index(labels, name="variant"), columns=index)
 
 
@@ -537,8 +537,10 @@ def metric_grid_markdown(stats: pd.DataFrame, *, digits: int = 2) -> str:
 
 
 def _cell_markup(row: Mapping[str, Any] | None, digits: int) -> Markup:
-    if row is None:
-        return Markup('<span class="na">{}</span>').format(_DASH)
+    if row is None:  # the variant has no score of this metric at this layer
+        return Markup('<span class="na" title="not scored">{} <small>n=0</small></span>').format(
+            _DASH
+        )
     title = str(row["missing_reasons"]) if int(row["n_missing"]) else ""
     missing = f", {int(row['n_missing'])} missing" if int(row["n_missing"]) else ""
     if int(row["n"]) == 0:
