@@ -194,7 +194,7 @@ def gensim_documents(which: Sequence[str] = ("wikipedia", "lee")) -> Iterator[st
     unknown = [name for name in which if name not in GENSIM_FILES]
     if unknown or not which:
         raise InputError(
-            f"corpus.gensim_parts {list(which)!r}: choose from {sorted(GENSIM_FILES)}"
+            f"corpus.gensim_sources {list(which)!r}: choose from {sorted(GENSIM_FILES)}"
         )
     for name in which:
         yield from (wikipedia_documents() if name == "wikipedia" else lee_documents())
@@ -339,7 +339,7 @@ class CorpusSpec:
             unknown = [name for name in self.gensim_sources if name not in GENSIM_FILES]
             if unknown or not self.gensim_sources:
                 raise InputError(
-                    f"corpus.gensim_parts {list(self.gensim_sources)!r}: "
+                    f"corpus.gensim_sources {list(self.gensim_sources)!r}: "
                     f"choose from {sorted(GENSIM_FILES)}"
                 )
         if self.source == "files" and not self.paths:
