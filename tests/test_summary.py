@@ -483,6 +483,13 @@ def test_description_flags():
             ("maxact", 6, "A closing parenthesis after a year, as in (1998).", "ok"),
             ("cl_full", 1, "Fires on the word 'Paris' and other French city names.", "ok"),
             ("cl_full", 7, "the <description> of the feature", "ok"),
+            (
+                "weightlens",
+                8,
+                'Fires on "just", " Just", " JUST", "JUST", " juste", "just" and "=============="',
+                "ok",
+            ),
+            ("cl_input", 9, "the the the the the the the", "ok"),
         ],
         columns=["variant", "feature", "description", "parse_status"],
     )
@@ -495,6 +502,8 @@ def test_description_flags():
     assert flags[6] == ()  # nothing fired: a clean description (not "ok")
     assert flags[7] == ()  # the same text in another variant is not a repeat
     assert flags[8] == ("placeholder",)
+    assert flags[9] == ()  # quoted tokens, case variants of one word: data, not a runaway
+    assert flags[10] == ("degenerate",)
     counts = flag_counts(frame).set_index("variant")
     assert counts.loc["maxact", "n"] == 6 and counts.loc["maxact", "repeated"] == 2
     assert counts.loc["maxact", "placeholder"] == 2 and counts.loc["cl_full", "placeholder"] == 1

@@ -747,8 +747,10 @@ _PLACEHOLDERS: tuple[re.Pattern[str], ...] = (
     re.compile(r"[\"']description[\"']\s*:", re.IGNORECASE),
     re.compile(r"^\W*(?:description|n/?a|todo|tbd|unknown|none|null)\W*$", re.IGNORECASE),
 )
-#: One character repeated many times: a small model's runaway output.
-_RUNAWAY = re.compile(r"(.)\1{11,}|(\b\w+\b)(?:\W+\2\b){5,}", re.IGNORECASE)
+#: One character 12+ times, or one word 6+ times separated only by spaces: a small model's
+#: runaway output. Quoted text (tokens a description lists) is left out before the check.
+_RUNAWAY = re.compile(r"(.)\1{11,}|\b(\w+)(?:\s+\2\b){5,}")
+_QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”")
 #: ``parse_status`` values of an answer that gave no usable description.
 _UNPARSED = {"unparseable", "empty", "error"}
 
@@ -770,7 +772,7 @@ def description_flags(explanations: pd.DataFrame) -> pd.Series:
     - ``repeated``: the same text (:func:`normalized_description`) describes two or more features
       of the same variant in the table (rule variants included: their template says the same
       thing about features with the same tokens);
-    - ``degenerate``: one character or word repeated many times.
+    - ``degenerate``: one character or word repeated many times (outside quoted tokens).
 
     An empty tuple means no check fired; it says nothing about whether the description is right.
     """
@@ -804,7 +806,7 @@ def description_flags(explanations: pd.DataFrame) -> pd.Series:
             row.append("placeholder")
         if ok and (variant, text) in repeated:
             row.append("repeated")
-        if ok and _RUNAWAY.search(str(raw)):
+        if ok and _RUNAWAY.search(_QUOTED.sub('""', str(raw))):
             row.append("degenerate")
         flags.append(tuple(row))
     return pd.Series(flags, index=explanations.index, dtype=object)
