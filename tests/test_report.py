@@ -579,3 +579,168 @@ def test_descriptions_page_lists_features_without_a_page(tmp_path):
     html = page.read_text(encoding="utf-8")
     assert sorted(_cells(page)) == [0, 1]
     assert 'href="feature000000.html"' in html and 'href="feature000001.html"' not in html
+
+
+# --- what the numbers are worth, rendered --------------------------------------------------------
+
+
+def _worth_frames() -> ModelFrames:
+    """A model whose cells rest on one feature (n=1), with a placeholder description written by
+    the embedded 135M explainer, clusters on one layer, and eight layers of scores (a grid wider
+    than the page)."""
+    layers = list(range(8))
+    evaluation = [
+        evaluation_row(
+            layer,
+            0,
+            "maxact",
+            "feature_fire(s)" if layer == 0 else f"words about topic {layer}",
+            clarity=0.78,
+            responsiveness=0.5,
+            purity=0.6,
+            faithfulness=(None, "gated"),
+        )
+        for layer in layers
+    ]
+    for frame_row in evaluation:
+        frame_row["llm_model"] = "smollm2"
+    weightlens = [weightlens_row(layer, f, validated=[11]) for layer in layers for f in (0, 1)]
+    explanations = [
+        {
+            "layer": layer,
+            "feature": 0,
+            "variant": "maxact",
+            "cluster": -1,
+            "is_final": True,
+            "step": "describe",
+            "n_clusters": 0,
+            "description": "feature_fire(s)" if layer == 0 else f"words about topic {layer}",
+            "prompt_version": "explain_v1",
+            "llm_model": "smollm2",
+            "parse_status": "ok",
+        }
+        for layer in layers
+    ]
+    # a runaway answer: one unbroken 600-character word (it must not widen the page)
+    explanations.append(dict(explanations[1], variant="cl_full", description="=" * 600))
+    clusters = [
+        {"layer": 0, "feature": 0, "cluster": 0, "status": "clustered", "n_clusters": 1,
+         "n_samples": 3, "n_feature_samples": 4, "share": 0.75, "method": "hdbscan"},
+        {"layer": 0, "feature": 0, "cluster": -1, "is_noise": True, "status": "clustered",
+         "n_clusters": 1, "n_samples": 1, "n_feature_samples": 4, "share": 0.25,
+         "method": "hdbscan"},
+    ]  # fmt: skip
+    return ModelFrames(
+        model=MODEL,
+        weightlens=schema_frame(WEIGHTLENS_SCHEMA, weightlens),
+        evaluation=schema_frame(FADE_EVALUATION_SCHEMA, evaluation),
+        explanations=schema_frame(EXPLANATIONS_SCHEMA, explanations),
+        clusters=schema_frame(CLUSTERS_SCHEMA, clusters),
+    )
+
+
+@pytest.fixture(scope="module")
+def worth_report(tmp_path_factory) -> Path:
+    return build_report([_worth_frames()], tmp_path_factory.mktemp("worth"), n_boot=50)
+
+
+def test_cells_of_one_feature_show_n_and_no_ci(worth_report):
+    index = worth_report.read_text(encoding="utf-8")
+    grid = index[index.index("metric-table") : index.index("</table>", index.index("metric-table"))]
+    assert grid.count("n=1") >= 8 * 3  # every scored cell (8 layers x 3 metrics) names its n
+    assert "[0.78, 0.78]" not in grid and "0.78" in grid  # the mean without a collapsed CI
+    assert "no CI" in grid
+
+
+def test_placeholder_descriptions_are_flagged_never_ok(worth_report):
+    page = (worth_report.parent / feature_page_path(MODEL, 0, 0)).read_text(encoding="utf-8")
+    assert "feature_fire(s)" in page and "flags: placeholder" in page
+    assert '<span class="flag" title="quality flag">placeholder</span>' in page
+    assert ", ok" not in page and ">ok<" not in page
+    clean = (worth_report.parent / feature_page_path(MODEL, 3, 0)).read_text(encoding="utf-8")
+    assert "no quality flag raised" in clean
+    layer0 = (worth_report.parent / descriptions_page_path(MODEL, 0)).read_text(encoding="utf-8")
+    assert "placeholder" in layer0
+
+
+def test_index_names_the_llm_and_explains_the_scores(worth_report):
+    index = worth_report.read_text(encoding="utf-8")
+    assert "Explainer (LLM-written descriptions): <code>smollm2</code>" in index
+    assert "Rater (FADE): <code>smollm2</code>" in index
+    assert 'class="warning"' in index and "embedded SmolLM2-135M" in index
+    assert "WeightLens AUROC and precision." in index  # next to the score grid
+    assert "Cluster coverage" in index and "coverage-table" in index
+    assert "50.0%" in index  # 1 of the 2 features of layer 0 was clustered
+    assert "paper (share token-based)" in index
+
+
+def test_no_llm_warning_for_a_capable_model(tmp_path):
+    frames = _worth_frames()
+    for table in (frames.evaluation, frames.explanations):
+        table["llm_model"] = "Qwen2.5-7B-Instruct"
+    index = build_report([frames], tmp_path, n_boot=20).read_text(encoding="utf-8")
+    assert "<code>Qwen2.5-7B-Instruct</code>" in index and 'class="warning"' not in index
+
+
+#: Run in the page: every table of <main> must end inside <main>, or scroll inside a box that
+#: does (itself or an ancestor with overflow-x); the page itself must not scroll sideways. The result goes into <body data-layout>.
+_LAYOUT_CHECK = """<script>
+window.addEventListener('load', () => {
+  const main = document.querySelector('main').getBoundingClientRect();
+  const tables = [...document.querySelectorAll('main table')];
+  const box = t => {  // the table's scrolling box: itself or an ancestor with overflow-x
+    for (let e = t; e && e.tagName !== 'MAIN'; e = e.parentElement) {
+      if (['auto', 'scroll'].includes(getComputedStyle(e).overflowX)) return e;
+    }
+    return t;
+  };
+  const out = tables.filter(t => box(t).getBoundingClientRect().right > main.right + 1)
+    .map(t => t.className || t.parentElement.className);
+  const scrolling = tables.filter(t => box(t).scrollWidth > box(t).clientWidth + 1)
+    .map(t => t.className);
+  document.body.setAttribute('data-layout', JSON.stringify({
+    tables: tables.length, outside: out, scrolling: scrolling,
+    page_scrolls: document.documentElement.scrollWidth > window.innerWidth + 1}));
+});
+</script>"""
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="/usr/bin/chromium is absent (Debian package `chromium`); the browser check needs it",
+)
+def test_worth_report_in_headless_chromium_at_1400px(worth_report, tmp_path):
+    import html as html_lib
+    import json
+
+    pages = {
+        "index": worth_report,
+        "feature": worth_report.parent / feature_page_path(MODEL, 0, 0),
+        "runaway feature": worth_report.parent / feature_page_path(MODEL, 1, 0),
+        "descriptions": worth_report.parent / descriptions_page_path(MODEL, 1),
+    }
+    for name, page in pages.items():
+        probe = page.with_name(f"probe-{page.name}")
+        probe.write_text(
+            page.read_text(encoding="utf-8").replace("</body>", _LAYOUT_CHECK + "</body>"),
+            encoding="utf-8",
+        )
+        dom = _chromium(
+            ["--window-size=1400,1000", "--virtual-time-budget=5000", "--dump-dom",
+             probe.resolve().as_uri()],
+            tmp_path / f"profile-{name.replace(' ', '-')}",
+        )  # fmt: skip
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        found = re.search(r'data-layout="([^"]*)"', dom.stdout)
+        assert found, f"{name}: the layout check did not run"
+        layout = json.loads(html_lib.unescape(found.group(1)))
+        assert layout["tables"] > 0
+        assert layout["outside"] == [], f"{name}: tables reach outside their box: {layout}"
+        assert not layout["page_scrolls"], f"{name}: the page scrolls sideways"
+        if name == "index":
+            # the eight-layer grid is wider than the page: it scrolls inside its box
+            assert any("metric-table" in c for c in layout["scrolling"]), layout
+            assert "no CI" in dom.stdout and "n=1" in dom.stdout
+            assert "embedded SmolLM2-135M" in dom.stdout
+        if name == "feature":
+            assert "placeholder" in dom.stdout and "feature_fire(s)" in dom.stdout

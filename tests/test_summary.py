@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +245,9 @@ def test_metric_table_means_counts_and_missing():
     assert faith["n"] == 0 and math.isnan(faith["mean"]) and math.isnan(faith["ci_low"])
     assert faith["missing_reasons"] == "gated: 5"
     single = stats.query("variant == 'cl_full' and metric == 'faithfulness'").iloc[0]
-    assert (single["n"], single["ci_low"], single["ci_high"]) == (1, 0.3, 0.3)
+    # one feature: its mean and n, no CI (fewer than MIN_FEATURES_FOR_CI features)
+    assert (single["n"], single["mean"]) == (1, 0.3)
+    assert math.isnan(single["ci_low"]) and math.isnan(single["ci_high"])
     # LLM-free cell of layer 3: 4 values (0.9, 0.7, 0.8, 0.6), 2 missing
     wl = stats.query("variant == @LLM_FREE_VARIANT and layer == 3 and metric == 'weightlens_auroc'")
     assert wl.iloc[0]["mean"] == pytest.approx(0.75) and wl.iloc[0]["n"] == 4
@@ -296,7 +299,7 @@ def test_metric_grid_in_paper_form():
     assert set(grid.columns.get_level_values("metric")) == set(METRICS)
     cell = grid.loc["maxact", (3, "clarity")]
     assert cell.startswith("0.50 [") and "(n=4, 1 missing)" in cell
-    assert grid.loc["cl_full", (5, "clarity")] == "\u2014"  # no row at all
+    assert grid.loc["cl_full", (5, "clarity")] == "\u2014 (n=0)"  # no row at all
     markdown = metric_grid_markdown(stats)
     lines = markdown.strip().splitlines()
     assert len(lines) == 2 + len(grid)
@@ -469,3 +472,128 @@ def test_metric_table_counts_degenerate_features_as_fade_does():
     assert "(n=4, 2 degenerate as 0)" in grid.loc["maxact", (2, "responsiveness")]
     assert "(n=3, 1 degenerate as 0, 1 missing)" in grid.loc["maxact", (2, "clarity")]
     pa.Table.from_pandas(stats.reset_index(), schema=METRIC_TABLE_SCHEMA, preserve_index=False)
+# --- what the numbers are worth: n, CI only from 3 features, description flags ------------------
+
+
+def test_no_ci_below_three_features_and_n_on_every_cell():
+    from circuit_insights.report.summary import MIN_FEATURES_FOR_CI
+
+    rows = [evaluation_row(0, f, "maxact", clarity=0.1 * (f + 1)) for f in range(4)]
+    rows += [evaluation_row(0, f, "cl_full", clarity=0.2 + 0.3 * f) for f in range(2)]
+    rows += [evaluation_row(1, 0, "cl_full", clarity=0.6)]
+    summary = summarize_model(schema_frame(FADE_EVALUATION_SCHEMA, rows), None, model="m")
+    stats = metric_table(summary, n_boot=200, seed=0)
+    clarity = stats[stats["metric"] == "clarity"]
+    for row in clarity.itertuples():
+        has_ci = math.isfinite(row.ci_low) and math.isfinite(row.ci_high)
+        assert has_ci == (row.n >= MIN_FEATURES_FOR_CI), row
+    grid = metric_grid(stats)
+    assert grid.loc["cl_full", (1, "clarity")] == "0.60 (n=1; too few for a CI)"
+    assert grid.loc["cl_full", (0, "clarity")].startswith("0.35 (n=2")
+    assert "[" in grid.loc["maxact", (0, "clarity")] and "n=4" in grid.loc["maxact", (0, "clarity")]
+    html = str(metric_grid_html(stats))
+    grid_shape = metric_grid(stats).shape  # (variants, layer x metric columns)
+    cells = [c for c in re.findall(r"<td>(.*?)</td>", html) if c not in set(grid.index)]
+    assert len(cells) == grid_shape[0] * grid_shape[1]
+    assert all("n=" in c for c in cells)  # n on every cell, maxact's empty layer 1 too (n=0)
+    assert html.count("no CI") == 2  # the n=1 and n=2 cells
+    assert "[0.60, 0.60]" not in html and "[0.20, 0.50]" not in html
+
+
+def test_plots_draw_error_bars_only_from_three_features(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    drawn: list[np.ndarray] = []
+    original = Axes.errorbar
+
+    def spy(self, x, y, *args, **kwargs):
+        drawn.append(np.asarray(y))
+        assert kwargs.get("linestyle") == "none"  # no line joins the layers
+        return original(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "errorbar", spy)
+    rows = [evaluation_row(0, f, "maxact", clarity=0.25 * f) for f in range(4)]
+    rows += [evaluation_row(1, 0, "maxact", clarity=0.9)]
+    summary = summarize_model(schema_frame(FADE_EVALUATION_SCHEMA, rows), None, model="m")
+    stats = metric_table(summary, n_boot=100)
+    written = plot_metrics(stats[stats["metric"] == "clarity"], tmp_path)
+    assert written["clarity"].read_bytes()[:8] == PNG_MAGIC
+    assert len(drawn) == 1 and drawn[0].tolist() == [pytest.approx(0.375)]  # layer 0 only
+
+
+def test_description_flags():
+    from circuit_insights.report.summary import description_flags, flag_counts
+
+    frame = pd.DataFrame(
+        [
+            ("maxact", 0, "feature_fire(s)", "ok"),
+            ("maxact", 1, "Fires on the word 'Paris' and other French city names.", "ok"),
+            ("maxact", 2, "fires on the word 'paris' and other French city names", "ok"),
+            ("maxact", 3, None, "unparseable"),
+            ("maxact", 4, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "ok"),
+            ("maxact", 5, '{"description": "..."}', "ok"),
+            ("maxact", 6, "A closing parenthesis after a year, as in (1998).", "ok"),
+            ("cl_full", 1, "Fires on the word 'Paris' and other French city names.", "ok"),
+            ("cl_full", 7, "the <description> of the feature", "ok"),
+            (
+                "weightlens",
+                8,
+                'Fires on "just", " Just", " JUST", "JUST", " juste", "just" and "=============="',
+                "ok",
+            ),
+            ("cl_input", 9, "the the the the the the the", "ok"),
+        ],
+        columns=["variant", "feature", "description", "parse_status"],
+    )
+    flags = description_flags(frame).tolist()
+    assert flags[0] == ("placeholder",)
+    assert flags[1] == flags[2] == ("repeated",)  # same text, two features, one variant
+    assert flags[3] == ("unparseable",)
+    assert flags[4] == ("degenerate",)
+    assert flags[5] == ("placeholder",)
+    assert flags[6] == ()  # nothing fired: a clean description (not "ok")
+    assert flags[7] == ()  # the same text in another variant is not a repeat
+    assert flags[8] == ("placeholder",)
+    assert flags[9] == ()  # quoted tokens, case variants of one word: data, not a runaway
+    assert flags[10] == ("degenerate",)
+    counts = flag_counts(frame).set_index("variant")
+    assert counts.loc["maxact", "n"] == 6 and counts.loc["maxact", "repeated"] == 2
+    assert counts.loc["maxact", "placeholder"] == 2 and counts.loc["cl_full", "placeholder"] == 1
+
+
+def test_small_embedded_llm_names():
+    from circuit_insights.report.summary import is_small_embedded_llm
+
+    assert is_small_embedded_llm("smollm2") and is_small_embedded_llm("SmolLM2-135M-Instruct")
+    assert not is_small_embedded_llm("Qwen/Qwen2.5-7B-Instruct")
+    assert not is_small_embedded_llm("smollm2-1.7b") and not is_small_embedded_llm(None)
+
+
+def test_cluster_coverage_per_layer():
+    from circuit_insights.report.summary import cluster_coverage
+
+    def row(layer, feature, cluster, n_samples, n_clusters, status="clustered"):
+        return {
+            "layer": layer,
+            "feature": feature,
+            "cluster": cluster,
+            "n_samples": n_samples,
+            "n_clusters": n_clusters,
+            "status": status,
+        }
+
+    clusters = pd.DataFrame(
+        [
+            row(3, 0, 0, 6, 2),
+            row(3, 0, 1, 2, 2),
+            row(3, 0, -1, 2, 2),
+            row(3, 1, -1, 10, 0, "all_noise"),
+            row(5, 2, 0, 4, 1),
+        ]
+    )
+    coverage = cluster_coverage(clusters).set_index("layer")
+    assert coverage.loc[3, "n_features"] == 2 and coverage.loc[3, "n_features_clustered"] == 1
+    assert coverage.loc[3, "clusters_per_feature"] == pytest.approx(1.0)
+    assert coverage.loc[3, "noise_share"] == pytest.approx(12 / 20)
+    assert coverage.loc[3, "share_all_noise"] == pytest.approx(0.5)
+    assert coverage.loc[5, "noise_share"] == 0

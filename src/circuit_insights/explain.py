@@ -1,4 +1,4 @@
-"""Feature descriptions, every variant of the paper from the same inputs (METHOD.md §5).
+"""Feature descriptions, every variant of the paper from the same inputs (docs/method.md).
 
 Variants (the ``variant`` column, also the FADE variant names):
 
@@ -40,7 +40,8 @@ import pandas as pd
 from circuit_insights.data.io import write_parquet_atomic
 from circuit_insights.data.schemas import EXPLANATIONS_SCHEMA
 from circuit_insights.errors import InputError
-from circuit_insights.llm.client import ChatRequest, ChatResult, LLMBackend
+from circuit_insights.llm.client import ChatRequest, ChatResult, LLMBackend, iter_results
+from circuit_insights.pipeline.logs import Progress
 from circuit_insights.weightlens import TokenDisplay
 
 __all__ = [
@@ -856,6 +857,7 @@ def _ask(
     keyed: Sequence[tuple[RequestKey, ChatRequest]],
     config: ExplainConfig,
     model: str,
+    step: str = "describe",
 ) -> list[tuple[RequestKey, ChatRequest, ChatResult]]:
     """Send the requests; an answer that ``max_tokens`` cut before its JSON closed is asked once
     more with ``config.retry_max_tokens`` (when larger), and the second answer is kept with its
@@ -864,16 +866,36 @@ def _ask(
     if not keyed or backend is None:
         return []
 
-    def send(requests: list[ChatRequest]) -> list[ChatResult]:
-        results = backend.chat_many(requests)
-        if len(results) != len(requests):
+    def send(requests: list[ChatRequest], features: list[int], what: str) -> list[ChatResult]:
+        """Results in request order; a progress line about every 30 s (requests and features
+        done, the server's prompt and completion tokens per second)."""
+        left = {f: features.count(f) for f in features}
+        got: dict[int, ChatResult] = {}
+        with Progress(
+            f"explain {what} ({model})",
+            len(requests),
+            unit="requests",
+            totals={"features": len(left)},
+        ) as progress:
+            for index, result in iter_results(backend, requests):
+                got[index] = result
+                left[features[index]] -= 1
+                progress.update(
+                    1,
+                    features=int(left[features[index]] == 0),
+                    prompt_tokens=int(result.tokens_in or 0),
+                    completion_tokens=int(result.tokens_out or 0),
+                )
+        results = [got[i] for i in sorted(got)]
+        if len(results) != len(requests) or sorted(got) != list(range(len(requests))):
             raise InputError(
                 f"LLM backend {model!r} returned {len(results)} results for {len(requests)} requests"
             )
         return results
 
     requests = [r for _, r in keyed]
-    results = send(requests)
+    features = [key.feature for key, _ in keyed]
+    results = send(requests, features, f"{step} requests")
     cut = [
         i
         for i, (request, result) in enumerate(zip(requests, results, strict=True))
@@ -883,7 +905,8 @@ def _ask(
     ]
     if cut:
         again = [replace(requests[i], max_tokens=config.retry_max_tokens) for i in cut]
-        for i, request, result in zip(cut, again, send(again), strict=True):
+        retried = send(again, [features[i] for i in cut], f"{step} retries")
+        for i, request, result in zip(cut, again, retried, strict=True):
             requests[i], results[i] = request, result
     return [(key, r, res) for (key, _), r, res in zip(keyed, requests, results, strict=True)]
 
@@ -1011,7 +1034,7 @@ def explain_shard(
                     )
                 )
         merge.extend(build_merge_requests(feature_inputs, variant, ok, config))
-    for key, request, result in _ask(backend, merge, config, model):
+    for key, request, result in _ask(backend, merge, config, model, "merge"):
         inputs = feature_inputs[key.feature]
         rows.append(
             _answered_row(inputs, key, request, result, n_described(inputs, key.variant), model)

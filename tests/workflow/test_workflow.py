@@ -353,6 +353,28 @@ def test_explanations_come_from_a_real_vllm_server_that_is_gone_after_the_run(re
     assert final["description"].notna().sum() >= len(final) // 2
     assert not (results / ".llm" / "server.json").exists()
     assert _server_processes() == []
+    # every explain job that asked the LLM logged a progress line within its first minute (the
+    # requests' count, rate and ETA, or the wait for the vLLM server the first job starts)
+    markers = ("circuit_insights.progress: explain ", "waiting for the vLLM server")
+    delays = _first_progress_delays(results, "explain", markers)
+    assert delays and all(delay <= 60 for delay in delays), delays
+
+
+def _first_progress_delays(results: Path, rule: str, markers: tuple[str, ...]) -> list[float]:
+    """Seconds from a job log's first line to its first line containing one of ``markers``, for
+    every log of ``rule`` (of the CI layer) that has one; log lines start with ``%(asctime)s``."""
+    from datetime import datetime
+
+    def stamp(line: str) -> datetime:
+        return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+    delays = []
+    for log in sorted((results / "logs" / MODEL / f"layer{LAYER}" / rule).glob("*.log")):
+        lines = [line for line in log.read_text().splitlines() if line[:2] == "20"]
+        marked = [line for line in lines if any(m in line for m in markers)]
+        if marked:
+            delays.append((stamp(marked[0]) - stamp(lines[0])).total_seconds())
+    return delays
 
 
 def test_fade_scores_for_every_evaluated_variant(results):

@@ -1,5 +1,5 @@
 # FADE scores per (model, layer, shard, variant): Clarity, Responsiveness, Purity, Faithfulness of
-# each explained feature's description, rated by the same LLM (METHOD.md section 6).
+# each explained feature's description, rated by the same LLM (docs/fade.md).
 
 
 rule evaluate:

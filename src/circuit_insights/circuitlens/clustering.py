@@ -1,4 +1,4 @@
-"""CircuitLens clustering of a feature's samples by the circuits that make it fire (METHOD.md §4).
+"""CircuitLens clustering of a feature's samples by the circuits that make it fire (docs/method.md).
 
 Per (feature, sample), the *contribution set* is the set of significant contributors that the
 attribution stage kept (``circuit_insights.circuitlens.attribution``; ``ATTRIBUTION_CONTRIBUTIONS_SCHEMA``):

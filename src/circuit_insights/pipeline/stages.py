@@ -21,6 +21,7 @@ from circuit_insights.data.shards import Shard
 from circuit_insights.errors import InputError
 from circuit_insights.models.adapters import SubjectModel, adapter_for
 from circuit_insights.pipeline import paths
+from circuit_insights.pipeline.logs import Progress
 from circuit_insights.transcoders.base import Transcoder
 
 log = logging.getLogger(__name__)
@@ -140,16 +141,21 @@ def mlp_pairs(
 # --- transcoders -----------------------------------------------------------------------------
 
 
-def mean_next_token_loss(model: SubjectModel, tokens: np.ndarray, batch_size: int) -> float:
-    """Mean cross-entropy of next-token prediction over ``tokens`` (n, pos), BOS not predicted."""
+def mean_next_token_loss(
+    model: SubjectModel, tokens: np.ndarray, batch_size: int, progress: Progress | None = None
+) -> float:
+    """Mean cross-entropy of next-token prediction over ``tokens`` (n, pos), BOS not predicted;
+    ``progress`` counts the contexts done."""
     total, count = 0.0, 0
-    for _, ids in iter_context_batches(tokens, np.arange(len(tokens)), batch_size):
+    for batch_ids, ids in iter_context_batches(tokens, np.arange(len(tokens)), batch_size):
         logits = model.logits(ids)  # (batch, pos, vocab)
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
         )
         total += float(loss)
         count += ids[:, 1:].numel()
+        if progress is not None:
+            progress.update(len(batch_ids))
     return total / count
 
 
@@ -157,15 +163,18 @@ def spliced_loss_report(
     model: SubjectModel, transcoder: Transcoder, layer: int, tokens: np.ndarray, batch_size: int
 ) -> dict[str, float]:
     """Next-token loss of the model, with the transcoder spliced in, and with the MLP zeroed."""
-    clean = mean_next_token_loss(model, tokens, batch_size)
-    with model.splice({layer: transcoder}):
-        spliced = mean_next_token_loss(model, tokens, batch_size)
-    mlp = model.block_part(layer, "mlp")
-    handle = mlp.register_forward_hook(lambda _m, _a, output: torch.zeros_like(output))
-    try:
-        ablated = mean_next_token_loss(model, tokens, batch_size)
-    finally:
-        handle.remove()
+    with Progress(
+        f"spliced-loss report layer {layer}", 3 * len(tokens), unit="contexts", logger=log
+    ) as progress:
+        clean = mean_next_token_loss(model, tokens, batch_size, progress)
+        with model.splice({layer: transcoder}):
+            spliced = mean_next_token_loss(model, tokens, batch_size, progress)
+        mlp = model.block_part(layer, "mlp")
+        handle = mlp.register_forward_hook(lambda _m, _a, output: torch.zeros_like(output))
+        try:
+            ablated = mean_next_token_loss(model, tokens, batch_size, progress)
+        finally:
+            handle.remove()
     recovered = (ablated - spliced) / (ablated - clean) if ablated != clean else math.nan
     return {
         "loss_clean": clean,

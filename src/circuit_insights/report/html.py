@@ -83,6 +83,8 @@ _CONTRIBUTION_COLUMNS = [
 ]
 
 _LAYER_DIR = re.compile(r"^layer(\d+)$")
+#: Columns of the clusters tables the coverage table reads.
+_COVERAGE_COLUMNS = ["layer", "feature", "cluster", "is_noise", "n_samples", "n_clusters", "status"]
 _DASH = "\u2014"
 
 
@@ -619,13 +621,20 @@ def _weightlens_view(
     }
 
 
+def _flags_text(flags: Sequence[str]) -> str:
+    return "flags: " + ", ".join(flags) if flags else "no quality flag raised"
+
+
 def _description_view(
     variants: Sequence[str],
     explanations: pd.DataFrame | None,
     evaluation: pd.DataFrame | None,
     weightlens: Mapping[str, Any] | None,
+    flags: Mapping[str, Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The final description of every variant, or why there is none."""
+    """The final description of every variant, or why there is none; ``flags``: variant -> the
+    quality flags of its final description (``summary.description_flags``), shown in its status
+    instead of a plain parse status."""
     final: dict[str, Mapping[str, Any]] = {}
     if explanations is not None and len(explanations):
         rows = explanations[explanations["cluster"].astype(int) < 0]
@@ -640,11 +649,14 @@ def _description_view(
         row = final.get(variant)
         description = _text(row.get("description")) if row is not None else None
         status = None
+        own_flags = list((flags or {}).get(variant, ()))
         if row is not None:
-            status = _text(row.get("parse_status"))
+            parse_status = _text(row.get("parse_status"))
             step = _text(row.get("step"))
             error = _text(row.get("error"))
-            parts = [p for p in (step, status, error) if p]
+            quality = _flags_text(own_flags) if description else None
+            shown = parse_status if parse_status not in (None, "ok") else None
+            parts = [p for p in (step, shown, quality, error) if p]
             status = ", ".join(parts) if parts else None
         if description is None and variant in evaluated:
             description = _text(evaluated[variant].get("description"))
@@ -656,7 +668,9 @@ def _description_view(
                 status = "WeightLens table"
         if description is None and status is None:
             status = "no explanation row for this feature"
-        out.append({"variant": variant, "description": description, "status": status})
+        out.append(
+            {"variant": variant, "description": description, "status": status, "flags": own_flags}
+        )
     return out
 
 
@@ -910,6 +924,10 @@ class _ModelPlan:
     slug: str
     chosen: dict[int, list[int]] = field(default_factory=dict)
     hidden: dict[int, int] = field(default_factory=dict)
+    #: Every clusters row of the model (the coverage table), not only the features with a page.
+    all_clusters: pd.DataFrame | None = None
+    #: (layer, feature) -> variant -> quality flags of the final description.
+    flags: dict[tuple[int, int], dict[str, tuple[str, ...]]] = field(default_factory=dict)
 
 
 def _as_frames(source: Any) -> list[ModelFrames]:
@@ -1008,6 +1026,7 @@ def _feature_page(
         explanations,
         evaluation,
         wl,
+        plan.flags.get(key, {}),
     )
     return {
         "root": "../../",
@@ -1129,6 +1148,9 @@ def build_report(
             )
             plan = new_plan(light)
             plan.chosen, plan.hidden = chosen, hidden
+            plan.all_clusters = read_stage(
+                results, model, "clusters", columns=_COVERAGE_COLUMNS, stage_dirs=stage_dirs
+            )
             plans.append(plan)
         source_label = str(results)
     else:
@@ -1144,6 +1166,7 @@ def build_report(
                     keys.setdefault(layer, set()).update(features)
             explained = _feature_keys([frames.evaluation, _llm_rows(frames.explanations)])
             plan.chosen, plan.hidden = _choose_features(keys, max_features, first=explained)
+            plan.all_clusters = frames.clusters
             plans.append(plan)
         source_label = "frames given in memory"
 
@@ -1182,7 +1205,9 @@ def _descriptions_pages(
     for layer in sorted({layer for layer, _ in by_key}):
         rows = []
         for feature in sorted(f for lay, f in by_key if lay == layer):
-            cells = _description_view(variants, by_key[(layer, feature)], None, None)
+            cells = _description_view(
+                variants, by_key[(layer, feature)], None, None, plan.flags.get((layer, feature))
+            )
             rows.append(
                 {
                     "feature": feature,
@@ -1215,6 +1240,66 @@ def _descriptions_pages(
     return links
 
 
+def _final_flags(
+    explanations: pd.DataFrame | None,
+) -> dict[tuple[int, int], dict[str, tuple[str, ...]]]:
+    """(layer, feature) -> variant -> the quality flags of its final description, judged over
+    every final description of the model (repeats count across all its features)."""
+    if explanations is None or explanations.empty:
+        return {}
+    final = explanations[explanations["cluster"].astype(int) < 0]
+    if "is_final" in final.columns:
+        final = final[final["is_final"].astype(bool)]
+    flags = summ.description_flags(final)
+    out: dict[tuple[int, int], dict[str, tuple[str, ...]]] = {}
+    for layer, feature, variant, own in zip(
+        final["layer"].astype(int),
+        final["feature"].astype(int),
+        final["variant"].astype(str),
+        flags,
+        strict=True,
+    ):
+        out.setdefault((int(layer), int(feature)), {})[variant] = tuple(own)
+    return out
+
+
+def _llm_names(frame: pd.DataFrame | None) -> list[str]:
+    if frame is None or frame.empty or "llm_model" not in frame.columns:
+        return []
+    names = {str(v) for v in frame["llm_model"].dropna().unique() if str(v).strip()}
+    return sorted(names - {"rule"})
+
+
+def _llm_view(frames: ModelFrames) -> dict[str, Any]:
+    """The explainer (LLM-written explanation rows) and rater (evaluation rows) models, and
+    whether either is the embedded SmolLM2-135M."""
+    explainers = _llm_names(_llm_rows(frames.explanations))
+    raters = _llm_names(frames.evaluation)
+    return {
+        "explainers": explainers,
+        "raters": raters,
+        "small": [
+            n for n in sorted(set(explainers) | set(raters)) if summ.is_small_embedded_llm(n)
+        ],
+    }
+
+
+def _coverage_view(plan: _ModelPlan) -> Any:
+    """The cluster-coverage table of a model (None without clusters)."""
+    clusters = plan.all_clusters
+    if clusters is None or clusters.empty:
+        return None
+    coverage = summ.cluster_coverage(clusters)
+    weightlens = plan.frames.weightlens
+    n_features: dict[int, int] = {}
+    if weightlens is not None and len(weightlens):
+        n_features = {
+            int(layer): int(part["feature"].nunique())
+            for layer, part in weightlens.groupby("layer")
+        }
+    return summ.coverage_html(coverage, n_features)
+
+
 def _render_model(
     plan: _ModelPlan,
     out: Path,
@@ -1240,6 +1325,7 @@ def _render_model(
     shares = pd.read_parquet(written["token_based_shares"])
     missing = summ.missing_table(summary)
     variants = _model_variants(frames)
+    plan.flags = _final_flags(frames.explanations)
     scores = _scores_by_feature(summary)
     display = TokenDisplay(frames.tokenizer) if frames.tokenizer is not None else None
     corpus = _Corpus(frames.context_ids, frames.tokens, display or TokenDisplay(None))
@@ -1271,9 +1357,17 @@ def _render_model(
             _write_page(out / feature_page_path(plan.slug, layer, feature), "feature.html", context)
     descriptions = _descriptions_pages(plan, out, page_exists)
     prefix = f"{plan.slug}/summary/"
+    coverage = _coverage_view(plan)
+    counts = summ.flag_counts(frames.explanations) if frames.explanations is not None else None
     return {
         "name": frames.model,
         "slug": plan.slug,
+        "llm": _llm_view(frames),
+        "coverage": coverage,
+        "flag_counts": summ.flag_counts_html(counts)
+        if counts is not None and len(counts)
+        else None,
+        "min_ci": summ.MIN_FEATURES_FOR_CI,
         "metric_grid": summ.metric_grid_html(stats),
         "shares": summ.shares_html(shares) if len(shares) else None,
         "missing": summ.missing_html(missing) if len(missing) else None,

@@ -51,10 +51,19 @@ __all__ = [
     "LLM_FREE_METRICS",
     "LLM_FREE_VARIANT",
     "METRICS",
+    "MIN_FEATURES_FOR_CI",
     "NO_WEIGHTLENS_RESULT",
     "PAPER_SCORES",
     "PAPER_TOKEN_SHARES",
+    "DESCRIPTION_FLAGS",
     "bootstrap_ci",
+    "cluster_coverage",
+    "coverage_html",
+    "description_flags",
+    "flag_counts",
+    "flag_counts_html",
+    "is_small_embedded_llm",
+    "normalized_description",
     "html_document",
     "html_table",
     "markdown_table",
@@ -88,12 +97,15 @@ METRICS: tuple[str, ...] = FADE_METRICS + LLM_FREE_METRICS
 NO_WEIGHTLENS_RESULT = "no_weightlens_result"
 #: Reason of a NaN value whose table gave no reason.
 NO_REASON_GIVEN = "no_reason_given"
+#: Fewest features a cell needs for a bootstrap CI (and an error bar in the plots): with one or
+#: two values, resampling gives back the values themselves, not an interval worth showing.
+MIN_FEATURES_FOR_CI = 3
 
 #: Display order of the explanation variants: the paper's (``explain.VARIANTS``); others follow
 #: alphabetically.
 _VARIANT_ORDER: tuple[str, ...] = VARIANTS
 
-#: Share of features WeightLens validates, as reported in the paper (METHOD.md §7, secondhand):
+#: Share of token-based features, as reported in the paper (secondhand; docs/method.md):
 #: family -> (the paper's model, share).
 PAPER_TOKEN_SHARES: dict[str, tuple[str, float]] = {
     "gemma": ("Gemma-2-2B", 0.327),
@@ -101,7 +113,7 @@ PAPER_TOKEN_SHARES: dict[str, tuple[str, float]] = {
     "llama": ("Llama-3.2-1B", 0.254),
 }
 
-#: FADE figures of the paper (METHOD.md §7, secondhand; Gemma-2-2B transcoders):
+#: FADE figures of the paper (secondhand; Gemma-2-2B transcoders; docs/method.md):
 #: (method, setting, layer, metric, value). ``neuronpedia`` is not a variant of this project.
 PAPER_SCORES: tuple[tuple[str, str, int, str, float], ...] = (
     ("weightlens", "", 18, "clarity", 0.80),
@@ -342,7 +354,8 @@ def metric_table(
     ``n_degenerate``: how many of ``n`` are such features (their ``reason`` stays in the
     summary); ``n_missing``: features left out of the mean,
     ``missing_reasons`` their reasons with counts (``"gated: 3; no_rated_0: 1"``). ``mean``,
-    ``ci_low``, ``ci_high`` are NaN when ``n`` is 0. The bootstrap resamples features within the
+    ``ci_low``, ``ci_high`` are NaN when ``n`` is 0; ``ci_low``, ``ci_high`` are NaN when ``n`` is
+    below :data:`MIN_FEATURES_FOR_CI`. The bootstrap resamples features within the
     cell (:func:`bootstrap_ci`), seeded per cell from ``seed`` and the cell's key.
     """
     _require(summary, ["model", "layer", "feature", "variant", "metric", "value"], "summary")
@@ -359,6 +372,8 @@ def metric_table(
         low, high = bootstrap_ci(
             present, n_boot, _cell_seed(seed, model, variant, layer, metric), confidence
         )
+        if len(present) < MIN_FEATURES_FOR_CI:
+            low = high = math.nan
         missing_reasons = cell.loc[~finite, "reason"].fillna(NO_REASON_GIVEN)
         rows.append(
             {
@@ -427,12 +442,19 @@ def _number(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if math.isfinite(value) else _DASH
 
 
+def _has_ci(row: Mapping[str, Any]) -> bool:
+    """Whether a cell rests on enough features for its CI to be shown."""
+    return int(row["n"]) >= MIN_FEATURES_FOR_CI and math.isfinite(float(row["ci_low"]))
+
+
 def _cell_text(row: Mapping[str, Any], digits: int) -> str:
     missing = f", {int(row['n_missing'])} missing" if int(row["n_missing"]) else ""
     degenerate = int(row.get("n_degenerate", 0) or 0)
     missing = (f", {degenerate} degenerate as 0" if degenerate else "") + missing
     if int(row["n"]) == 0:
         return f"{_DASH} (n=0{missing})"
+    if not _has_ci(row):
+        return f"{_number(row['mean'], digits)} (n={int(row['n'])}{missing}; too few for a CI)"
     ci = f"[{_number(row['ci_low'], digits)}, {_number(row['ci_high'], digits)}]"
     return f"{_number(row['mean'], digits)} {ci} (n={int(row['n'])}{missing})"
 
@@ -444,7 +466,8 @@ def _row_label(model: str, variant: str, several_models: bool) -> str:
 def metric_grid(stats: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
     """:func:`metric_table` in the paper's form: one row per variant (``model / variant`` when
     there are several models), columns a (layer, metric) MultiIndex, cells
-    ``"mean [ci_low, ci_high] (n=N, M missing)"``; ``—`` where a variant has no row."""
+    ``"mean [ci_low, ci_high] (n=N, M missing)"``, without the CI below
+    :data:`MIN_FEATURES_FOR_CI` features; ``— (n=0)`` where a variant has no row."""
     if stats.empty:
         return pd.DataFrame()
     several = stats["model"].nunique() > 1
@@ -461,7 +484,7 @@ def metric_grid(stats: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
             cells[label] = {}
         cells[label][(int(row["layer"]), str(row["metric"]))] = _cell_text(row, digits)
     index = pd.MultiIndex.from_tuples(columns, names=["layer", "metric"])
-    data = [[cells[label].get(column, _DASH) for column in columns] for label in labels]
+    data = [[cells[label].get(column, f"{_DASH} (n=0)") for column in columns] for label in labels]
     return pd.DataFrame(data, index=pd.Index(labels, name="variant"), columns=index)
 
 
@@ -538,14 +561,21 @@ def metric_grid_markdown(stats: pd.DataFrame, *, digits: int = 2) -> str:
 
 
 def _cell_markup(row: Mapping[str, Any] | None, digits: int) -> Markup:
-    if row is None:
-        return Markup('<span class="na">{}</span>').format(_DASH)
+    if row is None:  # the variant has no score of this metric at this layer
+        return Markup('<span class="na" title="not scored">{} <small>n=0</small></span>').format(
+            _DASH
+        )
     title = str(row["missing_reasons"]) if int(row["n_missing"]) else ""
     missing = f", {int(row['n_missing'])} missing" if int(row["n_missing"]) else ""
     if int(row["n"]) == 0:
         return Markup('<span class="na" title="{}">{} <small>n=0{}</small></span>').format(
             title, _DASH, missing
         )
+    if not _has_ci(row):
+        return Markup(
+            '<span class="few" title="{}">{}<br><small>n={}{}, no CI (&lt; {} features)</small>'
+            "</span>"
+        ).format(title, _number(row["mean"], digits), int(row["n"]), missing, MIN_FEATURES_FOR_CI)
     return Markup('<span title="{}"><b>{}</b><br><small>[{}, {}] n={}{}</small></span>').format(
         title,
         _number(row["mean"], digits),
@@ -618,9 +648,9 @@ def token_based_shares(
 ) -> pd.DataFrame:
     """Per layer, and over all layers (``layer`` null), ``TOKEN_SHARES_SCHEMA`` rows.
 
-    ``validated_share``: features with at least one validated token (what the paper reports as
-    the share of features WeightLens validates); ``token_based_share``: features classified
-    token-based (``is_token_based``, ``docs/weightlens.md``). ``paper_model`` / ``paper_share``:
+    ``validated_share``: features with at least one validated token; ``token_based_share``:
+    features classified token-based (``is_token_based``, ``docs/weightlens.md``), what the paper
+    reports. ``paper_model`` / ``paper_share``:
     the paper's figure for ``family`` (default: :func:`paper_family` of ``model``), null when the
     model is of none of its families.
     """
@@ -685,7 +715,7 @@ def _shares_rows(shares: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         "validated share",
         "token-based",
         "token-based share",
-        "paper (share validated)",
+        "paper (share token-based)",
     ]
     rows = []
     for row in shares.to_dict("records"):
@@ -722,6 +752,231 @@ def shares_html(shares: pd.DataFrame) -> Markup:
     return html_table(header, rows, css_class="table shares-table")
 
 
+# --- description quality ------------------------------------------------------------------------
+
+#: Quality flags of a description (:func:`description_flags`), in display order.
+DESCRIPTION_FLAGS: tuple[str, ...] = ("unparseable", "placeholder", "repeated", "degenerate")
+
+#: Texts that are a stand-in, not a description: a code-like name (``feature_fire(s)``), an
+#: ellipsis, a bracketed slot (``<description>``, ``[concept]``), the answer format echoed back
+#: (``{"description": ...}``), or a bare "description" / "n/a" / "todo" / "unknown" / "none".
+_PLACEHOLDERS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"^\W*[a-z0-9]+(?:_[a-z0-9]+)+(?:\(s\))?\W*$", re.IGNORECASE),
+    re.compile(r"\bfeature_fires?\b|\w\(s\)_|_\w+\(s\)", re.IGNORECASE),
+    re.compile(r"^\W*(?:\.\.\.|…)\W*$"),
+    re.compile(
+        r"[<\[{]\s*(?:description|concept|feature|pattern|token|text|word|\.\.\.)s?\s*[>\]}]",
+        re.IGNORECASE,
+    ),
+    re.compile(r"[\"']description[\"']\s*:", re.IGNORECASE),
+    re.compile(r"^\W*(?:description|n/?a|todo|tbd|unknown|none|null)\W*$", re.IGNORECASE),
+)
+#: One character 12+ times, or one word 6+ times separated only by spaces: a small model's
+#: runaway output. Quoted text (tokens a description lists) is left out before the check.
+_RUNAWAY = re.compile(r"(.)\1{11,}|\b(\w+)(?:\s+\2\b){5,}")
+_QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”")
+#: ``parse_status`` values of an answer that gave no usable description.
+_UNPARSED = {"unparseable", "empty", "error"}
+
+
+def normalized_description(text: str) -> str:
+    """A description as compared for repeats: lower case, runs of spaces and outer punctuation
+    dropped."""
+    return re.sub(r"\s+", " ", str(text)).strip().strip(".!;:,").strip().lower()
+
+
+def description_flags(explanations: pd.DataFrame) -> pd.Series:
+    """Quality flags of each row of an explanations table (``variant``, ``feature``,
+    ``description``; ``layer`` and ``parse_status`` used when present): a Series of tuples, in
+    :data:`DESCRIPTION_FLAGS` order, aligned with the rows.
+
+    - ``unparseable``: the answer was unparseable, empty or an error (no description);
+    - ``placeholder``: the text matches a stand-in pattern (``feature_fire(s)``, ``...``,
+      ``<description>``, the answer format echoed back);
+    - ``repeated``: the same text (:func:`normalized_description`) describes two or more features
+      of the same variant in the table (rule variants included: their template says the same
+      thing about features with the same tokens);
+    - ``degenerate``: one character or word repeated many times (outside quoted tokens).
+
+    An empty tuple means no check fired; it says nothing about whether the description is right.
+    """
+    _require(explanations, ["variant", "feature", "description"], "explanations")
+    texts = explanations["description"].astype(object)
+    status = (
+        explanations["parse_status"].astype(object)
+        if "parse_status" in explanations.columns
+        else pd.Series([None] * len(explanations), index=explanations.index)
+    )
+    has_text = texts.map(lambda v: isinstance(v, str) and bool(v.strip()))
+    normal = texts.where(has_text, None).map(
+        lambda v: normalized_description(v) if isinstance(v, str) else None
+    )
+    feature_key = explanations["feature"].astype(int).astype(str)
+    if "layer" in explanations.columns:
+        feature_key = explanations["layer"].astype(int).astype(str) + ":" + feature_key
+    keyed = pd.DataFrame(
+        {"variant": explanations["variant"].astype(str), "text": normal, "feature": feature_key}
+    )
+    spread = keyed.dropna(subset=["text"]).groupby(["variant", "text"])["feature"].nunique()
+    repeated = {key for key, count in spread.items() if count >= 2}
+    flags = []
+    for variant, text, raw, state, ok in zip(
+        keyed["variant"], normal, texts, status, has_text, strict=True
+    ):
+        row: list[str] = []
+        if not ok and str(state) in _UNPARSED:
+            row.append("unparseable")
+        if ok and any(p.search(str(raw)) for p in _PLACEHOLDERS):
+            row.append("placeholder")
+        if ok and (variant, text) in repeated:
+            row.append("repeated")
+        if ok and _RUNAWAY.search(_QUOTED.sub('""', str(raw))):
+            row.append("degenerate")
+        flags.append(tuple(row))
+    return pd.Series(flags, index=explanations.index, dtype=object)
+
+
+def flag_counts(explanations: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: final descriptions (``n``, rows with text) and how many carry each flag of
+    :func:`description_flags` (one column per flag); final rows only when ``is_final`` exists."""
+    columns = ["variant", "n", *DESCRIPTION_FLAGS]
+    if explanations is None or explanations.empty:
+        return pd.DataFrame({name: [] for name in columns})
+    final = explanations
+    if "is_final" in final.columns:
+        final = final[final["is_final"].astype(bool)]
+    elif "cluster" in final.columns:
+        final = final[final["cluster"].astype(int) < 0]
+    flags = description_flags(final)
+    rows = []
+    for variant in order_variants(final["variant"].astype(str).unique()):
+        mask = (final["variant"].astype(str) == variant).to_numpy()
+        own = flags[mask]
+        texts = final.loc[mask, "description"].map(lambda v: isinstance(v, str) and bool(v.strip()))
+        row: dict[str, Any] = {"variant": variant, "n": int(texts.sum())}
+        for flag in DESCRIPTION_FLAGS:
+            row[flag] = int(sum(flag in f for f in own))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def flag_counts_html(counts: pd.DataFrame) -> Markup:
+    """:func:`flag_counts` as an HTML table (a flagged count is marked)."""
+    header = ["variant", "descriptions", *DESCRIPTION_FLAGS]
+    rows = []
+    for row in counts.to_dict("records"):
+        cells: list[Any] = [str(row["variant"]), str(int(row["n"]))]
+        for flag in DESCRIPTION_FLAGS:
+            count = int(row[flag])
+            cells.append(Markup('<span class="flag">{}</span>').format(count) if count else "0")
+        rows.append(cells)
+    return html_table(header, rows, css_class="table flag-table")
+
+
+#: Served names of the embedded SmolLM2-135M explainer / rater (``llm.served_model_name``
+#: default ``smollm2``; the model folder name).
+_SMALL_EMBEDDED_LLM = re.compile(r"^smollm2$|smollm2?[-_ ]?135m", re.IGNORECASE)
+
+
+def is_small_embedded_llm(name: str | None) -> bool:
+    """Whether an LLM name (``llm_model`` of the tables) is the embedded SmolLM2-135M."""
+    return bool(name) and bool(_SMALL_EMBEDDED_LLM.search(str(name)))
+
+
+# --- cluster coverage ----------------------------------------------------------------------------
+
+
+def cluster_coverage(clusters: pd.DataFrame) -> pd.DataFrame:
+    """Per layer, how far the clustering reaches (``CLUSTERS_SCHEMA`` rows, any shards).
+
+    ``circuitlens.clustering.cluster_coverage`` when the library has it; otherwise the same
+    columns computed here: ``n_features`` (features clustered), ``n_features_clustered`` /
+    ``share_features_clustered`` (with at least one cluster), ``clusters_per_feature`` (mean over
+    ``n_features``), ``n_samples``, ``noise_share`` (samples labelled noise, pooled),
+    ``share_all_noise`` (features whose every sample is noise).
+    """
+    from circuit_insights.circuitlens import clustering
+
+    library_coverage = getattr(clustering, "cluster_coverage", None)
+    if callable(library_coverage):
+        return pd.DataFrame(library_coverage(clusters))
+    _require(
+        clusters, ["layer", "feature", "cluster", "n_samples", "n_clusters", "status"], "clusters"
+    )
+    columns = [
+        "layer",
+        "n_features",
+        "n_features_clustered",
+        "share_features_clustered",
+        "clusters_per_feature",
+        "n_samples",
+        "noise_share",
+        "share_all_noise",
+    ]
+    if clusters.empty:
+        return pd.DataFrame({name: [] for name in columns})
+    frame = clusters.assign(
+        noise=np.where(clusters["cluster"].astype(int) < 0, clusters["n_samples"], 0)
+    )
+    per_feature = frame.groupby(["layer", "feature"]).agg(
+        n_clusters=("n_clusters", "max"),
+        n_samples=("n_samples", "sum"),
+        noise=("noise", "sum"),
+        status=("status", "first"),
+    )
+    rows = []
+    for layer, group in per_feature.groupby(level="layer", sort=True):
+        n_clusters = group["n_clusters"].to_numpy(dtype=np.int64)
+        n_samples = int(group["n_samples"].sum())
+        rows.append(
+            {
+                "layer": int(layer),
+                "n_features": len(group),
+                "n_features_clustered": int((n_clusters > 0).sum()),
+                "share_features_clustered": float((n_clusters > 0).mean()),
+                "clusters_per_feature": float(n_clusters.mean()),
+                "n_samples": n_samples,
+                "noise_share": float(group["noise"].sum() / n_samples) if n_samples else math.nan,
+                "share_all_noise": float((group["status"] != "clustered").mean()),
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def coverage_html(coverage: pd.DataFrame, n_features: Mapping[int, int] | None = None) -> Markup:
+    """:func:`cluster_coverage` as an HTML table; ``n_features``: layer -> features of the layer
+    (the WeightLens rows), to show how many of them were clustered at all."""
+    header = [
+        "layer",
+        "features of the layer",
+        "clustered (attributed)",
+        "with a cluster",
+        "clusters per feature",
+        "samples",
+        "noise share",
+        "all noise",
+    ]
+    rows = []
+    for row in coverage.to_dict("records"):
+        layer = int(row["layer"])
+        total = (n_features or {}).get(layer)
+        clustered = int(row["n_features"])
+        share_of_all = f" ({_percent(clustered / total)})" if total else ""
+        rows.append(
+            [
+                str(layer),
+                str(total) if total is not None else _DASH,
+                f"{clustered}{share_of_all}",
+                f"{int(row['n_features_clustered'])} ({_percent(row['share_features_clustered'])})",
+                _number(row["clusters_per_feature"]),
+                str(int(row["n_samples"])),
+                _percent(row["noise_share"]),
+                _percent(row["share_all_noise"]),
+            ]
+        )
+    return html_table(header, rows, css_class="table coverage-table")
+
+
 # --- plots ---------------------------------------------------------------------------------------
 
 
@@ -729,7 +984,9 @@ def plot_metrics(
     stats: pd.DataFrame, out_dir: str | os.PathLike[str], *, metrics: Sequence[str] | None = None
 ) -> dict[str, Path]:
     """One PNG per metric, ``{out_dir}/{metric}.png``: the mean by layer of every variant (one
-    series per (model, variant)) with its CI as error bars; written atomically.
+    series per (model, variant)) as points labelled with their ``n``; a filled point with its CI
+    as an error bar where ``n`` >= :data:`MIN_FEATURES_FOR_CI`, a hollow point without one below
+    it; no lines join the layers. Written atomically.
 
     ``metrics``: default every metric of ``stats``. A metric without any value still gets a plot
     that says so. Uses matplotlib's Agg canvas (no display, no pyplot state).
@@ -754,17 +1011,37 @@ def plot_metrics(
             part = part.sort_values("layer")
             x = part["layer"].to_numpy(dtype=float) + (i - (len(series) - 1) / 2) * width
             mean = part["mean"].to_numpy(dtype=float)
+            n = part["n"].to_numpy(dtype=int)
+            ci = (n >= MIN_FEATURES_FOR_CI) & np.isfinite(part["ci_low"].to_numpy(dtype=float))
             low = np.clip(mean - part["ci_low"].to_numpy(dtype=float), 0, None)
             high = np.clip(part["ci_high"].to_numpy(dtype=float) - mean, 0, None)
-            axes.errorbar(
-                x,
-                mean,
-                yerr=np.vstack([low, high]),
-                marker="o",
-                capsize=3,
-                linewidth=1.2,
-                label=_row_label(str(model), str(variant), several),
-            )
+            color = f"C{i % 10}"
+            label = _row_label(str(model), str(variant), several)
+            if ci.any():
+                axes.errorbar(
+                    x[ci],
+                    mean[ci],
+                    yerr=np.vstack([low[ci], high[ci]]),
+                    marker="o",
+                    linestyle="none",
+                    capsize=3,
+                    color=color,
+                    label=label,
+                )
+            if (~ci).any():
+                axes.plot(
+                    x[~ci],
+                    mean[~ci],
+                    marker="o",
+                    linestyle="none",
+                    markerfacecolor="none",
+                    color=color,
+                    label=None if ci.any() else label,
+                )
+            for xi, yi, ni in zip(x, mean, n, strict=True):
+                axes.annotate(
+                    f"n={ni}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7
+                )
         if series:
             layers = sorted(int(v) for v in cells["layer"].unique())
             axes.set_xticks(layers)
@@ -777,7 +1054,11 @@ def plot_metrics(
         axes.set_ylim(-0.02, 1.05)
         axes.set_xlabel("layer")
         axes.set_ylabel(metric)
-        axes.set_title(f"{metric}: mean by layer, 95% bootstrap CI")
+        axes.set_title(
+            f"{metric}: mean by layer; bars: 95% bootstrap CI (n \u2265 {MIN_FEATURES_FOR_CI}); "
+            f"hollow: n < {MIN_FEATURES_FOR_CI}, no CI",
+            fontsize=9,
+        )
         axes.grid(True, alpha=0.3)
         figure.tight_layout()
         path = out / f"{metric}.png"
@@ -837,7 +1118,7 @@ def _paper_scores_html() -> Markup:
     return html_table(
         ["method", "setting", "layer", "metric", "value"],
         rows,
-        caption="Paper figures (Gemma-2-2B transcoders; METHOD.md §7, secondhand)",
+        caption="Paper figures (Gemma-2-2B transcoders; secondhand, see docs/method.md)",
     )
 
 
@@ -907,7 +1188,8 @@ def write_summary(
         "Cells: mean over features [95% percentile-bootstrap CI] (n = features in the mean; "
         "a degenerate Clarity or Responsiveness, all compared activations equal, counts as 0 "
         "as in FADE's code and is counted as such; other missing values are excluded and "
-        "counted)."
+        "counted). Cells resting on fewer than "
+        f"{MIN_FEATURES_FOR_CI} features show their mean and n without a CI."
     )
     markdown = "\n".join(
         [
@@ -919,7 +1201,7 @@ def write_summary(
             "## Missing values",
             "",
             missing_markdown(missing),
-            "## Paper figures (Gemma-2-2B transcoders; METHOD.md §7, secondhand)",
+            "## Paper figures (Gemma-2-2B transcoders; secondhand, see docs/method.md)",
             "",
             _paper_scores_markdown(),
         ]

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from circuit_insights.errors import InputError
+from circuit_insights.pipeline.logs import Progress
 from circuit_insights.transcoders.base import InputHook, OutputHook, Transcoder
 
 logger = logging.getLogger(__name__)
@@ -210,6 +211,7 @@ def train_transcoder(
     l1_warmup_steps = max(1, int(steps * l1_warmup_fraction))
 
     start_time = time.perf_counter()
+    progress = Progress("training", steps, unit="steps", logger=logger)
     n_train_tokens = 0
     loss_value = mse_value = math.nan
     step = 0
@@ -245,6 +247,7 @@ def train_transcoder(
         step += 1
         n_train_tokens += x.shape[0]
         loss_value, mse_value = float(loss.detach()), float(mse.detach())
+        progress.update(1, tokens=x.shape[0])
         if log_every > 0 and (step % log_every == 0 or step == steps):
             l0 = float((activations > 0).float().sum(dim=-1).mean())
             logger.info(
@@ -258,6 +261,7 @@ def train_transcoder(
                 lr,
                 time.perf_counter() - start_time,
             )
+    progress.close()
     if step == 0:
         raise InputError("training took no steps")
     seconds = time.perf_counter() - start_time
