@@ -31,6 +31,7 @@ Family = Literal["gpt2", "gemma2", "gemma3", "llama"]
 NormKind = Literal["layernorm", "rmsnorm", "gemma_rmsnorm"]
 InputHook = Literal["mlp_in", "mlp_in_unaffine", "resid_mid"]
 OutputHook = Literal["mlp_out", "mlp_out_post_norm"]
+Reader = Literal["nnsight", "torch_hooks"]
 INPUT_HOOKS: tuple[str, ...] = ("mlp_in", "mlp_in_unaffine", "resid_mid")
 OUTPUT_HOOKS: tuple[str, ...] = ("mlp_out", "mlp_out_post_norm")
 
@@ -346,25 +347,90 @@ class SubjectModel:
         input_ids: Tensor,
         requests: Mapping[int, Sequence[str]],
         attention_mask: Tensor | None = None,
+        *,
+        reader: Reader = "nnsight",
     ) -> dict[tuple[int, str], Tensor]:
         """Run ``input_ids`` (batch, pos) and return the named hook values of the requested layers.
 
         ``requests`` maps a layer to hook names from :data:`INPUT_HOOKS` and :data:`OUTPUT_HOOKS`.
-        The forward pass stops after the deepest requested layer. Values: (batch, pos, d_model).
+        The values are read in one forward pass that stops after the deepest requested layer, by
+        an nnsight trace (``reader="nnsight"``) or hand-written PyTorch hooks (``"torch_hooks"``).
+        Values: (batch, pos, d_model) float32.
         """
+        self._check_requests(requests)
+        if reader == "nnsight":
+            saved = self._read_with_nnsight(input_ids, requests, attention_mask)
+        elif reader == "torch_hooks":
+            saved = self._read_with_torch_hooks(input_ids, requests, attention_mask)
+        else:
+            raise InputError(f"unknown hook reader {reader!r} (known: nnsight, torch_hooks)")
+        return self._requested_values(requests, saved)
+
+    def _check_requests(self, requests: Mapping[int, Sequence[str]]) -> None:
+        if not requests:
+            raise InputError("no hook values requested: give at least one layer")
         for layer, hooks in requests.items():
             self.check_layer(layer)
             for hook in hooks:
                 if hook not in INPUT_HOOKS + OUTPUT_HOOKS:
                     raise InputError(f"unknown hook {hook!r} (known: {INPUT_HOOKS + OUTPUT_HOOKS})")
-        saved = self._trace_hooks(input_ids, requests, attention_mask)
+
+    def _requested_values(
+        self, requests: Mapping[int, Sequence[str]], saved: Mapping[tuple[int, str], Tensor]
+    ) -> dict[tuple[int, str], Tensor]:
         values: dict[tuple[int, str], Tensor] = {}
         for layer, hooks in requests.items():
             for hook in hooks:
                 values[(layer, hook)] = self._hook_from_saved(layer, hook, saved)
         return values
 
-    def _trace_hooks(
+    def _read_plan(self, requests: Mapping[int, Sequence[str]]) -> list[tuple[int, str, object]]:
+        """The module values to read, in execution order: (layer, saved name, nnsight envoy).
+
+        Saved names: ``resid_mid`` (the pre-MLP norm's input), ``mlp_in`` (its output),
+        ``mlp_out`` (the MLP's output), ``mlp_out_post_norm`` (the post-MLP norm's output, in
+        families that have one).
+        """
+        blocks = get_path(self.nnsight, self.adapter.layers)
+        plan: list[tuple[int, str, object]] = []
+        for layer in sorted(requests):
+            hooks = set(requests[layer])
+            block = blocks[layer]  # type: ignore[index]
+            norm = get_path(block, self.adapter.pre_mlp_norm)
+            if hooks & {"resid_mid", "mlp_in_unaffine"}:
+                plan.append((layer, "resid_mid", norm))
+            if "mlp_in" in hooks:
+                plan.append((layer, "mlp_in", norm))
+            post_norm = self.adapter.post_mlp_norm
+            if "mlp_out" in hooks or ("mlp_out_post_norm" in hooks and not post_norm):
+                plan.append((layer, "mlp_out", get_path(block, self.adapter.mlp)))
+            if "mlp_out_post_norm" in hooks and post_norm:
+                plan.append((layer, "mlp_out_post_norm", get_path(block, post_norm)))
+        return plan
+
+    def _read_with_nnsight(
+        self,
+        input_ids: Tensor,
+        requests: Mapping[int, Sequence[str]],
+        attention_mask: Tensor | None,
+    ) -> dict[tuple[int, str], Tensor]:
+        """Read the planned module values in one nnsight trace, stopped after the last one."""
+        plan = self._read_plan(requests)
+        kwargs: dict[str, object] = {"input_ids": input_ids.to(self.device), "use_cache": False}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.to(self.device)
+        saved: dict[tuple[int, str], Tensor] = {}
+        with torch.no_grad(), self.nnsight.trace(**kwargs) as tracer:
+            for layer, name, envoy in plan:
+                value = envoy.input if name == "resid_mid" else envoy.output
+                saved[(layer, name)] = value.save()
+            tracer.stop()
+        for layer, hooks in requests.items():
+            if "mlp_out_post_norm" in hooks and not self.adapter.post_mlp_norm:
+                saved[(layer, "mlp_out_post_norm")] = saved[(layer, "mlp_out")]
+        return saved
+
+    def _read_with_torch_hooks(
         self,
         input_ids: Tensor,
         requests: Mapping[int, Sequence[str]],
@@ -423,7 +489,7 @@ class SubjectModel:
     def _hook_from_saved(
         self, layer: int, hook: str, saved: Mapping[tuple[int, str], Tensor]
     ) -> Tensor:
-        if hook in OUTPUT_HOOKS:
+        if hook in OUTPUT_HOOKS or (layer, hook) in saved:
             return saved[(layer, hook)].float()
         resid_mid = saved[(layer, "resid_mid")].float()
         if hook == "resid_mid":
