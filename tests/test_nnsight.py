@@ -6,9 +6,12 @@ Every test runs on the four tiny families (GPT-2, Gemma-2, Gemma-3, Llama) of
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from circuit_insights.models.adapters import INPUT_HOOKS, OUTPUT_HOOKS, SubjectModel
+from circuit_insights.evaluation.fade import greedy_continuations, steering
+from circuit_insights.models.adapters import INPUT_HOOKS, OUTPUT_HOOKS, SubjectModel, normalize
+from circuit_insights.transcoders.base import Transcoder
 from tests.conftest import TINY_VOCAB
 
 ALL_HOOKS = list(INPUT_HOOKS + OUTPUT_HOOKS)
@@ -88,3 +91,130 @@ def test_nnsight_read_stops_after_the_deepest_requested_layer(tiny_model):
     finally:
         for handle in handles:
             handle.remove()
+
+
+# --- splicing and steering -----------------------------------------------------------------------
+
+
+def _transcoder(model: SubjectModel, layer: int, input_hook: str, output_hook: str) -> Transcoder:
+    generator = torch.Generator().manual_seed(layer + 11)
+    transcoder = Transcoder(
+        model.d_model, 48, layer=layer, input_hook=input_hook, output_hook=output_hook
+    )
+    with torch.no_grad():
+        for parameter in transcoder.parameters():
+            parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+    return transcoder
+
+
+def _splice_target(model: SubjectModel, transcoder: Transcoder) -> torch.nn.Module:
+    if transcoder.output_hook == "mlp_out_post_norm" and model.adapter.post_mlp_norm:
+        return model.block_part(transcoder.layer, "post_mlp_norm")
+    return model.block_part(transcoder.layer, "mlp")
+
+
+def _hand_written_splice_logits(
+    model: SubjectModel,
+    transcoder: Transcoder,
+    ids: torch.Tensor,
+    *,
+    keep_error: bool = False,
+    override: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Logits with the transcoder spliced in by plain PyTorch hooks (the pre-nnsight splice)."""
+    layer = transcoder.layer
+    norm = model.block_part(layer, "pre_mlp_norm")
+    seen: dict[str, torch.Tensor] = {}
+
+    def capture(_module, args, output):
+        seen.update(resid_mid=args[0], mlp_in=output)
+
+    def replace(_module, _args, output):
+        if transcoder.input_hook == "mlp_in":
+            x = seen["mlp_in"].float()
+        elif transcoder.input_hook == "mlp_in_unaffine":
+            x = normalize(norm, model.adapter.norm_kind, seen["resid_mid"])
+        else:
+            x = seen["resid_mid"].float()
+        activations = transcoder.encode(x)
+        if override is None:
+            return output if keep_error else transcoder.decode(activations, x).to(output.dtype)
+        steered = activations.clone()
+        steered[..., override[0]] = override[1].to(steered.dtype)
+        new = transcoder.decode(steered, x)
+        if keep_error:
+            new = output.float() + new - transcoder.decode(activations, x)
+        return new.to(output.dtype)
+
+    handles = [
+        norm.register_forward_hook(capture),
+        _splice_target(model, transcoder).register_forward_hook(replace),
+    ]
+    try:
+        with torch.no_grad():
+            return model.hf_model(input_ids=ids, use_cache=False).logits.float()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize(
+    "input_hook,output_hook",
+    [("mlp_in", "mlp_out"), ("mlp_in_unaffine", "mlp_out_post_norm"), ("resid_mid", "mlp_out")],
+)
+def test_nnsight_splice_equals_hand_written_splice(tiny_model, input_hook, output_hook):
+    ids = _ids(tiny_model)
+    transcoder = _transcoder(tiny_model, 1, input_hook, output_hook)
+    override = (torch.tensor([3, 5]), torch.tensor([2.0, -1.0]))
+    with torch.no_grad():
+        with tiny_model.splice({1: transcoder}):
+            spliced = tiny_model.logits(ids)
+        with tiny_model.splice({1: transcoder}, keep_error=True, feature_override={1: override}):
+            steered = tiny_model.logits(ids)
+    assert torch.equal(spliced, _hand_written_splice_logits(tiny_model, transcoder, ids))
+    reference = _hand_written_splice_logits(
+        tiny_model, transcoder, ids, keep_error=True, override=override
+    )
+    assert torch.equal(steered, reference)
+    assert not torch.allclose(spliced, tiny_model.logits(ids))  # the splice is undone on exit
+
+
+def test_factor_free_steering_reproduces_the_clean_logits(tiny_model):
+    ids = _ids(tiny_model)
+    output_hook = "mlp_out_post_norm" if tiny_model.adapter.post_mlp_norm else "mlp_out"
+    transcoder = _transcoder(tiny_model, 1, "mlp_in", output_hook)
+    clean = tiny_model.logits(ids)
+    with steering(tiny_model, transcoder, 4, None):
+        assert torch.equal(tiny_model.logits(ids), clean)
+    with tiny_model.splice({1: transcoder}, keep_error=True):  # error kept, nothing overridden
+        assert torch.equal(tiny_model.logits(ids), clean)
+        assert torch.equal(tiny_model.logits(ids, logits_to_keep=1), clean[:, -1:])
+
+
+def test_steering_moves_the_logits_as_computed_by_hand(tiny_model):
+    """Setting feature f to v moves the written hook by (v - a_f) W_dec[f] at every position,
+    and nothing else: the logits equal a plain forward pass with that vector added by hand."""
+    ids = _ids(tiny_model)
+    output_hook = "mlp_out_post_norm" if tiny_model.adapter.post_mlp_norm else "mlp_out"
+    transcoder = _transcoder(tiny_model, 1, "mlp_in", output_hook)
+    x = tiny_model.hook_values(ids, {1: ["mlp_in"]})[(1, "mlp_in")]
+    with torch.no_grad():
+        activations = transcoder.encode(x)  # (batch, pos, 48)
+    feature = int((activations > 0).float().sum((0, 1)).argmax())
+    value = 4.0
+    shift = (value - activations[..., feature])[..., None] * transcoder.W_dec[feature].detach()
+    handle = _splice_target(tiny_model, transcoder).register_forward_hook(
+        lambda _m, _a, output: output + shift.to(output.dtype)
+    )
+    try:
+        by_hand = tiny_model.logits(ids)
+    finally:
+        handle.remove()
+    clean = tiny_model.logits(ids)
+    with steering(tiny_model, transcoder, feature, value):
+        steered = tiny_model.logits(ids)
+        continuations = greedy_continuations(tiny_model, ids, 3)
+    assert not torch.allclose(steered, clean)
+    torch.testing.assert_close(steered, by_hand, rtol=1e-4, atol=1e-4)
+    assert continuations.shape == (3, 3)
+    assert torch.equal(continuations[:, 0], steered[:, -1].argmax(-1))

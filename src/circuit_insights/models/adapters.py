@@ -182,6 +182,31 @@ def norm_bias(norm: nn.Module) -> Tensor | None:
     return None if bias is None else bias.detach().float()
 
 
+@dataclass(frozen=True)
+class _Splice:
+    """A transcoder in place of one layer's MLP (see :meth:`SubjectModel.splice`)."""
+
+    transcoder: Transcoder
+    keep_error: bool
+    override: tuple[Tensor, Tensor] | None
+
+
+@dataclass(frozen=True)
+class _LayerStep:
+    """One layer's reads and writes in an nnsight trace; the envoys are nnsight views of modules."""
+
+    layer: int
+    norm: object
+    mlp: object
+    post_norm: object | None
+    read_resid_mid: bool
+    read_mlp_in: bool
+    read_mlp_out: bool
+    read_post_norm: bool
+    splice: _Splice | None
+    splice_writes_post_norm: bool
+
+
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the deepest needed value is read."""
 
@@ -214,6 +239,7 @@ class SubjectModel:
             )
         self._bos_token_id = bos_token_id
         self._nnsight: object | None = None
+        self._splices: dict[int, _Splice] = {}
 
     # --- loading -------------------------------------------------------------------------------
     @classmethod
@@ -384,51 +410,121 @@ class SubjectModel:
                 values[(layer, hook)] = self._hook_from_saved(layer, hook, saved)
         return values
 
-    def _read_plan(self, requests: Mapping[int, Sequence[str]]) -> list[tuple[int, str, object]]:
-        """The module values to read, in execution order: (layer, saved name, nnsight envoy).
-
-        Saved names: ``resid_mid`` (the pre-MLP norm's input), ``mlp_in`` (its output),
-        ``mlp_out`` (the MLP's output), ``mlp_out_post_norm`` (the post-MLP norm's output, in
-        families that have one).
-        """
-        blocks = get_path(self.nnsight, self.adapter.layers)
-        plan: list[tuple[int, str, object]] = []
-        for layer in sorted(requests):
-            hooks = set(requests[layer])
-            block = blocks[layer]  # type: ignore[index]
-            norm = get_path(block, self.adapter.pre_mlp_norm)
-            if hooks & {"resid_mid", "mlp_in_unaffine"}:
-                plan.append((layer, "resid_mid", norm))
-            if "mlp_in" in hooks:
-                plan.append((layer, "mlp_in", norm))
-            post_norm = self.adapter.post_mlp_norm
-            if "mlp_out" in hooks or ("mlp_out_post_norm" in hooks and not post_norm):
-                plan.append((layer, "mlp_out", get_path(block, self.adapter.mlp)))
-            if "mlp_out_post_norm" in hooks and post_norm:
-                plan.append((layer, "mlp_out_post_norm", get_path(block, post_norm)))
-        return plan
-
     def _read_with_nnsight(
         self,
         input_ids: Tensor,
         requests: Mapping[int, Sequence[str]],
         attention_mask: Tensor | None,
     ) -> dict[tuple[int, str], Tensor]:
-        """Read the planned module values in one nnsight trace, stopped after the last one."""
-        plan = self._read_plan(requests)
-        kwargs: dict[str, object] = {"input_ids": input_ids.to(self.device), "use_cache": False}
-        if attention_mask is not None:
-            kwargs["attention_mask"] = attention_mask.to(self.device)
-        saved: dict[tuple[int, str], Tensor] = {}
-        with torch.no_grad(), self.nnsight.trace(**kwargs) as tracer:
-            for layer, name, envoy in plan:
-                value = envoy.input if name == "resid_mid" else envoy.output
-                saved[(layer, name)] = value.save()
-            tracer.stop()
+        """Read module values in one nnsight trace (active splices applied), stopped after the
+        deepest requested layer."""
+        saved, _ = self._trace(input_ids, attention_mask, requests, want_logits=False)
         for layer, hooks in requests.items():
             if "mlp_out_post_norm" in hooks and not self.adapter.post_mlp_norm:
                 saved[(layer, "mlp_out_post_norm")] = saved[(layer, "mlp_out")]
         return saved
+
+    def _trace(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        requests: Mapping[int, Sequence[str]],
+        *,
+        want_logits: bool,
+        logits_to_keep: int = 0,
+    ) -> tuple[dict[tuple[int, str], Tensor], Tensor | None]:
+        """One nnsight trace over ``input_ids`` (batch, pos): the active splices are applied at
+        their layers, the requested module values are read, and the run stops after the deepest
+        requested layer unless the logits are wanted. Returns (saved values, logits or None).
+
+        Saved names: ``resid_mid`` (the pre-MLP norm's input), ``mlp_in`` (its output),
+        ``mlp_out`` (the MLP's output), ``mlp_out_post_norm`` (the post-MLP norm's output, in
+        families that have one); each as the model passes it on, splices included.
+        """
+        deepest = max(requests, default=-1)
+        splices = {
+            layer: splice
+            for layer, splice in self._splices.items()
+            if want_logits or layer <= deepest
+        }
+        steps = [
+            self._layer_step(layer, set(requests.get(layer, ())), splices.get(layer))
+            for layer in sorted(set(requests) | set(splices))
+        ]
+        kwargs: dict[str, object] = {"input_ids": input_ids.to(self.device), "use_cache": False}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.to(self.device)
+        if want_logits:
+            kwargs["logits_to_keep"] = logits_to_keep
+        saved: dict[tuple[int, str], Tensor] = {}
+        output = None
+        with torch.no_grad(), self.nnsight.trace(**kwargs) as tracer:
+            for step in steps:
+                self._run_layer_step(step, saved)
+            if want_logits:
+                output = self.nnsight.output.save()
+            else:
+                tracer.stop()
+        return saved, None if output is None else output.logits
+
+    def _layer_step(self, layer: int, reads: set[str], splice: _Splice | None) -> _LayerStep:
+        """What one layer's part of a trace reads and writes, with the envoys it touches."""
+        block = get_path(self.nnsight, self.adapter.layers)[layer]  # type: ignore[index]
+        post_path = self.adapter.post_mlp_norm
+        input_hook = None if splice is None else splice.transcoder.input_hook
+        writes_post = (
+            splice is not None
+            and splice.transcoder.output_hook == "mlp_out_post_norm"
+            and post_path is not None
+        )
+        read_post = "mlp_out_post_norm" in reads and post_path is not None
+        return _LayerStep(
+            layer=layer,
+            norm=get_path(block, self.adapter.pre_mlp_norm),
+            mlp=get_path(block, self.adapter.mlp),
+            post_norm=None if post_path is None else get_path(block, post_path),
+            read_resid_mid=bool(reads & {"resid_mid", "mlp_in_unaffine"})
+            or input_hook in ("resid_mid", "mlp_in_unaffine"),
+            read_mlp_in="mlp_in" in reads or input_hook == "mlp_in",
+            read_mlp_out="mlp_out" in reads
+            or ("mlp_out_post_norm" in reads and post_path is None)
+            or (splice is not None and not writes_post),
+            read_post_norm=read_post or writes_post,
+            splice=splice,
+            splice_writes_post_norm=writes_post,
+        )
+
+    def _run_layer_step(self, step: _LayerStep, saved: dict[tuple[int, str], Tensor]) -> None:
+        """Inside a trace: read one layer's values in execution order and apply its splice."""
+        layer, splice = step.layer, step.splice
+        if step.read_resid_mid:
+            saved[(layer, "resid_mid")] = step.norm.input.save()
+        if step.read_mlp_in:
+            saved[(layer, "mlp_in")] = step.norm.output.save()
+        x = None
+        if splice is not None:
+            hook = splice.transcoder.input_hook
+            norm = self.block_part(layer, "pre_mlp_norm")
+            if hook == "mlp_in":
+                x = saved[(layer, "mlp_in")].float()
+            else:
+                x = self._transcoder_input(splice.transcoder, norm, saved[(layer, "resid_mid")])
+        if step.read_mlp_out:
+            output = step.mlp.output
+            if splice is not None and not step.splice_writes_post_norm:
+                new = self._spliced_output(splice, x, output)
+                if new is not None:
+                    step.mlp.output = new
+                    output = new
+            saved[(layer, "mlp_out")] = output.save()
+        if step.read_post_norm:
+            output = step.post_norm.output
+            if step.splice_writes_post_norm:
+                new = self._spliced_output(splice, x, output)
+                if new is not None:
+                    step.post_norm.output = new
+                    output = new
+            saved[(layer, "mlp_out_post_norm")] = output.save()
 
     def _read_with_torch_hooks(
         self,
@@ -509,7 +605,9 @@ class SubjectModel:
         keep_error: bool = False,
         feature_override: Mapping[int, tuple[Tensor, Tensor]] | None = None,
     ) -> Iterator[None]:
-        """Replace the MLP of each layer by its transcoder for forward passes inside the block.
+        """Replace the MLP of each layer by its transcoder in the forward passes of
+        :meth:`logits` and :meth:`hook_values` inside the block (applied in their nnsight traces;
+        a direct call of ``hf_model`` does not see it).
 
         The transcoder reads its input hook and writes its output hook (``mlp_out``: replaces the
         MLP module's output; ``mlp_out_post_norm``: replaces what Gemma's post-feedforward norm adds
@@ -518,52 +616,39 @@ class SubjectModel:
         model is unchanged. ``feature_override`` maps a layer to (feature indices (k,), values (k,)
         or (batch, pos, k)) set as activations at every position.
         """
-        handles = []
-        adapter = self.adapter
+        overrides = feature_override or {}
+        for layer in overrides:
+            if layer not in transcoders:
+                raise InputError(f"feature_override names layer {layer}, which is not spliced")
+        added = []
         try:
             for layer, transcoder in transcoders.items():
                 self.check_layer(layer)
-                if transcoder.output_hook == "mlp_out_post_norm" and adapter.post_mlp_norm:
-                    target = self.block_part(layer, "post_mlp_norm")
-                else:
-                    target = self.block_part(layer, "mlp")
-                norm = self.block_part(layer, "pre_mlp_norm")
-                captured: dict[str, Tensor] = {}
-
-                def capture(_module, args, _captured=captured):
-                    _captured["resid_mid"] = args[0]
-
-                def replace(
-                    _module,
-                    _args,
-                    output,
-                    _captured=captured,
-                    _layer=layer,
-                    _tc=transcoder,
-                    _norm=norm,
-                ):
-                    x = self._transcoder_input(_tc, _norm, _captured["resid_mid"])
-                    activations = _tc.encode(x)
-                    override = (feature_override or {}).get(_layer)
-                    if override is None and keep_error:
-                        return output
-                    if override is not None:
-                        features, values = override
-                        steered = activations.clone()
-                        steered[..., features] = values.to(steered.dtype)
-                        new = _tc.decode(steered, x)
-                        if keep_error:
-                            new = output.float() + new - _tc.decode(activations, x)
-                    else:
-                        new = _tc.decode(activations, x)
-                    return new.to(output.dtype)
-
-                handles.append(norm.register_forward_pre_hook(capture))
-                handles.append(target.register_forward_hook(replace))
+                if layer in self._splices:
+                    raise InputError(f"layer {layer} is already spliced")
+                self._splices[layer] = _Splice(transcoder, keep_error, overrides.get(layer))
+                added.append(layer)
             yield
         finally:
-            for handle in handles:
-                handle.remove()
+            for layer in added:
+                del self._splices[layer]
+
+    def _spliced_output(self, splice: _Splice, x: Tensor, output: Tensor) -> Tensor | None:
+        """What a spliced transcoder writes in place of ``output`` (batch, pos, d_model) given its
+        input ``x``; None where the output stays as it is (error kept, no override)."""
+        if splice.override is None and splice.keep_error:
+            return None
+        transcoder = splice.transcoder
+        activations = transcoder.encode(x)  # (batch, pos, d_transcoder)
+        if splice.override is None:
+            return transcoder.decode(activations, x).to(output.dtype)
+        features, values = splice.override
+        steered = activations.clone()
+        steered[..., features] = values.to(steered.dtype)
+        new = transcoder.decode(steered, x)
+        if splice.keep_error:
+            new = output.float() + new - transcoder.decode(activations, x)
+        return new.to(output.dtype)
 
     def _transcoder_input(
         self, transcoder: Transcoder, norm: nn.Module, resid_mid: Tensor
@@ -575,11 +660,22 @@ class SubjectModel:
             return normalize(norm, self.adapter.norm_kind, resid_mid)
         return norm(resid_mid).float()
 
-    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Plain forward pass. (batch, pos) -> (batch, pos, vocab)"""
+    def logits(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, logits_to_keep: int = 0
+    ) -> Tensor:
+        """Forward pass, active splices applied. (batch, pos) -> (batch, pos, vocab) float32;
+        ``logits_to_keep`` > 0: only the last that many positions."""
+        if self._splices:
+            _, logits = self._trace(
+                input_ids, attention_mask, {}, want_logits=True, logits_to_keep=logits_to_keep
+            )
+            assert logits is not None
+            return logits.float()
         with torch.no_grad():
             out = self.hf_model(
                 input_ids=input_ids.to(self.device),
                 attention_mask=None if attention_mask is None else attention_mask.to(self.device),
+                use_cache=False,
+                logits_to_keep=logits_to_keep,
             )
         return out.logits.float()
