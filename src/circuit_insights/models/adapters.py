@@ -456,13 +456,15 @@ class SubjectModel:
             kwargs["attention_mask"] = attention_mask.to(self.device)
         if want_logits:
             kwargs["logits_to_keep"] = logits_to_keep
+        from nnsight import save as save_value
+
         saved: dict[tuple[int, str], Tensor] = {}
         output = None
         with torch.no_grad(), self.nnsight.trace(**kwargs) as tracer:
             for step in steps:
                 self._run_layer_step(step, saved)
             if want_logits:
-                output = self.nnsight.output.save()
+                output = save_value(self.nnsight.output)
             else:
                 tracer.stop()
         return saved, None if output is None else output.logits
@@ -496,11 +498,13 @@ class SubjectModel:
 
     def _run_layer_step(self, step: _LayerStep, saved: dict[tuple[int, str], Tensor]) -> None:
         """Inside a trace: read one layer's values in execution order and apply its splice."""
+        from nnsight import save as save_value
+
         layer, splice = step.layer, step.splice
         if step.read_resid_mid:
-            saved[(layer, "resid_mid")] = step.norm.input.save()
+            saved[(layer, "resid_mid")] = save_value(step.norm.input)
         if step.read_mlp_in:
-            saved[(layer, "mlp_in")] = step.norm.output.save()
+            saved[(layer, "mlp_in")] = save_value(step.norm.output)
         x = None
         if splice is not None:
             hook = splice.transcoder.input_hook
@@ -516,7 +520,7 @@ class SubjectModel:
                 if new is not None:
                     step.mlp.output = new
                     output = new
-            saved[(layer, "mlp_out")] = output.save()
+            saved[(layer, "mlp_out")] = save_value(output)
         if step.read_post_norm:
             output = step.post_norm.output
             if step.splice_writes_post_norm:
@@ -524,7 +528,7 @@ class SubjectModel:
                 if new is not None:
                     step.post_norm.output = new
                     output = new
-            saved[(layer, "mlp_out_post_norm")] = output.save()
+            saved[(layer, "mlp_out_post_norm")] = save_value(output)
 
     def _read_with_torch_hooks(
         self,
