@@ -26,7 +26,7 @@ def _ids(model: SubjectModel, batch: int = 3, length: int = 9, seed: int = 1) ->
 
 
 def _hand_written_reads(
-    model: SubjectModel, ids: torch.Tensor, layer: int
+    model: SubjectModel, ids: torch.Tensor, layer: int, attention_mask: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     """The pre-MLP norm's input and output, the MLP's output and the post-MLP norm's output, read
     with plain PyTorch forward hooks over a full forward pass (no nnsight, no early stop)."""
@@ -42,37 +42,43 @@ def _hand_written_reads(
         handles.append(post.register_forward_hook(lambda m, a, o: seen.update(post=o)))
     try:
         with torch.no_grad():
-            model.hf_model(input_ids=ids, use_cache=False)
+            model.hf_model(input_ids=ids, attention_mask=attention_mask, use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
     seen.setdefault("post", seen["mlp_out"])
+    seen["mlp_in_unaffine"] = normalize(norm, model.adapter.norm_kind, seen["resid_mid"])
     return seen
 
 
 def test_nnsight_reads_equal_hand_written_hooks(tiny_model):
+    """Every hook of every layer, read in one trace, is bit-identical to what a PyTorch forward
+    hook sees, with and without a padding mask."""
     ids = _ids(tiny_model)
-    for layer in range(tiny_model.n_layers):
-        values = tiny_model.hook_values(ids, {layer: ALL_HOOKS})
-        reference = _hand_written_reads(tiny_model, ids, layer)
-        assert torch.equal(values[(layer, "resid_mid")], reference["resid_mid"])
-        assert torch.equal(values[(layer, "mlp_in")], reference["mlp_in"])
-        assert torch.equal(values[(layer, "mlp_out")], reference["mlp_out"])
-        assert torch.equal(values[(layer, "mlp_out_post_norm")], reference["post"])
-
-
-def test_nnsight_reader_equals_the_torch_hooks_reader(tiny_model):
-    ids = _ids(tiny_model)
-    requests = {0: ["mlp_in", "mlp_out"], 1: ALL_HOOKS, 2: ["mlp_in_unaffine", "resid_mid"]}
     mask = torch.ones_like(ids)
     mask[1, -3:] = 0  # a right-padded row
+    requests = {layer: ALL_HOOKS for layer in range(tiny_model.n_layers)}
     for attention_mask in (None, mask):
-        nnsight_values = tiny_model.hook_values(ids, requests, attention_mask, reader="nnsight")
-        hook_values = tiny_model.hook_values(ids, requests, attention_mask, reader="torch_hooks")
-        assert set(nnsight_values) == set(hook_values)
-        for key, value in hook_values.items():
-            assert value.shape == (3, 9, tiny_model.d_model), key
-            assert torch.equal(nnsight_values[key], value), key
+        values = tiny_model.hook_values(ids, requests, attention_mask)
+        assert set(values) == {(layer, hook) for layer in requests for hook in ALL_HOOKS}
+        for layer in requests:
+            reference = _hand_written_reads(tiny_model, ids, layer, attention_mask)
+            reference["mlp_out_post_norm"] = reference.pop("post")
+            for hook in ALL_HOOKS:
+                value = values[(layer, hook)]
+                assert value.shape == (3, 9, tiny_model.d_model), (layer, hook)
+                assert value.dtype == torch.float32
+                assert torch.equal(value, reference[hook]), (layer, hook)
+
+
+def test_one_layer_read_equals_the_all_layers_read(tiny_model):
+    """Stopping early changes nothing: a read of one layer equals the same layer in a full read."""
+    ids = _ids(tiny_model)
+    full = tiny_model.hook_values(ids, {layer: ALL_HOOKS for layer in range(tiny_model.n_layers)})
+    for layer in range(tiny_model.n_layers):
+        alone = tiny_model.hook_values(ids, {layer: ["mlp_in", "mlp_out_post_norm"]})
+        assert torch.equal(alone[(layer, "mlp_in")], full[(layer, "mlp_in")])
+        assert torch.equal(alone[(layer, "mlp_out_post_norm")], full[(layer, "mlp_out_post_norm")])
 
 
 def test_nnsight_read_stops_after_the_deepest_requested_layer(tiny_model):

@@ -3,8 +3,9 @@
 :class:`ArchitectureAdapter` says where each part of a transformer block lives for a model family
 (GPT-2, Gemma-2, Gemma-3, Llama); no other module contains architecture-specific names.
 :class:`SubjectModel` wraps the Hugging Face model, its tokenizer, its adapter and an nnsight
-view of it, and reads the transcoder hook points (``mlp_in``, ``mlp_in_unaffine``, ``resid_mid``,
-``mlp_out``, ``mlp_out_post_norm``) of any layers in one forward pass.
+view of it. Through nnsight traces it reads the transcoder hook points (``mlp_in``,
+``mlp_in_unaffine``, ``resid_mid``, ``mlp_out``, ``mlp_out_post_norm``) of any layers in one forward
+pass that stops after the deepest one, and splices transcoders in place of MLPs (FADE's steering).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ Family = Literal["gpt2", "gemma2", "gemma3", "llama"]
 NormKind = Literal["layernorm", "rmsnorm", "gemma_rmsnorm"]
 InputHook = Literal["mlp_in", "mlp_in_unaffine", "resid_mid"]
 OutputHook = Literal["mlp_out", "mlp_out_post_norm"]
-Reader = Literal["nnsight", "torch_hooks"]
 INPUT_HOOKS: tuple[str, ...] = ("mlp_in", "mlp_in_unaffine", "resid_mid")
 OUTPUT_HOOKS: tuple[str, ...] = ("mlp_out", "mlp_out_post_norm")
 
@@ -207,10 +207,6 @@ class _LayerStep:
     splice_writes_post_norm: bool
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the deepest needed value is read."""
-
-
 class SubjectModel:
     """A causal LM under study, with its tokenizer, architecture adapter and nnsight view."""
 
@@ -373,23 +369,15 @@ class SubjectModel:
         input_ids: Tensor,
         requests: Mapping[int, Sequence[str]],
         attention_mask: Tensor | None = None,
-        *,
-        reader: Reader = "nnsight",
     ) -> dict[tuple[int, str], Tensor]:
         """Run ``input_ids`` (batch, pos) and return the named hook values of the requested layers.
 
         ``requests`` maps a layer to hook names from :data:`INPUT_HOOKS` and :data:`OUTPUT_HOOKS`.
-        The values are read in one forward pass that stops after the deepest requested layer, by
-        an nnsight trace (``reader="nnsight"``) or hand-written PyTorch hooks (``"torch_hooks"``).
-        Values: (batch, pos, d_model) float32.
+        The values are read in one nnsight trace that stops after the deepest requested layer,
+        with the active :meth:`splice` applied. Values: (batch, pos, d_model) float32.
         """
         self._check_requests(requests)
-        if reader == "nnsight":
-            saved = self._read_with_nnsight(input_ids, requests, attention_mask)
-        elif reader == "torch_hooks":
-            saved = self._read_with_torch_hooks(input_ids, requests, attention_mask)
-        else:
-            raise InputError(f"unknown hook reader {reader!r} (known: nnsight, torch_hooks)")
+        saved = self._read_with_nnsight(input_ids, requests, attention_mask)
         return self._requested_values(requests, saved)
 
     def _check_requests(self, requests: Mapping[int, Sequence[str]]) -> None:
@@ -505,14 +493,9 @@ class SubjectModel:
             saved[(layer, "resid_mid")] = save_value(step.norm.input)
         if step.read_mlp_in:
             saved[(layer, "mlp_in")] = save_value(step.norm.output)
-        x = None
+        x = None  # the spliced transcoder's input, (batch, pos, d_model) float32
         if splice is not None:
-            hook = splice.transcoder.input_hook
-            norm = self.block_part(layer, "pre_mlp_norm")
-            if hook == "mlp_in":
-                x = saved[(layer, "mlp_in")].float()
-            else:
-                x = self._transcoder_input(splice.transcoder, norm, saved[(layer, "resid_mid")])
+            x = self._hook_from_saved(layer, splice.transcoder.input_hook, saved)
         if step.read_mlp_out:
             output = step.mlp.output
             if splice is not None and not step.splice_writes_post_norm:
@@ -530,75 +513,14 @@ class SubjectModel:
                     output = new
             saved[(layer, "mlp_out_post_norm")] = save_value(output)
 
-    def _read_with_torch_hooks(
-        self,
-        input_ids: Tensor,
-        requests: Mapping[int, Sequence[str]],
-        attention_mask: Tensor | None,
-    ) -> dict[tuple[int, str], Tensor]:
-        """Read hook points with PyTorch forward hooks and stop after the deepest layer.
-
-        Plain hooks, not an nnsight trace: nnsight reads a module's output before the module's
-        forward hooks run, so it would not see a transcoder spliced in by :meth:`splice`.
-        """
-        saved: dict[tuple[int, str], Tensor] = {}
-        handles = []
-        deepest = max(requests)
-
-        def keep(key: tuple[int, str], stop: bool):
-            def hook(_module, args, output=None):
-                saved[key] = (args[0] if output is None else output).detach()
-                if stop:
-                    raise _StopForward
-
-            return hook
-
-        for layer in sorted(requests):
-            hooks = set(requests[layer])
-            last = []
-            if hooks & set(INPUT_HOOKS):
-                norm = self.block_part(layer, "pre_mlp_norm")
-                last.append(("pre", norm, (layer, "resid_mid")))
-            if hooks & set(OUTPUT_HOOKS):
-                last.append(("post", self.block_part(layer, "mlp"), (layer, "mlp_out")))
-            if "mlp_out_post_norm" in hooks and self.adapter.post_mlp_norm:
-                post = self.block_part(layer, "post_mlp_norm")
-                last.append(("post", post, (layer, "mlp_out_post_norm")))
-            for index, (kind, module, key) in enumerate(last):
-                stop = layer == deepest and index == len(last) - 1
-                if kind == "pre":
-                    handles.append(module.register_forward_pre_hook(keep(key, stop)))
-                else:
-                    handles.append(module.register_forward_hook(keep(key, stop)))
-        kwargs: dict[str, Tensor] = {"input_ids": input_ids.to(self.device)}
-        if attention_mask is not None:
-            kwargs["attention_mask"] = attention_mask.to(self.device)
-        try:
-            with torch.no_grad():
-                self.hf_model(**kwargs, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        for layer, hooks in requests.items():
-            if "mlp_out_post_norm" in hooks and not self.adapter.post_mlp_norm:
-                saved[(layer, "mlp_out_post_norm")] = saved[(layer, "mlp_out")]
-        return saved
-
     def _hook_from_saved(
         self, layer: int, hook: str, saved: Mapping[tuple[int, str], Tensor]
     ) -> Tensor:
-        if hook in OUTPUT_HOOKS or (layer, hook) in saved:
-            return saved[(layer, hook)].float()
-        resid_mid = saved[(layer, "resid_mid")].float()
-        if hook == "resid_mid":
-            return resid_mid
-        norm = self.block_part(layer, "pre_mlp_norm")
+        """A hook's value (batch, pos, d_model) float32 from the module values a trace saved."""
         if hook == "mlp_in_unaffine":
-            return normalize(norm, self.adapter.norm_kind, resid_mid)
-        with torch.no_grad():
-            return norm(resid_mid.to(norm.weight.dtype)).float()
+            norm = self.block_part(layer, "pre_mlp_norm")
+            return normalize(norm, self.adapter.norm_kind, saved[(layer, "resid_mid")])
+        return saved[(layer, hook)].float()
 
     # --- splicing transcoders in place of MLPs -------------------------------------------------------
     @contextlib.contextmanager
@@ -653,16 +575,6 @@ class SubjectModel:
         if splice.keep_error:
             new = output.float() + new - transcoder.decode(activations, x)
         return new.to(output.dtype)
-
-    def _transcoder_input(
-        self, transcoder: Transcoder, norm: nn.Module, resid_mid: Tensor
-    ) -> Tensor:
-        hook = transcoder.input_hook
-        if hook == "resid_mid":
-            return resid_mid.float()
-        if hook == "mlp_in_unaffine":
-            return normalize(norm, self.adapter.norm_kind, resid_mid)
-        return norm(resid_mid).float()
 
     def logits(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, *, logits_to_keep: int = 0
