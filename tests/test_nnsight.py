@@ -224,3 +224,29 @@ def test_steering_moves_the_logits_as_computed_by_hand(tiny_model):
     torch.testing.assert_close(steered, by_hand, rtol=1e-4, atol=1e-4)
     assert continuations.shape == (3, 3)
     assert torch.equal(continuations[:, 0], steered[:, -1].argmax(-1))
+
+
+def test_splice_errors_name_the_layer():
+    from circuit_insights.errors import InputError
+    from circuit_insights.models.tiny import tiny_subject_model
+
+    model = tiny_subject_model("llama")
+    transcoder = _transcoder(model, 1, "mlp_in", "mlp_out")
+    with pytest.raises(InputError, match="layer 1 is already spliced"):
+        with model.splice({1: transcoder}), model.splice({1: transcoder}):
+            pass
+    wide = Transcoder(model.d_model + 8, 16, layer=2)
+    with pytest.raises(InputError, match="transcoder for layer 2 has d_model 40"):
+        with model.splice({2: wide}):
+            pass
+    override = {0: (torch.tensor([1]), torch.tensor([1.0]))}
+    with pytest.raises(InputError, match="feature_override names layer 0"):
+        with model.splice({1: transcoder}, feature_override=override):
+            pass
+    ids = _ids(model)
+    assert torch.equal(model.logits(ids), _hand_written_reads_logits(model, ids))  # all undone
+
+
+def _hand_written_reads_logits(model: SubjectModel, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.hf_model(input_ids=ids, use_cache=False).logits.float()

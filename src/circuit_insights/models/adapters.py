@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from circuit_insights.errors import InputError
 
 if TYPE_CHECKING:
+    from nnsight import Envoy
+
     from circuit_insights.transcoders.base import Transcoder
 
 log = logging.getLogger(__name__)
@@ -196,9 +198,9 @@ class _LayerStep:
     """One layer's reads and writes in an nnsight trace; the envoys are nnsight views of modules."""
 
     layer: int
-    norm: object
-    mlp: object
-    post_norm: object | None
+    norm: Envoy
+    mlp: Envoy
+    post_norm: Envoy | None
     read_resid_mid: bool
     read_mlp_in: bool
     read_mlp_out: bool
@@ -552,6 +554,11 @@ class SubjectModel:
                 self.check_layer(layer)
                 if layer in self._splices:
                     raise InputError(f"layer {layer} is already spliced")
+                if transcoder.d_model != self.d_model:
+                    raise InputError(
+                        f"transcoder for layer {layer} has d_model {transcoder.d_model}, "
+                        f"model {self.name!r} has {self.d_model}"
+                    )
                 self._splices[layer] = _Splice(transcoder, keep_error, overrides.get(layer))
                 added.append(layer)
             yield
