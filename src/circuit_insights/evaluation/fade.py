@@ -646,14 +646,14 @@ def greedy_continuations(
 
     Plain forward passes over the whole growing sequence (no KV cache), last-position logits
     only; exactly ``n_tokens`` tokens, no stopping at EOS. Runs under whatever
-    :meth:`SubjectModel.splice` is active.
+    :meth:`SubjectModel.splice` is active (applied in :meth:`SubjectModel.logits`' nnsight trace).
     """
     out = []
     for start in range(0, len(prompts), batch_size):
         ids = prompts[start : start + batch_size].to(model.device, torch.long)  # (b, L)
         for _ in range(n_tokens):
-            logits = model.hf_model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
-            next_token = logits[:, -1].float().argmax(dim=-1, keepdim=True)  # (b, 1)
+            logits = model.logits(ids, logits_to_keep=1)  # (b, 1, vocab)
+            next_token = logits[:, -1].argmax(dim=-1, keepdim=True)  # (b, 1)
             ids = torch.cat([ids, next_token], dim=1)
         out.append(ids[:, prompts.shape[1] :].cpu())
     return torch.cat(out) if out else torch.zeros((0, n_tokens), dtype=torch.long)

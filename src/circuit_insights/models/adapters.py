@@ -3,8 +3,9 @@
 :class:`ArchitectureAdapter` says where each part of a transformer block lives for a model family
 (GPT-2, Gemma-2, Gemma-3, Llama); no other module contains architecture-specific names.
 :class:`SubjectModel` wraps the Hugging Face model, its tokenizer, its adapter and an nnsight
-view of it, and reads the transcoder hook points (``mlp_in``, ``mlp_in_unaffine``, ``resid_mid``,
-``mlp_out``, ``mlp_out_post_norm``) of any layers in one forward pass.
+view of it. Through nnsight traces it reads the transcoder hook points (``mlp_in``,
+``mlp_in_unaffine``, ``resid_mid``, ``mlp_out``, ``mlp_out_post_norm``) of any layers in one forward
+pass that stops after the deepest one, and splices transcoders in place of MLPs (FADE's steering).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from torch import Tensor, nn
 from circuit_insights.errors import InputError
 
 if TYPE_CHECKING:
+    from nnsight import Envoy
+
     from circuit_insights.transcoders.base import Transcoder
 
 log = logging.getLogger(__name__)
@@ -181,8 +184,29 @@ def norm_bias(norm: nn.Module) -> Tensor | None:
     return None if bias is None else bias.detach().float()
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the deepest needed value is read."""
+@dataclass(frozen=True)
+class _Splice:
+    """A transcoder in place of one layer's MLP (see :meth:`SubjectModel.splice`)."""
+
+    transcoder: Transcoder
+    keep_error: bool
+    override: tuple[Tensor, Tensor] | None
+
+
+@dataclass(frozen=True)
+class _LayerStep:
+    """One layer's reads and writes in an nnsight trace; the envoys are nnsight views of modules."""
+
+    layer: int
+    norm: Envoy
+    mlp: Envoy
+    post_norm: Envoy | None
+    read_resid_mid: bool
+    read_mlp_in: bool
+    read_mlp_out: bool
+    read_post_norm: bool
+    splice: _Splice | None
+    splice_writes_post_norm: bool
 
 
 class SubjectModel:
@@ -213,6 +237,7 @@ class SubjectModel:
             )
         self._bos_token_id = bos_token_id
         self._nnsight: object | None = None
+        self._splices: dict[int, _Splice] = {}
 
     # --- loading -------------------------------------------------------------------------------
     @classmethod
@@ -354,89 +379,154 @@ class SubjectModel:
         """Run ``input_ids`` (batch, pos) and return the named hook values of the requested layers.
 
         ``requests`` maps a layer to hook names from :data:`INPUT_HOOKS` and :data:`OUTPUT_HOOKS`.
-        The forward pass stops after the deepest requested layer. Values: (batch, pos, d_model).
+        The values are read in one nnsight trace that stops after the deepest requested layer,
+        with the active :meth:`splice` applied. Values: (batch, pos, d_model) float32.
         """
+        self._check_requests(requests)
+        saved = self._read_with_nnsight(input_ids, requests, attention_mask)
+        return self._requested_values(requests, saved)
+
+    def _check_requests(self, requests: Mapping[int, Sequence[str]]) -> None:
+        if not requests:
+            raise InputError("no hook values requested: give at least one layer")
         for layer, hooks in requests.items():
             self.check_layer(layer)
             for hook in hooks:
                 if hook not in INPUT_HOOKS + OUTPUT_HOOKS:
                     raise InputError(f"unknown hook {hook!r} (known: {INPUT_HOOKS + OUTPUT_HOOKS})")
-        saved = self._trace_hooks(input_ids, requests, attention_mask)
+
+    def _requested_values(
+        self, requests: Mapping[int, Sequence[str]], saved: Mapping[tuple[int, str], Tensor]
+    ) -> dict[tuple[int, str], Tensor]:
         values: dict[tuple[int, str], Tensor] = {}
         for layer, hooks in requests.items():
             for hook in hooks:
                 values[(layer, hook)] = self._hook_from_saved(layer, hook, saved)
         return values
 
-    def _trace_hooks(
+    def _read_with_nnsight(
         self,
         input_ids: Tensor,
         requests: Mapping[int, Sequence[str]],
         attention_mask: Tensor | None,
     ) -> dict[tuple[int, str], Tensor]:
-        """Read hook points with PyTorch forward hooks and stop after the deepest layer.
-
-        Plain hooks, not an nnsight trace: nnsight reads a module's output before the module's
-        forward hooks run, so it would not see a transcoder spliced in by :meth:`splice`.
-        """
-        saved: dict[tuple[int, str], Tensor] = {}
-        handles = []
-        deepest = max(requests)
-
-        def keep(key: tuple[int, str], stop: bool):
-            def hook(_module, args, output=None):
-                saved[key] = (args[0] if output is None else output).detach()
-                if stop:
-                    raise _StopForward
-
-            return hook
-
-        for layer in sorted(requests):
-            hooks = set(requests[layer])
-            last = []
-            if hooks & set(INPUT_HOOKS):
-                norm = self.block_part(layer, "pre_mlp_norm")
-                last.append(("pre", norm, (layer, "resid_mid")))
-            if hooks & set(OUTPUT_HOOKS):
-                last.append(("post", self.block_part(layer, "mlp"), (layer, "mlp_out")))
-            if "mlp_out_post_norm" in hooks and self.adapter.post_mlp_norm:
-                post = self.block_part(layer, "post_mlp_norm")
-                last.append(("post", post, (layer, "mlp_out_post_norm")))
-            for index, (kind, module, key) in enumerate(last):
-                stop = layer == deepest and index == len(last) - 1
-                if kind == "pre":
-                    handles.append(module.register_forward_pre_hook(keep(key, stop)))
-                else:
-                    handles.append(module.register_forward_hook(keep(key, stop)))
-        kwargs: dict[str, Tensor] = {"input_ids": input_ids.to(self.device)}
-        if attention_mask is not None:
-            kwargs["attention_mask"] = attention_mask.to(self.device)
-        try:
-            with torch.no_grad():
-                self.hf_model(**kwargs, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        """Read module values in one nnsight trace (active splices applied), stopped after the
+        deepest requested layer."""
+        saved, _ = self._trace(input_ids, attention_mask, requests, want_logits=False)
         for layer, hooks in requests.items():
             if "mlp_out_post_norm" in hooks and not self.adapter.post_mlp_norm:
                 saved[(layer, "mlp_out_post_norm")] = saved[(layer, "mlp_out")]
         return saved
 
+    def _trace(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        requests: Mapping[int, Sequence[str]],
+        *,
+        want_logits: bool,
+        logits_to_keep: int = 0,
+    ) -> tuple[dict[tuple[int, str], Tensor], Tensor | None]:
+        """One nnsight trace over ``input_ids`` (batch, pos): the active splices are applied at
+        their layers, the requested module values are read, and the run stops after the deepest
+        requested layer unless the logits are wanted. Returns (saved values, logits or None).
+
+        Saved names: ``resid_mid`` (the pre-MLP norm's input), ``mlp_in`` (its output),
+        ``mlp_out`` (the MLP's output), ``mlp_out_post_norm`` (the post-MLP norm's output, in
+        families that have one); each as the model passes it on, splices included.
+        """
+        deepest = max(requests, default=-1)
+        splices = {
+            layer: splice
+            for layer, splice in self._splices.items()
+            if want_logits or layer <= deepest
+        }
+        steps = [
+            self._layer_step(layer, set(requests.get(layer, ())), splices.get(layer))
+            for layer in sorted(set(requests) | set(splices))
+        ]
+        kwargs: dict[str, object] = {"input_ids": input_ids.to(self.device), "use_cache": False}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.to(self.device)
+        if want_logits:
+            kwargs["logits_to_keep"] = logits_to_keep
+        from nnsight import save as save_value
+
+        saved: dict[tuple[int, str], Tensor] = {}
+        output = None
+        with torch.no_grad(), self.nnsight.trace(**kwargs) as tracer:
+            for step in steps:
+                self._run_layer_step(step, saved)
+            if want_logits:
+                output = save_value(self.nnsight.output)
+            else:
+                tracer.stop()
+        return saved, None if output is None else output.logits
+
+    def _layer_step(self, layer: int, reads: set[str], splice: _Splice | None) -> _LayerStep:
+        """What one layer's part of a trace reads and writes, with the envoys it touches."""
+        block = get_path(self.nnsight, self.adapter.layers)[layer]  # type: ignore[index]
+        post_path = self.adapter.post_mlp_norm
+        input_hook = None if splice is None else splice.transcoder.input_hook
+        writes_post = (
+            splice is not None
+            and splice.transcoder.output_hook == "mlp_out_post_norm"
+            and post_path is not None
+        )
+        read_post = "mlp_out_post_norm" in reads and post_path is not None
+        return _LayerStep(
+            layer=layer,
+            norm=get_path(block, self.adapter.pre_mlp_norm),
+            mlp=get_path(block, self.adapter.mlp),
+            post_norm=None if post_path is None else get_path(block, post_path),
+            read_resid_mid=bool(reads & {"resid_mid", "mlp_in_unaffine"})
+            or input_hook in ("resid_mid", "mlp_in_unaffine"),
+            read_mlp_in="mlp_in" in reads or input_hook == "mlp_in",
+            read_mlp_out="mlp_out" in reads
+            or ("mlp_out_post_norm" in reads and post_path is None)
+            or (splice is not None and not writes_post),
+            read_post_norm=read_post or writes_post,
+            splice=splice,
+            splice_writes_post_norm=writes_post,
+        )
+
+    def _run_layer_step(self, step: _LayerStep, saved: dict[tuple[int, str], Tensor]) -> None:
+        """Inside a trace: read one layer's values in execution order and apply its splice."""
+        from nnsight import save as save_value
+
+        layer, splice = step.layer, step.splice
+        if step.read_resid_mid:
+            saved[(layer, "resid_mid")] = save_value(step.norm.input)
+        if step.read_mlp_in:
+            saved[(layer, "mlp_in")] = save_value(step.norm.output)
+        x = None  # the spliced transcoder's input, (batch, pos, d_model) float32
+        if splice is not None:
+            x = self._hook_from_saved(layer, splice.transcoder.input_hook, saved)
+        if step.read_mlp_out:
+            output = step.mlp.output
+            if splice is not None and not step.splice_writes_post_norm:
+                new = self._spliced_output(splice, x, output)
+                if new is not None:
+                    step.mlp.output = new
+                    output = new
+            saved[(layer, "mlp_out")] = save_value(output)
+        if step.read_post_norm:
+            output = step.post_norm.output
+            if step.splice_writes_post_norm:
+                new = self._spliced_output(splice, x, output)
+                if new is not None:
+                    step.post_norm.output = new
+                    output = new
+            saved[(layer, "mlp_out_post_norm")] = save_value(output)
+
     def _hook_from_saved(
         self, layer: int, hook: str, saved: Mapping[tuple[int, str], Tensor]
     ) -> Tensor:
-        if hook in OUTPUT_HOOKS:
-            return saved[(layer, hook)].float()
-        resid_mid = saved[(layer, "resid_mid")].float()
-        if hook == "resid_mid":
-            return resid_mid
-        norm = self.block_part(layer, "pre_mlp_norm")
+        """A hook's value (batch, pos, d_model) float32 from the module values a trace saved."""
         if hook == "mlp_in_unaffine":
-            return normalize(norm, self.adapter.norm_kind, resid_mid)
-        with torch.no_grad():
-            return norm(resid_mid.to(norm.weight.dtype)).float()
+            norm = self.block_part(layer, "pre_mlp_norm")
+            return normalize(norm, self.adapter.norm_kind, saved[(layer, "resid_mid")])
+        return saved[(layer, hook)].float()
 
     # --- splicing transcoders in place of MLPs -------------------------------------------------------
     @contextlib.contextmanager
@@ -447,7 +537,9 @@ class SubjectModel:
         keep_error: bool = False,
         feature_override: Mapping[int, tuple[Tensor, Tensor]] | None = None,
     ) -> Iterator[None]:
-        """Replace the MLP of each layer by its transcoder for forward passes inside the block.
+        """Replace the MLP of each layer by its transcoder in the forward passes of
+        :meth:`logits` and :meth:`hook_values` inside the block (applied in their nnsight traces;
+        a direct call of ``hf_model`` does not see it).
 
         The transcoder reads its input hook and writes its output hook (``mlp_out``: replaces the
         MLP module's output; ``mlp_out_post_norm``: replaces what Gemma's post-feedforward norm adds
@@ -456,68 +548,61 @@ class SubjectModel:
         model is unchanged. ``feature_override`` maps a layer to (feature indices (k,), values (k,)
         or (batch, pos, k)) set as activations at every position.
         """
-        handles = []
-        adapter = self.adapter
+        overrides = feature_override or {}
+        for layer in overrides:
+            if layer not in transcoders:
+                raise InputError(f"feature_override names layer {layer}, which is not spliced")
+        added = []
         try:
             for layer, transcoder in transcoders.items():
                 self.check_layer(layer)
-                if transcoder.output_hook == "mlp_out_post_norm" and adapter.post_mlp_norm:
-                    target = self.block_part(layer, "post_mlp_norm")
-                else:
-                    target = self.block_part(layer, "mlp")
-                norm = self.block_part(layer, "pre_mlp_norm")
-                captured: dict[str, Tensor] = {}
-
-                def capture(_module, args, _captured=captured):
-                    _captured["resid_mid"] = args[0]
-
-                def replace(
-                    _module,
-                    _args,
-                    output,
-                    _captured=captured,
-                    _layer=layer,
-                    _tc=transcoder,
-                    _norm=norm,
-                ):
-                    x = self._transcoder_input(_tc, _norm, _captured["resid_mid"])
-                    activations = _tc.encode(x)
-                    override = (feature_override or {}).get(_layer)
-                    if override is None and keep_error:
-                        return output
-                    if override is not None:
-                        features, values = override
-                        steered = activations.clone()
-                        steered[..., features] = values.to(steered.dtype)
-                        new = _tc.decode(steered, x)
-                        if keep_error:
-                            new = output.float() + new - _tc.decode(activations, x)
-                    else:
-                        new = _tc.decode(activations, x)
-                    return new.to(output.dtype)
-
-                handles.append(norm.register_forward_pre_hook(capture))
-                handles.append(target.register_forward_hook(replace))
+                if layer in self._splices:
+                    raise InputError(f"layer {layer} is already spliced")
+                if transcoder.d_model != self.d_model:
+                    raise InputError(
+                        f"transcoder for layer {layer} has d_model {transcoder.d_model}, "
+                        f"model {self.name!r} has {self.d_model}"
+                    )
+                self._splices[layer] = _Splice(transcoder, keep_error, overrides.get(layer))
+                added.append(layer)
             yield
         finally:
-            for handle in handles:
-                handle.remove()
+            for layer in added:
+                del self._splices[layer]
 
-    def _transcoder_input(
-        self, transcoder: Transcoder, norm: nn.Module, resid_mid: Tensor
+    def _spliced_output(self, splice: _Splice, x: Tensor, output: Tensor) -> Tensor | None:
+        """What a spliced transcoder writes in place of ``output`` (batch, pos, d_model) given its
+        input ``x``; None where the output stays as it is (error kept, no override)."""
+        if splice.override is None and splice.keep_error:
+            return None
+        transcoder = splice.transcoder
+        activations = transcoder.encode(x)  # (batch, pos, d_transcoder)
+        if splice.override is None:
+            return transcoder.decode(activations, x).to(output.dtype)
+        features, values = splice.override
+        steered = activations.clone()
+        steered[..., features] = values.to(steered.dtype)
+        new = transcoder.decode(steered, x)
+        if splice.keep_error:
+            new = output.float() + new - transcoder.decode(activations, x)
+        return new.to(output.dtype)
+
+    def logits(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, logits_to_keep: int = 0
     ) -> Tensor:
-        hook = transcoder.input_hook
-        if hook == "resid_mid":
-            return resid_mid.float()
-        if hook == "mlp_in_unaffine":
-            return normalize(norm, self.adapter.norm_kind, resid_mid)
-        return norm(resid_mid).float()
-
-    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Plain forward pass. (batch, pos) -> (batch, pos, vocab)"""
+        """Forward pass, active splices applied. (batch, pos) -> (batch, pos, vocab) float32;
+        ``logits_to_keep`` > 0: only the last that many positions."""
+        if self._splices:
+            _, logits = self._trace(
+                input_ids, attention_mask, {}, want_logits=True, logits_to_keep=logits_to_keep
+            )
+            assert logits is not None
+            return logits.float()
         with torch.no_grad():
             out = self.hf_model(
                 input_ids=input_ids.to(self.device),
                 attention_mask=None if attention_mask is None else attention_mask.to(self.device),
+                use_cache=False,
+                logits_to_keep=logits_to_keep,
             )
         return out.logits.float()
