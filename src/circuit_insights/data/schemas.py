@@ -274,7 +274,8 @@ ATTRIBUTION_TOTALS_SCHEMA = pa.schema(
 #: rated continuations rated 2 (null where none was rated) and how many were rated; empty lists
 #: when Faithfulness was not run. ``llm_*``: calls, answers whose ``parse_status`` was not
 #: ``ok``, cache hits, tokens and summed latency of this row's LLM requests; ``elapsed_s`` wall
-#: time of the row.
+#: time of the row. ``rater``: ``llm`` (FADE with the LLM rating) or ``rule`` (an executable
+#: explanation rated by applying it, ``circuit_insights.evaluation.rule_rater``; never mix the two).
 FADE_EVALUATION_SCHEMA = pa.schema(
     [
         pa.field("layer", pa.int32(), nullable=False),
@@ -285,6 +286,7 @@ FADE_EVALUATION_SCHEMA = pa.schema(
         pa.field("llm_model", pa.string(), nullable=False),
         pa.field("prompt_version", pa.string(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
+        pa.field("rater", pa.string(), nullable=False),
         pa.field("clarity", pa.float64()),
         pa.field("clarity_reason", pa.string()),
         pa.field("responsiveness", pa.float64()),
