@@ -82,6 +82,8 @@ def clusters_frame(feature: int, example_samples: list[int]) -> pd.DataFrame:
                 "cluster": 0,
                 "is_noise": False,
                 "status": "clustered",
+                "n_samples": 5,
+                "share": 0.5,
                 "defining_kinds": ["head", "feature", "head"],
                 "defining_layers": [1, 2, 0],
                 "defining_indices": [2, 11, 0],
@@ -95,6 +97,8 @@ def clusters_frame(feature: int, example_samples: list[int]) -> pd.DataFrame:
                 "cluster": -1,
                 "is_noise": True,
                 "status": "clustered",
+                "n_samples": 5,
+                "share": 0.5,
                 "defining_kinds": [],
                 "defining_layers": [],
                 "defining_indices": [],
@@ -155,7 +159,7 @@ def test_cl_rule_recovers_the_planted_trigger_pattern():
     # The rare head (frequency 0.2 < 0.5) is left out.
     assert "head L0.H0" not in by_source
     text = rule.text(lambda t: {A: "A", B: "B"}.get(t, str(t)))
-    assert "'B' here" in text and "'A' 2 tokens before (head L1.H2)" in text
+    assert "the token is 'B' AND 'A' is 2 tokens before (head L1.H2)" in text
     # Without the upstream condition the rule is exactly "B here and A at -2".
     pattern = Rule(3, 0, "cl_rule", (Clause(tuple(c for c in clause.conditions if c.offset)),))
     assert pattern.holds(tokens)[: len(tokens) // 3, 8].all()
@@ -227,3 +231,58 @@ def test_rule_config_rejects_bad_values():
         RuleConfig(maxact_min_share=2.0)
     with pytest.raises(InputError, match="unknown rules key"):
         RuleConfig.from_mapping({"nope": 1})
+
+
+def test_explain_writes_rule_rows_with_text_and_json_and_missing_input_rows():
+    from circuit_insights.explain import build_feature_inputs, explain_shard
+
+    tokens = planted_contexts()
+    context_ids = np.arange(len(tokens)) + 100
+    weightlens = pd.DataFrame(
+        [
+            {
+                "layer": 3,
+                "feature": f,
+                "validated_token_ids": ids,
+                "validated_tokens": [f"<{i}>" for i in ids],
+                "validated_activations": [1.0] * len(ids),
+                "description": "tokens: B" if ids else "no validated tokens",
+            }
+            for f, ids in ((0, [B]), (1, []))
+        ]
+    )
+    samples = pd.concat(
+        [
+            samples_frame(0, [100 + i for i in range(5)], [8] * 5, "quantile"),
+            samples_frame(0, [100 + i for i in range(5)], [8] * 5, "top"),
+        ]
+    )
+    inputs = build_feature_inputs(
+        layer=3,
+        features=[0, 1],
+        weightlens_df=weightlens,
+        clusters_df=clusters_frame(0, list(range(5))),
+        samples_df=samples,
+        context_ids=context_ids,
+        tokens=tokens,
+    )
+    variants = ["maxact_rule", "weightlens_rule", "cl_rule", "wl_cl_rule"]
+    frame = explain_shard(None, inputs, variants)
+    final = frame[frame["is_final"]].set_index(["feature", "variant"])
+    assert len(final) == 8
+    ok = final.loc[0]
+    assert (ok["step"] == "rule").all() and (ok["parse_status"] == "ok").all()
+    assert "the token is '<7>'" in ok.loc["maxact_rule", "description"]
+    assert "is 2 tokens before (head L1.H2)" in ok.loc["cl_rule", "description"]
+    assert " OR " in ok.loc["wl_cl_rule", "description"]
+    for variant in variants:
+        rule = Rule.from_json(ok.loc[variant, "raw_text"])
+        assert rule.variant == variant and not rule.is_missing
+    missing = final.loc[1]
+    assert missing.loc["cl_rule", "step"] == "missing_input"
+    assert missing.loc["cl_rule", "error"] == "no clusters (clustering status not clustered)"
+    assert missing.loc["maxact_rule", "error"] == "no top contexts"
+    # weightlens_rule keeps WeightLens's own text; its rule records why it cannot be applied.
+    assert Rule.from_json(missing.loc["weightlens_rule", "raw_text"]).missing == (
+        "no validated WeightLens tokens"
+    )

@@ -141,10 +141,11 @@ class Condition:
         if len(self.token_ids) > 8:
             shown += f" (+{len(self.token_ids) - 8} more)"
         many = len(self.token_ids) > 1
-        what = f"one of {shown}" if many else shown
-        where = "here" if self.offset == 0 else _offset_words(self.offset)
         via = "" if self.source in ("target", "token") else f" ({self.source})"
-        return f"{what} {where}{via}"
+        if self.offset == 0:
+            return f"the token is {'one of ' if many else ''}{shown}{via}"
+        what = f"one of {shown}" if many else shown
+        return f"{what} is {_offset_words(self.offset)}{via}"
 
 
 def _offset_words(offset: int) -> str:
