@@ -239,3 +239,66 @@ def test_missing_and_degenerate_rules_get_nan_with_reasons():
     assert row["responsiveness_reason"] == "rule_holds_everywhere"
     for reason in ("missing_input", "rule_holds_nowhere", "rule_holds_everywhere"):
         assert reason in rule_rater.RULE_REASONS
+
+
+def test_comparison_table_splits_by_classification_and_needs_three_features(tmp_path):
+    from circuit_insights.report.summary import (
+        rule_comparison_markdown,
+        rule_comparison_table,
+        write_summary,
+    )
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for feature in range(8):
+        for variant in ("maxact_rule", "weightlens_rule", "cl_rule", "wl_cl_rule"):
+            value = float(rng.random())
+            rows.append(
+                {
+                    "layer": 2,
+                    "feature": feature,
+                    "variant": variant,
+                    "rater": "rule",
+                    "clarity": value,
+                    "clarity_reason": None,
+                    "responsiveness": np.nan if feature == 0 else value,
+                    "responsiveness_reason": "rule_holds_nowhere" if feature == 0 else None,
+                    "purity": value,
+                    "purity_reason": None,
+                }
+            )
+    # An LLM-rated row is never counted.
+    rows.append({**rows[0], "rater": "llm", "clarity": 5.0})
+    evaluation = pd.DataFrame(rows)
+    # Features 0-5 token-based, 6-7 context-dependent.
+    weightlens = pd.DataFrame(
+        {"layer": 2, "feature": range(8), "is_token_based": [True] * 6 + [False] * 2}
+    )
+    table = rule_comparison_table(evaluation, weightlens, model="m", n_boot=200)
+    cell = table.set_index(["classification", "metric", "layer", "variant"])
+    token = cell.loc[("token_based", "clarity", 2, "cl_rule")]
+    values = evaluation[(evaluation["variant"] == "cl_rule") & (evaluation["rater"] == "rule")]
+    assert token["n"] == 6
+    assert token["mean"] == pytest.approx(values["clarity"].iloc[:6].mean())
+    assert token["ci_low"] <= token["mean"] <= token["ci_high"]
+    context = cell.loc[("context_dependent", "clarity", 2, "cl_rule")]
+    assert context["n"] == 2 and math.isnan(context["ci_low"])  # fewer than 3: no CI
+    missing = cell.loc[("token_based", "responsiveness", 2, "maxact_rule")]
+    assert missing["n"] == 5 and missing["n_missing"] == 1
+    assert missing["missing_reasons"] == "rule_holds_nowhere: 1"
+    assert cell.loc[("all", "clarity", 2, "maxact_rule")]["n"] == 8
+    text = rule_comparison_markdown(table)
+    assert "token-based features" in text and "(n=2, no CI)" in text
+    written = write_summary(
+        evaluation[evaluation["rater"] == "llm"].assign(
+            faithfulness=np.nan, faithfulness_reason="gated"
+        ),
+        weightlens.assign(auroc=0.5, precision=0.5, score_reason="", validated_token_ids=[[1]] * 8),
+        tmp_path,
+        model="m",
+        n_boot=50,
+        rule_evaluation_frames=[evaluation[evaluation["rater"] == "rule"]],
+    )
+    assert written["plot_rule_comparison"].stat().st_size > 0
+    assert "cl_rule" in written["rule_comparison_md"].read_text()
+    assert len(pd.read_parquet(written["rule_comparison"])) == len(table)

@@ -462,6 +462,28 @@ METRIC_TABLE_SCHEMA = pa.schema(
     ]
 )
 
+#: The rule-rated comparison of the explanation methods
+#: (``circuit_insights.report.summary.rule_comparison_table``; ``docs/rules.md``): per (model,
+#: ``classification`` = ``token_based`` / ``context_dependent`` / ``all`` / ``unclassified``, metric,
+#: layer, variant) the mean over features with a value (``n``), its percentile-bootstrap 95% CI
+#: (null when ``n`` < 3), ``n_missing`` and ``missing_reasons`` as in ``METRIC_TABLE_SCHEMA``.
+#: Only rows with ``rater`` = ``rule``.
+RULE_COMPARISON_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("classification", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("n", pa.int64(), nullable=False),
+        pa.field("n_missing", pa.int64(), nullable=False),
+        pa.field("mean", pa.float64()),
+        pa.field("ci_low", pa.float64()),
+        pa.field("ci_high", pa.float64()),
+        pa.field("missing_reasons", pa.string(), nullable=False),
+    ]
+)
+
 #: Share of features WeightLens validates / classifies token-based
 #: (``circuit_insights.report.summary.token_based_shares``), per layer and over all layers (``layer``
 #: null), next to the paper's figure for the model's family (``paper_*`` null for other models).
