@@ -45,7 +45,7 @@ from circuit_insights.evaluation.fade import (
     rating_rounds,
     text_activations,
 )
-from circuit_insights.rules import Rule
+from circuit_insights.rules import EXECUTABLE_VARIANTS, Rule, RuleConfig
 from circuit_insights.weightlens import ContextTokens
 
 __all__ = [
@@ -55,6 +55,8 @@ __all__ = [
     "evaluate_rule",
     "rule_heldout_auroc",
     "rule_ratings",
+    "rules_from_explanations",
+    "rules_settings",
     "score_rules",
 ]
 
@@ -308,3 +310,49 @@ def rule_heldout_auroc(
         fires &= activation >= positive_fraction * activation[fires].max()
     score = rule.strength(tokens)
     return metrics.auroc(score[counted & ~fires], score[counted & fires])
+
+
+def rules_settings(
+    block: Mapping[str, Any] | None,
+) -> tuple[list[str], RuleConfig, RuleRaterConfig]:
+    """The config block ``rules`` split: (variants, derivation thresholds, rater knobs)."""
+    values = dict(block or {})
+    variants = [str(v) for v in values.pop("variants", EXECUTABLE_VARIANTS)]
+    unknown = [v for v in variants if v not in EXECUTABLE_VARIANTS]
+    if unknown:
+        raise InputError(f"rules.variants {unknown}: choose from {list(EXECUTABLE_VARIANTS)}")
+    rater_keys = set(RuleRaterConfig.__dataclass_fields__)
+    rater = RuleRaterConfig.from_mapping({k: v for k, v in values.items() if k in rater_keys})
+    derivation = RuleConfig.from_mapping({k: v for k, v in values.items() if k not in rater_keys})
+    return variants, derivation, rater
+
+
+def rules_from_explanations(
+    explanations: pd.DataFrame, variants: Sequence[str], layer: int
+) -> tuple[list[Rule], dict[tuple[int, str], str]]:
+    """The rules of the final explanation rows of ``variants`` and their readable texts.
+
+    A rule row carries its rule as JSON in ``raw_text``; a ``missing_input`` row (or a row without
+    JSON) gives a missing rule whose reason is the row's ``error``. Rows by feature, then variant.
+    """
+    for column in ("feature", "variant", "is_final", "raw_text", "description"):
+        if column not in explanations.columns:
+            raise InputError(f"explanations table lacks column {column!r}")
+    final = explanations[explanations["is_final"].astype(bool)]
+    final = final[final["variant"].isin(list(variants))]
+    order = {v: i for i, v in enumerate(variants)}
+    final = final.assign(_v=final["variant"].map(order)).sort_values(["feature", "_v"])
+    rules: list[Rule] = []
+    texts: dict[tuple[int, str], str] = {}
+    for record in final.to_dict("records"):
+        feature, variant = int(record["feature"]), str(record["variant"])
+        raw = record.get("raw_text")
+        if isinstance(raw, str) and raw.strip().startswith("{"):
+            rule = Rule.from_json(raw)
+        else:
+            reason = record.get("error") if isinstance(record.get("error"), str) else None
+            rule = Rule(int(layer), feature, variant, (), reason or "no rule in the explanations")
+        rules.append(rule)
+        if isinstance(record.get("description"), str) and record["description"].strip():
+            texts[(feature, variant)] = record["description"]
+    return rules, texts
