@@ -115,7 +115,7 @@ def test_pattern_feature_cl_rule_beats_the_token_rule():
     # Synthetic 'A _ B' contexts all fire; synthetic 'B' contexts mostly do not.
     # (a quarter of the natural samples fire as strongly, so Clarity stays below 1).
     assert cl["clarity"] > 0.6 and cl["clarity"] > token["clarity"] + 0.3
-    assert cl["n_synthetic_texts"] == 64 and cl["n_rated"] == 200
+    assert cl["n_synthetic_texts"] == 32 and cl["n_rated"] == 200
     assert cl["llm_calls"] == 0 and math.isnan(cl["faithfulness"])
     assert cl["faithfulness_reason"] == "not_rule_rated"
 
@@ -302,3 +302,19 @@ def test_comparison_table_splits_by_classification_and_needs_three_features(tmp_
     assert written["plot_rule_comparison"].stat().st_size > 0
     assert "cl_rule" in written["rule_comparison_md"].read_text()
     assert len(pd.read_parquet(written["rule_comparison"])) == len(table)
+
+
+def test_identical_rules_of_a_feature_run_the_model_once():
+    data = corpus(seed=4)
+    table = sparse_table(planted_activation(data.tokens, "token"), data.context_ids)
+    wl, _ = rules_for_feature()
+    same = Rule(wl.layer, wl.feature, "wl_cl_rule", wl.clauses)
+    calls = []
+
+    def counted(feature, sequences):
+        calls.append(feature)
+        return activations_of("token")(sequences)
+
+    frame = score_rules([wl, same], table, data, counted, bos_token_id=BOS, preset=PRESET)
+    assert calls == [FEATURE]
+    assert frame["clarity"].iloc[0] == frame["clarity"].iloc[1]

@@ -80,9 +80,10 @@ ActivationFn = Callable[[Sequence[Sequence[int]]], np.ndarray]
 class RuleRaterConfig:
     """Knobs of the rule rater (config key ``evaluate.rule_rater``)."""
 
-    n_synthetic: int = 64
-    """Synthetic contexts per rule for Clarity (FADE's LLM writes ~15 calls x <= 10 texts)."""
-    max_synthetic_tokens: int = 128
+    n_synthetic: int = 32
+    """Synthetic contexts per rule for Clarity (FADE's LLM writes ~15 calls x <= 10 texts; 32
+    keeps the rule rater of every feature affordable on 2 CPU cores)."""
+    max_synthetic_tokens: int = 32
     """Synthetic contexts are cut to this many tokens (BOS included)."""
 
     def __post_init__(self) -> None:
@@ -248,6 +249,17 @@ def score_rules(
     features = {r.feature for r in rules}
     own = heldout_activations[heldout_activations["feature"].isin(features)]
     by_feature = {int(f): g for f, g in own.groupby("feature")}
+    # The synthetic contexts depend only on (seed, feature, clauses): a rule equal to another of
+    # the same feature (wl_cl_rule of a feature without clusters is its weightlens_rule) reuses
+    # its activations instead of running the subject model again.
+    memo: dict[tuple[int, tuple[tuple[int, ...], ...]], np.ndarray] = {}
+
+    def cached(feature: int, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        key = (feature, tuple(tuple(int(t) for t in ids) for ids in sequences))
+        if key not in memo:
+            memo[key] = np.asarray(activations_of(feature, sequences), dtype=np.float64)
+        return memo[key]
+
     rows = []
     for rule in rules:
         rows.append(
@@ -255,7 +267,7 @@ def score_rules(
                 rule,
                 by_feature.get(rule.feature, own.iloc[:0]),
                 corpus,
-                lambda sequences, feature=rule.feature: activations_of(feature, sequences),
+                lambda sequences, feature=rule.feature: cached(feature, sequences),
                 bos_token_id=bos_token_id,
                 preset=preset,
                 seed=feature_seed(seed, rule.feature),
