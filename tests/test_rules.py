@@ -286,3 +286,33 @@ def test_explain_writes_rule_rows_with_text_and_json_and_missing_input_rows():
     assert Rule.from_json(missing.loc["weightlens_rule", "raw_text"]).missing == (
         "no validated WeightLens tokens"
     )
+
+
+def test_synthetic_contexts_stay_inside_the_silent_prefixes():
+    tokens = planted_contexts(seed=5)
+    rule = Rule(0, 0, "weightlens_rule", (Clause((Condition(0, (B,)),)),))
+    short = synthetic_contexts(rule, tokens, 20, silent_length=np.full(len(tokens), 3))
+    assert short and all(len(context) <= 3 for context in short)
+    assert synthetic_contexts(rule, tokens, 20, silent_length=np.zeros(len(tokens))) == []
+
+
+def test_bos_never_names_a_cl_rule_condition():
+    tokens = planted_contexts()
+    tokens[:5, 8], tokens[:5, 6] = B, A
+    context_ids = np.arange(len(tokens))
+    clusters = clusters_frame(0, list(range(5))).assign(
+        defining_deltas=[[-8, None, -1], []], defining_frequency=[[0.9, 0.8, 0.9], []]
+    )
+    rules = derive_rules(
+        layer=3,
+        features=[0],
+        tokens=tokens,
+        context_ids=context_ids,
+        clusters_df=clusters,
+        samples_df=samples_frame(0, list(range(5)), [8] * 5, "quantile"),
+        exclude_token_ids=[BOS],
+    )
+    rule = rules[(0, "cl_rule")]
+    tokens_named = {t for c in rule.clauses for d in c.conditions for t in d.token_ids}
+    assert BOS not in tokens_named and B in tokens_named  # the head at -8 reads BOS: left out
+    assert any("head L1.H2 at -8 has no common token" in note for note in rule.notes)

@@ -388,6 +388,9 @@ def build_feature_inputs(
     """
     config = config or ExplainConfig()
     display = TokenDisplay(tokenizer)
+    model_bos = (
+        bos_token_id if bos_token_id is not None else getattr(tokenizer, "bos_token_id", None)
+    )
     if bos_token_id is None and config.drop_bos and tokenizer is not None:
         bos_token_id = getattr(tokenizer, "bos_token_id", None)
     if not config.drop_bos:
@@ -442,6 +445,7 @@ def build_feature_inputs(
             clusters_df=clusters_df,
             samples_df=samples_df,
             config=rule_config,
+            exclude_token_ids=() if model_bos is None else (int(model_bos),),
         )
     out: dict[int, FeatureInputs] = {}
     for feature in wanted:

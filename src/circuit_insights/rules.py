@@ -392,6 +392,9 @@ class ClusterEvidence:
     frequency: tuple[float, ...]
     member_tokens: np.ndarray
     member_targets: np.ndarray
+    exclude_token_ids: tuple[int, ...] = ()
+    """Tokens that never name a condition (BOS: a head reading it is the attention sink, whose
+    offset only encodes the absolute position)."""
 
 
 def _frequent_tokens(values: np.ndarray, min_share: float) -> tuple[int, ...]:
@@ -412,6 +415,8 @@ def _tokens_at(evidence: ClusterEvidence, delta: int) -> np.ndarray:
     out = np.full(len(positions), -1, dtype=np.int64)
     rows = np.flatnonzero(inside)
     out[rows] = evidence.member_tokens[rows, positions[rows]]
+    if evidence.exclude_token_ids:
+        out[np.isin(out, np.asarray(evidence.exclude_token_ids, dtype=np.int64))] = -1
     return out
 
 
@@ -547,6 +552,7 @@ def derive_rules(
     assignments_df: pd.DataFrame | None = None,
     config: RuleConfig | None = None,
     variants: Sequence[str] = EXECUTABLE_VARIANTS,
+    exclude_token_ids: Sequence[int] = (),
 ) -> dict[tuple[int, str], Rule]:
     """Every requested variant's rule for every feature of one layer: (feature, variant) -> Rule.
 
@@ -555,6 +561,7 @@ def derive_rules(
     ``quantile`` rows keyed by ``rank`` = attribution sample id for the clusters' members),
     ``assignments_df`` (``CLUSTER_ASSIGNMENTS_SCHEMA``, optional: without it a cluster's members
     are its ``example_samples``). ``tokens`` (n, L) / ``context_ids`` (n,): the cached contexts.
+    ``exclude_token_ids`` (the model's BOS): never a token of a cl_rule condition.
     """
     config = config or RuleConfig()
     unknown = [v for v in variants if v not in EXECUTABLE_VARIANTS]
@@ -665,6 +672,7 @@ def derive_rules(
                         frequency=tuple(_floats(record.get("defining_frequency"))),
                         member_tokens=member_ctx,
                         member_targets=member_targets,
+                        exclude_token_ids=tuple(int(t) for t in exclude_token_ids),
                     )
                 )
         circuit_rule = cl_rule(
@@ -692,30 +700,42 @@ def synthetic_contexts(
     seed: int = 0,
     first_position: int = 1,
     max_length: int | None = None,
+    silent_length: np.ndarray | None = None,
 ) -> list[list[int]]:
     """Contexts in which the rule holds at their last position, made from ``tokens``.
 
-    ``tokens`` (m, L): held-out contexts where the feature does not fire (BOS first when the
-    model uses one; ``first_position`` keeps it). For context ``i`` the clause ``i mod
-    n_clauses`` is written in: a base context and a target position ``p`` are drawn (seeded), and
-    each condition's token (drawn among its tokens) is placed at ``p + offset``; the context is cut
-    after ``p`` (so the trigger is its last token, as in CircuitLens's truncated samples). Empty
-    when the rule has no clauses or no context is long enough. (``n_contexts`` lists of ids.)
+    ``tokens`` (m, L): held-out contexts (BOS first when the model uses one; ``first_position``
+    keeps it); ``silent_length`` (m,): how many leading positions of each are silent (the
+    feature's first firing position; L where it never fires; None: all silent). Only silent
+    prefixes are used, so whatever fires in a synthetic context is due to what the rule wrote.
+    For context ``i`` the clause ``i mod n_clauses`` is written in: a base context and a target
+    position ``p`` inside its silent prefix are drawn (seeded), and each condition's token (drawn
+    among its tokens) is placed at ``p + offset``; the context is cut after ``p`` (so the trigger
+    is its last token, as in CircuitLens's truncated samples). Empty when the rule has no
+    clauses or no silent prefix is long enough. (``n_contexts`` lists of ids.)
     """
     base = np.asarray(tokens, dtype=np.int64)
     if rule.is_missing or n_contexts <= 0 or base.ndim != 2 or len(base) == 0:
         return []
     rng = np.random.default_rng([int(seed), int(rule.feature)])
     length = base.shape[1] if max_length is None else min(base.shape[1], int(max_length))
+    silent = (
+        np.full(len(base), base.shape[1], dtype=np.int64)
+        if silent_length is None
+        else np.asarray(silent_length, dtype=np.int64)
+    )
     out: list[list[int]] = []
     for i in range(int(n_contexts)):
         clause = rule.clauses[i % len(rule.clauses)]
         low = first_position - min(min(d.offset for d in clause.conditions), 0)
-        high = length - 1 - max(max(d.offset for d in clause.conditions), 0)
-        if high < low:
+        # The last position p may be: inside the length cap, inside the silent prefix.
+        tops = np.minimum(length, silent) - 1 - max(max(d.offset for d in clause.conditions), 0)
+        usable = np.flatnonzero(tops >= low)
+        if len(usable) == 0:
             continue
-        context = base[rng.integers(len(base))].copy()
-        position = int(rng.integers(low, high + 1))
+        row = int(rng.choice(usable))
+        context = base[row].copy()
+        position = int(rng.integers(low, int(tops[row]) + 1))
         for condition in clause.conditions:
             context[position + condition.offset] = int(rng.choice(condition.token_ids))
         stop = position + 1 + max(max(d.offset for d in clause.conditions), 0)

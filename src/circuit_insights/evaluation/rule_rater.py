@@ -164,10 +164,10 @@ def evaluate_rule(
         return _finish(row, LLMUsage(), started)
     _set_metric(row, "faithfulness", (math.nan, "not_rule_rated"))
 
-    # Clarity: contexts the rule generates, inside held-out contexts where the feature is silent.
-    silent = corpus.tokens[natural == 0]  # (m, L)
+    # Clarity: contexts the rule generates, inside the silent prefixes of held-out contexts.
     first = 1 if bos_token_id is not None else 0
-    generated = synthetic_for(rule, silent, config, seed, first)
+    silent = silent_lengths(heldout_activations, rule.feature, corpus)  # (n_natural,)
+    generated = synthetic_for(rule, corpus.tokens, silent, config, seed, first)
     synthetic = (
         np.asarray(activations_of(generated), dtype=np.float64) if generated else np.zeros(0)
     )
@@ -211,19 +211,43 @@ def evaluate_rule(
     return _finish(row, LLMUsage(), started)
 
 
+def silent_lengths(
+    heldout_activations: pd.DataFrame, feature: int, corpus: ContextTokens
+) -> np.ndarray:
+    """(n_contexts,) int64: per held-out context the feature's first firing position (non-zero,
+    not ``excluded``), the context length where it never fires: the silent prefix."""
+    out = np.full(len(corpus.context_ids), corpus.context_length, dtype=np.int64)
+    rows = heldout_activations[heldout_activations["feature"].to_numpy() == feature]
+    if "excluded" in rows.columns:
+        rows = rows[~rows["excluded"].to_numpy(bool)]
+    rows = rows[rows["activation"].to_numpy(np.float64) != 0]
+    if len(rows) == 0:
+        return out
+    first = rows.groupby("context")["position"].min()
+    index = corpus.rows(first.index.to_numpy(), "held-out activations")
+    out[index] = first.to_numpy(np.int64)
+    return out
+
+
 def synthetic_for(
-    rule: Rule, silent: np.ndarray, config: RuleRaterConfig, seed: int, first: int
+    rule: Rule,
+    tokens: np.ndarray,
+    silent: np.ndarray,
+    config: RuleRaterConfig,
+    seed: int,
+    first: int,
 ) -> list[list[int]]:
     """:func:`circuit_insights.rules.synthetic_contexts` with the rater's settings."""
     from circuit_insights.rules import synthetic_contexts
 
     return synthetic_contexts(
         rule,
-        silent,
+        tokens,
         config.n_synthetic,
         seed=seed,
         first_position=first,
         max_length=config.max_synthetic_tokens,
+        silent_length=silent,
     )
 
 
