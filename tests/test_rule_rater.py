@@ -12,6 +12,7 @@ from circuit_insights.evaluation import rule_rater
 from circuit_insights.evaluation.fade import fade_preset
 from circuit_insights.evaluation.metrics import select_rating_samples
 from circuit_insights.evaluation.rule_rater import (
+    RuleRaterConfig,
     evaluate_rule,
     rule_heldout_auroc,
     rule_ratings,
@@ -115,7 +116,7 @@ def test_pattern_feature_cl_rule_beats_the_token_rule():
     # Synthetic 'A _ B' contexts all fire; synthetic 'B' contexts mostly do not.
     # (a quarter of the natural samples fire as strongly, so Clarity stays below 1).
     assert cl["clarity"] > 0.6 and cl["clarity"] > token["clarity"] + 0.3
-    assert cl["n_synthetic_texts"] == 32 and cl["n_rated"] == 200
+    assert cl["n_synthetic_texts"] == 16 and cl["n_rated"] == 200
     assert cl["llm_calls"] == 0 and math.isnan(cl["faithfulness"])
     assert cl["faithfulness_reason"] == "not_rule_rated"
 
@@ -138,6 +139,7 @@ def test_token_feature_weightlens_and_maxact_rules_score_close_to_one():
         bos_token_id=BOS,
         preset=PRESET,
         seed=0,
+        config=RuleRaterConfig(n_synthetic=64),
     )
     assert list(frame["variant"]) == ["weightlens_rule", "maxact_rule"]
     assert (frame["rater"] == "rule").all()

@@ -80,10 +80,10 @@ ActivationFn = Callable[[Sequence[Sequence[int]]], np.ndarray]
 class RuleRaterConfig:
     """Knobs of the rule rater (config key ``evaluate.rule_rater``)."""
 
-    n_synthetic: int = 32
-    """Synthetic contexts per rule for Clarity (FADE's LLM writes ~15 calls x <= 10 texts; 32
+    n_synthetic: int = 16
+    """Synthetic contexts per rule for Clarity (FADE's LLM writes ~15 calls x <= 10 texts; 16
     keeps the rule rater of every feature affordable on 2 CPU cores)."""
-    max_synthetic_tokens: int = 32
+    max_synthetic_tokens: int = 16
     """Synthetic contexts are cut to this many tokens (BOS included)."""
 
     def __post_init__(self) -> None:
