@@ -27,4 +27,5 @@ run_explain_stage(
     snakemake.input.tokens,
     snakemake.output.explanations,
     snakemake.params.llm_files,
+    snakemake.params.rules,
 )

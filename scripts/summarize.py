@@ -18,4 +18,5 @@ run_summarize_stage(
     list(snakemake.input.weightlens),
     str(Path(snakemake.output.summary).parent),
     snakemake.params.model_name,
+    list(snakemake.input.rule_evaluation),
 )

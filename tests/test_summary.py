@@ -472,6 +472,8 @@ def test_metric_table_counts_degenerate_features_as_fade_does():
     assert "(n=4, 2 degenerate as 0)" in grid.loc["maxact", (2, "responsiveness")]
     assert "(n=3, 1 degenerate as 0, 1 missing)" in grid.loc["maxact", (2, "clarity")]
     pa.Table.from_pandas(stats.reset_index(), schema=METRIC_TABLE_SCHEMA, preserve_index=False)
+
+
 # --- what the numbers are worth: n, CI only from 3 features, description flags ------------------
 
 

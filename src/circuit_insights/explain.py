@@ -8,6 +8,10 @@ Variants (the ``variant`` column, also the FADE variant names):
   templates ``explain_weightlens_v1.txt`` / ``explain_weightlens_out_v1.txt`` (validated tokens;
   plus promoted / suppressed output tokens), as in the paper, where WeightLens needs no LLM.
 - ``weightlens_rule``: LLM-free, the WeightLens table's own ``description`` column verbatim.
+- ``maxact_rule``, ``cl_rule``, ``wl_cl_rule``: LLM-free, the readable text of the executable
+  rules of :mod:`circuit_insights.rules` (the MaxAct tokens; the clusters' trigger conjunctions;
+  weightlens_rule OR cl_rule). For these and ``weightlens_rule``, ``raw_text`` holds the rule as
+  JSON (:meth:`circuit_insights.rules.Rule.to_json`), which the rule rater scores.
 - ``weightlens_out_llm`` (WeightLens+Out+LLM): the LLM turns the WeightLens+Out facts into a
   description.
 - ``cl_input``, ``cl_full``, ``wl_cl_full`` (CircuitLens): one LLM description per cluster from
@@ -42,6 +46,7 @@ from circuit_insights.data.schemas import EXPLANATIONS_SCHEMA
 from circuit_insights.errors import InputError
 from circuit_insights.llm.client import ChatRequest, ChatResult, LLMBackend, iter_results
 from circuit_insights.pipeline.logs import Progress
+from circuit_insights.rules import EXECUTABLE_VARIANTS, Rule, RuleConfig, derive_rules
 from circuit_insights.weightlens import TokenDisplay
 
 __all__ = [
@@ -85,7 +90,14 @@ LLM_VARIANTS: tuple[str, ...] = (
     "wl_cl_full",
 )
 #: Variants rendered without an LLM.
-RULE_VARIANTS: tuple[str, ...] = ("weightlens", "weightlens_out", "weightlens_rule")
+RULE_VARIANTS: tuple[str, ...] = (
+    "weightlens",
+    "weightlens_out",
+    "weightlens_rule",
+    "maxact_rule",
+    "cl_rule",
+    "wl_cl_rule",
+)
 #: Variants described per cluster, then merged.
 CLUSTER_VARIANTS: tuple[str, ...] = ("cl_input", "cl_full", "wl_cl_full")
 VARIANTS: tuple[str, ...] = (
@@ -97,6 +109,9 @@ VARIANTS: tuple[str, ...] = (
     "cl_input",
     "cl_full",
     "wl_cl_full",
+    "maxact_rule",
+    "cl_rule",
+    "wl_cl_rule",
 )
 
 #: The answer every explainer request asks for (structured output).
@@ -229,6 +244,15 @@ class FeatureInputs:
     weightlens: WeightLensFacts | None = None
     top_contexts: tuple[MarkedContext, ...] = ()
     clusters: tuple[ClusterFacts, ...] = ()
+    rules: tuple[tuple[str, str, Rule], ...] = ()
+    """(variant, readable text, rule) of the executable variants (:mod:`circuit_insights.rules`)."""
+
+    def rule(self, variant: str) -> tuple[str, Rule] | None:
+        """The readable text and rule of an executable variant (None when not derived)."""
+        for name, text, rule in self.rules:
+            if name == variant:
+                return text, rule
+        return None
 
     def described_clusters(self, max_clusters: int) -> list[ClusterFacts]:
         """The clusters the CL variants describe: the largest real clusters, else the noise."""
@@ -350,6 +374,7 @@ def build_feature_inputs(
     bos_token_id: int | None = None,
     config: ExplainConfig | None = None,
     cluster_samples_kind: str = "quantile",
+    rule_config: RuleConfig | None = None,
 ) -> dict[int, FeatureInputs]:
     """:class:`FeatureInputs` per feature of one layer from the stage tables.
 
@@ -359,9 +384,14 @@ def build_feature_inputs(
     (``context_ids`` (n,), ``tokens`` (n, context_length), from ``corpus.load_contexts``). Any
     table may be missing: the variants that need it then get ``missing_input`` rows.
     ``features``: default, every feature of any table (rows of other layers are ignored).
+    With the corpus contexts, the executable rules of every feature are derived
+    (:func:`circuit_insights.rules.derive_rules` with ``rule_config``).
     """
     config = config or ExplainConfig()
     display = TokenDisplay(tokenizer)
+    model_bos = (
+        bos_token_id if bos_token_id is not None else getattr(tokenizer, "bos_token_id", None)
+    )
     if bos_token_id is None and config.drop_bos and tokenizer is not None:
         bos_token_id = getattr(tokenizer, "bos_token_id", None)
     if not config.drop_bos:
@@ -405,6 +435,19 @@ def build_feature_inputs(
             int(f): g.sort_values("cluster") for f, g in clusters_df.groupby("feature", sort=False)
         }
 
+    rules: dict[tuple[int, str], Rule] = {}
+    if context_ids is not None and tokens is not None:
+        rules = derive_rules(
+            layer=layer,
+            features=wanted,
+            tokens=tokens,
+            context_ids=context_ids,
+            weightlens_df=weightlens_df,
+            clusters_df=clusters_df,
+            samples_df=samples_df,
+            config=rule_config,
+            exclude_token_ids=() if model_bos is None else (int(model_bos),),
+        )
     out: dict[int, FeatureInputs] = {}
     for feature in wanted:
         facts = weightlens_facts(wl_rows[feature], display) if feature in wl_rows else None
@@ -460,6 +503,11 @@ def build_feature_inputs(
             weightlens=facts,
             top_contexts=tuple(top_contexts),
             clusters=tuple(cluster_facts),
+            rules=tuple(
+                (variant, rules[(feature, variant)].text(display), rules[(feature, variant)])
+                for variant in EXECUTABLE_VARIANTS
+                if (feature, variant) in rules
+            ),
         )
     return out
 
@@ -646,6 +694,12 @@ def _missing(inputs: FeatureInputs, variant: str, config: ExplainConfig) -> str 
             return "no validated WeightLens tokens"
     if variant in CLUSTER_VARIANTS and not inputs.described_clusters(config.max_clusters):
         return "no clusters"
+    if variant in EXECUTABLE_VARIANTS and variant != "weightlens_rule":
+        found = inputs.rule(variant)
+        if found is None:
+            return "no corpus contexts to derive the rule from"
+        if found[1].is_missing:
+            return found[1].missing or "rule has no clause"
     return None
 
 
@@ -737,6 +791,10 @@ def rule_description(
         raise InputError(f"variant {variant!r} is not LLM-free {list(RULE_VARIANTS)}")
     if _missing(inputs, variant, config) is not None:
         return None
+    if variant in EXECUTABLE_VARIANTS and variant != "weightlens_rule":
+        found = inputs.rule(variant)
+        assert found is not None
+        return found[0]
     facts = inputs.weightlens
     assert facts is not None
     if variant == "weightlens_rule":
@@ -751,6 +809,12 @@ def rule_description(
 
 
 # --- running -----------------------------------------------------------------------------------
+
+
+def _rule_json(inputs: FeatureInputs, variant: str) -> str | None:
+    """The executable rule of a rule row as JSON (None for variants without one)."""
+    found = inputs.rule(variant) if variant in EXECUTABLE_VARIANTS else None
+    return None if found is None else found[1].to_json()
 
 
 def _answer(result: ChatResult) -> tuple[str | None, str, str | None]:
@@ -970,6 +1034,7 @@ def explain_shard(
                         0,
                         description=rule_description(inputs, variant, config),
                         parse_status="ok",
+                        raw_text=_rule_json(inputs, variant),
                     )
                 )
 

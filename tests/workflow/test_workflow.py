@@ -401,6 +401,31 @@ def test_fade_scores_for_every_evaluated_variant(results):
                 assert (pd.isna(value) and isinstance(reason, str)) or 0 <= value <= 1, metric
 
 
+def test_rule_rater_scores_every_feature_and_the_summary_compares_the_four_rules(results):
+    variants = CI_CONFIG["rules"]["variants"]
+    assert sorted(variants) == sorted(["maxact_rule", "weightlens_rule", "cl_rule", "wl_cl_rule"])
+    for name in shards(results):
+        path = layer_dir(results) / "evaluation-rules" / f"{name}.parquet"
+        assert pq.read_schema(path).equals(schemas.FADE_EVALUATION_SCHEMA, check_metadata=False)
+        frame = pd.read_parquet(path)
+        weightlens = pd.read_parquet(layer_dir(results) / "weightlens" / f"{name}.parquet")
+        # Every feature of the shard, every rule variant, rated by the rule (no LLM call).
+        assert set(frame["feature"]) == set(weightlens["feature"])
+        assert (frame.groupby("feature")["variant"].apply(set) == set(variants)).all()
+        assert (frame["rater"] == "rule").all() and (frame["llm_calls"] == 0).all()
+        for metric in ("clarity", "responsiveness", "purity"):
+            values, reasons = frame[metric], frame[f"{metric}_reason"]
+            assert ((values >= 0) & (values <= 1) | (values.isna() & reasons.notna())).all()
+    summary_dir = results / MODEL / "summary"
+    table = pd.read_parquet(summary_dir / "rule_comparison.parquet")
+    assert set(table["variant"]) == set(variants)
+    assert set(table["metric"]) == {"clarity", "responsiveness", "purity"}
+    enough = table[table["n"] >= 3]
+    assert len(enough) and (enough["ci_low"] <= enough["mean"]).all()
+    assert (summary_dir / "plots" / "rule_comparison.png").is_file()
+    assert "rule-rated" in (results / "report" / "index.html").read_text()
+
+
 def test_a_rerun_sends_nothing_already_answered(results):
     import sqlite3
 

@@ -156,6 +156,18 @@ def evaluation_files(wildcards):
     ]
 
 
+def rule_evaluation_files(wildcards):
+    """Every rule-rated evaluation file of {model}: layers x shards (none when rules.variants
+    is empty)."""
+    if not config["rules"]["variants"]:
+        return []
+    return [
+        f"{RESULTS}/{wildcards.model}/layer{layer}/evaluation-rules/{name}.parquet"
+        for layer in model_config(wildcards)["layers"]
+        for name in shard_names(wildcards.model)
+    ]
+
+
 def weightlens_files(wildcards):
     """The gathered WeightLens table of every layer of {model}."""
     return [
@@ -207,6 +219,10 @@ def all_targets():
                     f"{RESULTS}/{model}/layer{layer}/evaluation/{variant}/{name}.parquet"
                     for variant in config["evaluate"]["variants"]
                 ]
+                if config["rules"]["variants"]:
+                    targets.append(
+                        f"{RESULTS}/{model}/layer{layer}/evaluation-rules/{name}.parquet"
+                    )
             targets.append(paths.layer_table(RESULTS, model, layer, "weightlens"))
             if block["transcoders"]["kind"] == "train":
                 targets.append(paths.transcoder_report(RESULTS, model, layer))

@@ -33,3 +33,35 @@ rule evaluate:
         llm_files=(paths.llm_state_file(RESULTS), paths.llm_cache_file(RESULTS)),
     script:
         "../../scripts/evaluate.py"
+
+
+# Per (model, layer, shard): the executable explanations (rules.variants) of every feature,
+# scored by the rule rater (FADE's metrics with the rule in place of the LLM; docs/rules.md).
+# The folder name has a hyphen so that the evaluate rule's {variant} never matches it.
+rule evaluate_rules:
+    input:
+        model=embedded_model_files,
+        transcoder=layer_transcoder_files,
+        explanations=f"{RESULTS}/{{model}}/layer{{layer}}/explanations/{{shard}}.parquet",
+        heldout=f"{RESULTS}/{{model}}/layer{{layer}}/heldout_activations/{{shard}}.parquet",
+        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+    output:
+        evaluation=f"{RESULTS}/{{model}}/layer{{layer}}/evaluation-rules/{{shard}}.parquet",
+    log:
+        f"{RESULTS}/logs/{{model}}/layer{{layer}}/evaluate_rules/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/layer{{layer}}/evaluate_rules/{{shard}}.tsv"
+    conda:
+        "../../envs/circuit-insights.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,  # the subject model, forward passes only
+        runtime=120,
+        gpu=model_gpus,
+    params:
+        model_name="{model}",
+        model=model_config,
+        rules=config["rules"],
+        evaluate=config["evaluate"],
+    script:
+        "../../scripts/evaluate_rules.py"

@@ -25,6 +25,7 @@ rule explain:
     params:
         model=model_config,
         explain=config["explain"],
+        rules=config["rules"],
         llm=config["llm"],
         llm_files=(paths.llm_state_file(RESULTS), paths.llm_cache_file(RESULTS)),
     script:

@@ -6,6 +6,7 @@ rule summarize:
     input:
         evaluation=evaluation_files,
         weightlens=weightlens_files,
+        rule_evaluation=rule_evaluation_files,
     output:
         summary=f"{RESULTS}/{{model}}/summary/summary.parquet",
         table=f"{RESULTS}/{{model}}/summary/metric_table.md",

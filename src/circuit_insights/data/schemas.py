@@ -274,7 +274,8 @@ ATTRIBUTION_TOTALS_SCHEMA = pa.schema(
 #: rated continuations rated 2 (null where none was rated) and how many were rated; empty lists
 #: when Faithfulness was not run. ``llm_*``: calls, answers whose ``parse_status`` was not
 #: ``ok``, cache hits, tokens and summed latency of this row's LLM requests; ``elapsed_s`` wall
-#: time of the row.
+#: time of the row. ``rater``: ``llm`` (FADE with the LLM rating) or ``rule`` (an executable
+#: explanation rated by applying it, ``circuit_insights.evaluation.rule_rater``; never mix the two).
 FADE_EVALUATION_SCHEMA = pa.schema(
     [
         pa.field("layer", pa.int32(), nullable=False),
@@ -285,6 +286,7 @@ FADE_EVALUATION_SCHEMA = pa.schema(
         pa.field("llm_model", pa.string(), nullable=False),
         pa.field("prompt_version", pa.string(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
+        pa.field("rater", pa.string(), nullable=False),
         pa.field("clarity", pa.float64()),
         pa.field("clarity_reason", pa.string()),
         pa.field("responsiveness", pa.float64()),
@@ -455,6 +457,28 @@ METRIC_TABLE_SCHEMA = pa.schema(
         pa.field("metric", pa.string(), nullable=False),
         pa.field("n", pa.int64(), nullable=False),
         pa.field("n_degenerate", pa.int64(), nullable=False),
+        pa.field("n_missing", pa.int64(), nullable=False),
+        pa.field("mean", pa.float64()),
+        pa.field("ci_low", pa.float64()),
+        pa.field("ci_high", pa.float64()),
+        pa.field("missing_reasons", pa.string(), nullable=False),
+    ]
+)
+
+#: The rule-rated comparison of the explanation methods
+#: (``circuit_insights.report.summary.rule_comparison_table``; ``docs/rules.md``): per (model,
+#: ``classification`` = ``token_based`` / ``context_dependent`` / ``all`` / ``unclassified``, metric,
+#: layer, variant) the mean over features with a value (``n``), its percentile-bootstrap 95% CI
+#: (null when ``n`` < 3), ``n_missing`` and ``missing_reasons`` as in ``METRIC_TABLE_SCHEMA``.
+#: Only rows with ``rater`` = ``rule``.
+RULE_COMPARISON_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("classification", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("n", pa.int64(), nullable=False),
         pa.field("n_missing", pa.int64(), nullable=False),
         pa.field("mean", pa.float64()),
         pa.field("ci_low", pa.float64()),

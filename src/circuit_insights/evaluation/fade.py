@@ -27,7 +27,7 @@ import os
 import re
 import string
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from importlib import resources
 from typing import Any, Literal
@@ -733,6 +733,7 @@ def _empty_row(
         description=description,
         preset=preset.name,
         prompt_version=PROMPT_VERSION,
+        rater="llm",
         steering_factors=[],
         concept_share_by_factor=[],
         n_continuations_rated=[],
@@ -758,17 +759,19 @@ def _set_metric(row: dict[str, Any], name: str, value: metrics.MetricValue) -> N
     row[name], row[f"{name}_reason"] = float(value[0]), value[1]
 
 
-def _rate_natural(
-    backend: LLMBackend,
-    description: str,
-    model: SubjectModel,
-    context_tokens: ContextTokens,
+def rating_rounds(
     natural: np.ndarray,
     preset: FadePreset,
     seed: int,
-    usage: LLMUsage,
+    rate: Callable[[np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """FADE's rating of natural samples: (indices into the natural samples, their ratings)."""
+    """FADE's choice of natural samples to rate, with any rater: (indices, ratings).
+
+    ``rate`` maps indices into ``natural`` to ratings (0 / 1 / 2, NaN missing). Rounds of
+    :func:`select_rating_samples` as in FADE (a sparse round when fewer than
+    ``preset.sparse_threshold`` are rated 2). The LLM rater (:func:`_rate_natural`) and the rule
+    rater (:mod:`circuit_insights.evaluation.rule_rater`) both choose their samples here.
+    """
     rated_index = np.zeros(0, dtype=np.int64)
     ratings = np.zeros(0)
     for round_ in range(preset.sparse_retries + 1):
@@ -785,8 +788,27 @@ def _rate_natural(
         )
         if len(selection.index) == 0:
             break
-        texts = [decode_tokens(model, context_tokens.tokens[i]) for i in selection.index]
-        new = rate_texts(
+        new = np.asarray(rate(selection.index), dtype=np.float64)
+        rated_index = np.concatenate([rated_index, selection.index])
+        ratings = np.concatenate([ratings, new])
+    return rated_index, ratings
+
+
+def _rate_natural(
+    backend: LLMBackend,
+    description: str,
+    model: SubjectModel,
+    context_tokens: ContextTokens,
+    natural: np.ndarray,
+    preset: FadePreset,
+    seed: int,
+    usage: LLMUsage,
+) -> tuple[np.ndarray, np.ndarray]:
+    """FADE's rating of natural samples: (indices into the natural samples, their ratings)."""
+
+    def rate(index: np.ndarray) -> np.ndarray:
+        texts = [decode_tokens(model, context_tokens.tokens[i]) for i in index]
+        return rate_texts(
             backend,
             description,
             texts,
@@ -797,9 +819,8 @@ def _rate_natural(
             max_chars=preset.max_text_chars,
             usage=usage,
         )
-        rated_index = np.concatenate([rated_index, selection.index])
-        ratings = np.concatenate([ratings, new])
-    return rated_index, ratings
+
+    return rating_rounds(natural, preset, seed, rate)
 
 
 def evaluate_feature(

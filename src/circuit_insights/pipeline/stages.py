@@ -778,8 +778,10 @@ def run_explain_stage(
     tokens_path: str,
     out_path: str,
     llm_files: tuple[str, str],
+    rules_config: Mapping[str, Any] | None = None,
 ) -> None:
-    """Rule explain: descriptions of the chosen features of a shard by every variant."""
+    """Rule explain: descriptions of the chosen features of a shard by every variant (the
+    executable ``rules.variants`` always included, for every feature)."""
     import pandas as pd
 
     from circuit_insights.data.corpus import load_contexts
@@ -802,14 +804,18 @@ def run_explain_stage(
         seed=explain_config["seed"],
         shard_name=shard_name,
     )
+    from circuit_insights.evaluation.rule_rater import rules_settings
+
     weightlens_df = pd.read_parquet(weightlens_path)
-    variants = list(explain_config["variants"])
+    rule_variants_wanted, rule_config, _ = rules_settings(rules_config)
+    variants = list(dict.fromkeys([*explain_config["variants"], *rule_variants_wanted]))
     rule_variants = [v for v in variants if v in RULE_VARIANTS]
     llm_variants = [v for v in variants if v in LLM_VARIANTS]
     shard_features = sorted(int(f) for f in weightlens_df["feature"])
     rule_features = (
         shard_features
-        if explain_config["rule_variants_for_every_feature"] and rule_variants
+        if (explain_config["rule_variants_for_every_feature"] or rule_variants_wanted)
+        and rule_variants
         else features
     )
     # "Every feature" (features_per_shard null): those the LLM is not asked about get rows too.
@@ -833,6 +839,7 @@ def run_explain_stage(
         tokenizer=tokenizer,
         bos_token_id=bos,
         config=config,
+        rule_config=rule_config,
     )
     backend = (
         llm_backend(llm_config, llm_location, *llm_files) if llm_variants and features else None
@@ -938,6 +945,57 @@ def run_evaluate_stage(
     )
 
 
+def run_evaluate_rules_stage(
+    model_config: Mapping[str, Any],
+    rules_config: Mapping[str, Any],
+    evaluate_config: Mapping[str, Any],
+    model_location: str,
+    layer: int,
+    transcoder_path: str,
+    explanations_path: str,
+    heldout_path: str,
+    tokens_path: str,
+    out_path: str,
+    model_name: str,
+) -> None:
+    """Rule evaluate_rules: every feature's executable explanations scored by the rule rater."""
+    import pandas as pd
+
+    from circuit_insights.data.corpus import load_contexts
+    from circuit_insights.evaluation.fade import write_fade_evaluation
+    from circuit_insights.evaluation.rule_rater import (
+        model_activations,
+        rules_from_explanations,
+        rules_settings,
+        score_rules,
+    )
+
+    variants, _, rater = rules_settings(rules_config)
+    rules, texts = rules_from_explanations(pd.read_parquet(explanations_path), variants, layer)
+    model = load_subject_model(model_config, model_location, model_name)
+    transcoder = load_layer_transcoder(model_config, model, layer, transcoder_path, model_name)
+    started = time.perf_counter()
+    frame = score_rules(
+        rules,
+        pd.read_parquet(heldout_path),
+        load_contexts(tokens_path, "eval"),
+        model_activations(model, transcoder),
+        bos_token_id=model.bos_token_id,
+        preset=evaluate_config["preset"],
+        seed=evaluate_config["seed"],
+        config=rater,
+        descriptions=texts,
+    )
+    write_fade_evaluation(frame, out_path)
+    log.info(
+        "layer %d: %d rules of %d features scored by the rule rater in %.0f s",
+        layer,
+        len(frame),
+        len({r.feature for r in rules}),
+        time.perf_counter() - started,
+    )
+
+
 # --- summary and report ------------------------------------------------------------------------
 
 
@@ -947,6 +1005,7 @@ def run_summarize_stage(
     weightlens_files: Sequence[str],
     out_dir: str,
     model_name: str,
+    rule_evaluation_files: Sequence[str] = (),
 ) -> None:
     """Rule summarize: per-model summary parquet, tables in the paper's form, plots."""
     import pandas as pd
@@ -959,6 +1018,7 @@ def run_summarize_stage(
         out_dir,
         model=model_name,
         family=paper_family(model_config["source"]) or paper_family(model_name),
+        rule_evaluation_frames=[pd.read_parquet(path) for path in rule_evaluation_files],
     )
     log.info("summary of %s: %s", model_name, ", ".join(sorted(written)))
 

@@ -59,6 +59,7 @@ __all__ = [
 STAGE_DIRS: dict[str, tuple[str, ...]] = {
     "weightlens": ("weightlens",),
     "evaluation": ("evaluation", "fade", "evaluate"),
+    "rule_evaluation": ("evaluation-rules",),
     "explanations": ("explanations", "explain"),
     "clusters": ("clusters",),
     "samples": ("samples",),
@@ -114,6 +115,8 @@ class ModelFrames:
     context_ids: np.ndarray | None = None
     tokens: np.ndarray | None = None
     tokenizer: object | None = None
+    rule_evaluation: pd.DataFrame | None = None
+    """Rule-rated scores of the executable explanations (``rater`` = ``rule``)."""
 
 
 def discover_models(results_dir: str | os.PathLike[str]) -> list[str]:
@@ -1124,7 +1127,7 @@ def build_report(
             light = load_model_frames(
                 results,
                 model,
-                stages=("weightlens", "evaluation", "explanations"),
+                stages=("weightlens", "evaluation", "explanations", "rule_evaluation"),
                 stage_dirs=stage_dirs,
                 tokenizer=_tokenizer_for(tokenizer, model),
             )
@@ -1319,6 +1322,7 @@ def _render_model(
         model=frames.model,
         n_boot=n_boot,
         seed=seed,
+        rule_evaluation_frames=frames.rule_evaluation,
     )
     summary = pd.read_parquet(written["summary"])
     stats = pd.read_parquet(written["metric_table"])
@@ -1369,6 +1373,9 @@ def _render_model(
         else None,
         "min_ci": summ.MIN_FEATURES_FOR_CI,
         "metric_grid": summ.metric_grid_html(stats),
+        "rule_comparison": summ.rule_comparison_html(pd.read_parquet(written["rule_comparison"]))
+        if "rule_comparison" in written
+        else None,
         "shares": summ.shares_html(shares) if len(shares) else None,
         "missing": summ.missing_html(missing) if len(missing) else None,
         "plots": [

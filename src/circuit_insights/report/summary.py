@@ -17,6 +17,10 @@ Inputs are the FADE evaluation tables (``FADE_EVALUATION_SCHEMA``) and the Weigh
 - :func:`token_based_shares`: per layer the share of features with validated tokens and of
   token-based features, next to the paper's figures (``TOKEN_SHARES_SCHEMA``).
 - :func:`plot_metrics`: one PNG per metric, mean by layer per variant with CI error bars.
+- :func:`rule_comparison_table`: the LLM-free comparison of the executable explanations
+  (``rater`` = ``rule``; maxact_rule, weightlens_rule, cl_rule, wl_cl_rule) in the paper's form,
+  metric x layer x method, split into token-based and context-dependent features
+  (``RULE_COMPARISON_SCHEMA``); :func:`plot_rule_comparison` draws it.
 - :func:`write_summary`: all of the above as files, written atomically.
 
 Definitions and choices: ``docs/report.md``.
@@ -39,6 +43,7 @@ from markupsafe import Markup
 from circuit_insights.data.io import atomic_path, write_parquet_atomic
 from circuit_insights.data.schemas import (
     METRIC_TABLE_SCHEMA,
+    RULE_COMPARISON_SCHEMA,
     SUMMARY_SCHEMA,
     TOKEN_SHARES_SCHEMA,
 )
@@ -78,6 +83,10 @@ __all__ = [
     "paper_family",
     "paper_scores_table",
     "plot_metrics",
+    "plot_rule_comparison",
+    "rule_comparison_html",
+    "rule_comparison_markdown",
+    "rule_comparison_table",
     "shares_html",
     "shares_markdown",
     "summarize_model",
@@ -1159,17 +1168,26 @@ def write_summary(
     family: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    rule_evaluation_frames: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
 ) -> dict[str, Path]:
     """Write the summary of one model into ``out_dir``, every file atomically.
 
     Files: ``summary.parquet`` (:func:`summarize_model`), ``metric_table.parquet``
     (:func:`metric_table`), ``metric_table.md`` / ``.html`` (the paper-form table, the missing
     values by reason, the paper's figures), ``token_based_shares.parquet`` / ``.md`` / ``.html``,
-    ``plots/{metric}.png``. Returns name -> path (``plot_<metric>`` for plots).
+    ``plots/{metric}.png``; with rule-rated evaluations (``rule_evaluation_frames``, or rows of
+    the evaluation frames with ``rater`` = ``rule``): ``rule_comparison.parquet`` / ``.md`` /
+    ``.html`` and ``plots/rule_comparison.png``. Returns name -> path (``plot_<metric>`` for
+    plots).
     """
     out = Path(out_dir)
     evaluation = _concat(evaluation_frames, "evaluation frames")
     weightlens = _concat(weightlens_frames, "WeightLens frames")
+    rule_rated = _concat(rule_evaluation_frames, "rule evaluation frames")
+    if "rater" in evaluation.columns:
+        by_rule = evaluation["rater"].astype(str) == "rule"
+        rule_rated = _concat([rule_rated, evaluation[by_rule]], "rule evaluation frames")
+        evaluation = evaluation[~by_rule]
     summary = summarize_model(evaluation, weightlens, model=model)
     stats = metric_table(summary, n_boot=n_boot, seed=seed)
     missing = missing_table(summary)
@@ -1228,4 +1246,246 @@ def write_summary(
     )
     for metric, path in plot_metrics(stats, out / "plots").items():
         written[f"plot_{metric}"] = path
+    if len(rule_rated):
+        comparison = rule_comparison_table(
+            rule_rated, weightlens, model=model, n_boot=n_boot, seed=seed
+        )
+        written["rule_comparison"] = out / "rule_comparison.parquet"
+        write_parquet_atomic(comparison, written["rule_comparison"], schema=RULE_COMPARISON_SCHEMA)
+        rule_title = (
+            f"Executable explanations of {model}, rule-rated"
+            if model
+            else ("Executable explanations, rule-rated")
+        )
+        written["rule_comparison_md"] = _write_text(
+            out / "rule_comparison.md",
+            f"# {rule_title}\n\n{RULE_NOTE}\n\n" + rule_comparison_markdown(comparison),
+        )
+        written["rule_comparison_html"] = _write_text(
+            out / "rule_comparison.html",
+            html_document(
+                rule_title,
+                Markup("<p>{}</p>").format(RULE_NOTE) + rule_comparison_html(comparison),
+            ),
+        )
+        written["plot_rule_comparison"] = plot_rule_comparison(
+            comparison, out / "plots" / "rule_comparison.png"
+        )
     return written
+
+
+# --- the rule-rated comparison -------------------------------------------------------------------
+
+#: The executable explanation methods, in the paper's comparison order.
+RULE_METHODS: tuple[str, ...] = ("maxact_rule", "weightlens_rule", "cl_rule", "wl_cl_rule")
+#: The metrics a rule is rated on (no Faithfulness: it needs a judge of free text).
+RULE_METRICS: tuple[str, ...] = ("clarity", "responsiveness", "purity")
+#: Fewer features than this give no CI and no point in the plot.
+MIN_FEATURES_FOR_CI = 3
+#: Classes of features, WeightLens's own classification first.
+CLASSIFICATIONS: tuple[str, ...] = ("token_based", "context_dependent", "unclassified", "all")
+RULE_NOTE = (
+    "LLM-free: each method's explanation applied as a rule (rater = rule; docs/rules.md). "
+    "Cells: mean over features [95% percentile-bootstrap CI] (n = features with a value; no CI "
+    "below 3). Split by WeightLens's classification (token-based vs context-dependent)."
+)
+
+
+def _classification(evaluation: pd.DataFrame, weightlens: pd.DataFrame) -> pd.Series:
+    """WeightLens's class of each evaluation row (``unclassified`` without a WeightLens row)."""
+    if len(weightlens) == 0 or "is_token_based" not in weightlens.columns:
+        return pd.Series(["unclassified"] * len(evaluation), index=evaluation.index)
+    classes = {
+        (int(layer), int(feature)): "token_based" if bool(token) else "context_dependent"
+        for layer, feature, token in zip(
+            weightlens["layer"], weightlens["feature"], weightlens["is_token_based"], strict=True
+        )
+    }
+    keys = zip(evaluation["layer"].astype(int), evaluation["feature"].astype(int), strict=True)
+    return pd.Series([classes.get(k, "unclassified") for k in keys], index=evaluation.index)
+
+
+def rule_comparison_table(
+    rule_evaluation: pd.DataFrame | Iterable[pd.DataFrame] | None,
+    weightlens: pd.DataFrame | Iterable[pd.DataFrame] | None,
+    *,
+    model: str = "",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per (classification, metric, layer, method) the mean of the rule-rated scores with a
+    bootstrap CI: ``RULE_COMPARISON_SCHEMA`` rows.
+
+    ``rule_evaluation``: ``FADE_EVALUATION_SCHEMA`` rows; only ``rater`` = ``rule`` rows of the
+    :data:`RULE_METHODS` count. Features are split by WeightLens's ``is_token_based`` (``all``:
+    every feature). A cell with fewer than :data:`MIN_FEATURES_FOR_CI` values has no CI.
+    """
+    frame = _concat(rule_evaluation, "rule evaluation frames")
+    wl = _concat(weightlens, "WeightLens frames")
+    columns = RULE_COMPARISON_SCHEMA.names
+    if len(frame) == 0:
+        return pd.DataFrame(columns=columns)
+    _require(frame, ["layer", "feature", "variant", "rater"], "rule evaluation frame")
+    frame = frame[(frame["rater"] == "rule") & frame["variant"].isin(RULE_METHODS)]
+    frame = frame.assign(classification=_classification(frame, wl))
+    rows = []
+    for classification in CLASSIFICATIONS:
+        part = (
+            frame if classification == "all" else frame[frame["classification"] == classification]
+        )
+        if len(part) == 0:
+            continue
+        for metric in RULE_METRICS:
+            for (layer, variant), cell in part.groupby(["layer", "variant"], sort=True):
+                values = pd.to_numeric(cell[metric], errors="coerce").to_numpy(np.float64)
+                finite = values[np.isfinite(values)]
+                n = len(finite)
+                low = high = math.nan
+                if n >= MIN_FEATURES_FOR_CI:
+                    low, high = bootstrap_ci(
+                        finite, n_boot, _cell_seed(seed, classification, metric, layer, variant)
+                    )
+                reasons = cell.loc[~np.isfinite(values), f"{metric}_reason"]
+                rows.append(
+                    {
+                        "model": str(model),
+                        "classification": classification,
+                        "metric": metric,
+                        "layer": int(layer),
+                        "variant": str(variant),
+                        "n": n,
+                        "n_missing": int(len(values) - n),
+                        "mean": float(finite.mean()) if n else math.nan,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "missing_reasons": _reasons_text(reasons.fillna(NO_REASON_GIVEN)),
+                    }
+                )
+    table = pd.DataFrame(rows, columns=columns)
+    rank = {v: i for i, v in enumerate(RULE_METHODS)}
+    table = table.assign(
+        _c=table["classification"].map(CLASSIFICATIONS.index),
+        _m=table["metric"].map(RULE_METRICS.index),
+        _v=table["variant"].map(rank),
+    ).sort_values(["_c", "_m", "layer", "_v"], kind="mergesort", ignore_index=True)
+    return table[columns]
+
+
+def _rule_cell(row: Mapping[str, Any]) -> str:
+    if int(row["n"]) == 0:
+        return f"{_DASH} (n=0)"
+    mean = _number(row["mean"])
+    if int(row["n"]) < MIN_FEATURES_FOR_CI:
+        return f"{mean} (n={int(row['n'])}, no CI)"
+    return f"{mean} [{_number(row['ci_low'])}, {_number(row['ci_high'])}] (n={int(row['n'])})"
+
+
+def _rule_grids(table: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per classification: (title, header, rows): rows method, columns (metric, layer)."""
+    out = []
+    for classification in CLASSIFICATIONS:
+        part = table[table["classification"] == classification]
+        if len(part) == 0:
+            continue
+        columns = sorted(
+            {(str(m), int(layer)) for m, layer in zip(part["metric"], part["layer"], strict=True)},
+            key=lambda c: (RULE_METRICS.index(c[0]), c[1]),
+        )
+        cells = {
+            (str(r["variant"]), str(r["metric"]), int(r["layer"])): _rule_cell(r)
+            for r in part.to_dict("records")
+        }
+        methods = [m for m in RULE_METHODS if m in set(part["variant"])]
+        header = ["method"] + [f"{m.capitalize()} L{layer}" for m, layer in columns]
+        rows = [
+            [method] + [cells.get((method, m, layer), _DASH) for m, layer in columns]
+            for method in methods
+        ]
+        out.append((classification.replace("_", "-") + " features", header, rows))
+    return out
+
+
+def rule_comparison_markdown(table: pd.DataFrame) -> str:
+    """:func:`rule_comparison_table` as markdown: one table per feature class."""
+    if len(table) == 0:
+        return "No rule-rated scores.\n"
+    parts = []
+    for title, header, rows in _rule_grids(table):
+        parts += [
+            f"## {title}",
+            "",
+            markdown_table(header, rows, ["l"] + ["r"] * (len(header) - 1)),
+        ]
+    return "\n".join(parts) + "\n"
+
+
+def rule_comparison_html(table: pd.DataFrame) -> Markup:
+    """:func:`rule_comparison_table` as HTML: one table per feature class."""
+    if len(table) == 0:
+        return Markup("<p>No rule-rated scores.</p>")
+    return Markup("").join(
+        Markup("<h3>{}</h3>").format(title) + html_table(header, rows)
+        for title, header, rows in _rule_grids(table)
+    )
+
+
+def plot_rule_comparison(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """One PNG: a panel per (feature class, metric), the mean by layer of each method with its CI;
+    cells with fewer than :data:`MIN_FEATURES_FOR_CI` features are not drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    classes = [c for c in ("token_based", "context_dependent") if c in set(table["classification"])]
+    classes = classes or ["all"]
+    figure = Figure(figsize=(10.5, 3.4 * len(classes)), dpi=100)
+    FigureCanvasAgg(figure)
+    for row, classification in enumerate(classes):
+        for col, metric in enumerate(RULE_METRICS):
+            axes = figure.add_subplot(len(classes), len(RULE_METRICS), row * 3 + col + 1)
+            cells = table[
+                (table["classification"] == classification)
+                & (table["metric"] == metric)
+                & (table["n"] >= MIN_FEATURES_FOR_CI)
+            ]
+            methods = [m for m in RULE_METHODS if m in set(cells["variant"])]
+            width = 0.6 / max(1, len(methods))
+            for i, method in enumerate(methods):
+                part = cells[cells["variant"] == method].sort_values("layer")
+                x = part["layer"].to_numpy(float) + (i - (len(methods) - 1) / 2) * width
+                mean = part["mean"].to_numpy(float)
+                low = np.clip(mean - part["ci_low"].to_numpy(float), 0, None)
+                high = np.clip(part["ci_high"].to_numpy(float) - mean, 0, None)
+                axes.errorbar(
+                    x,
+                    mean,
+                    yerr=np.vstack([low, high]),
+                    marker="o",
+                    capsize=3,
+                    linewidth=1.2,
+                    label=method,
+                )
+            if methods:
+                layers = sorted(int(v) for v in cells["layer"].unique())
+                axes.set_xticks(layers)
+                axes.set_xlim(layers[0] - 0.7, layers[-1] + 0.7)
+                if col == 0:
+                    axes.legend(fontsize=7, loc="best")
+            else:
+                axes.text(
+                    0.5,
+                    0.5,
+                    "fewer than 3 features",
+                    ha="center",
+                    va="center",
+                    transform=axes.transAxes,
+                )
+            axes.set_ylim(-0.02, 1.05)
+            axes.set_xlabel("layer")
+            axes.set_title(f"{metric} · {classification.replace('_', '-')}", fontsize=9)
+            axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png")
+    return out
