@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from circuit_insights.circuitlens.clustering import (
+    COVERAGE_COLUMNS,
     ClusteringConfig,
+    cluster_coverage,
     cluster_feature,
     cluster_shard,
     contribution_sets,
@@ -497,3 +499,39 @@ def test_totals_columns_used_exist_in_the_schema():
     assert {"feature", "sample", "layer", "status", "fires", "activation"} <= set(
         ATTRIBUTION_TOTALS_SCHEMA.names
     )
+
+
+# --- coverage ----------------------------------------------------------------------------------
+
+
+def test_cluster_coverage_counts_clusters_and_noise_per_layer():
+    """Two layers from real cluster_shard tables: counts follow the planted groups."""
+    contributions, totals, _, _ = shard_tables()  # one feature: 3 clusters, 10 of 100 noise
+    clusters_a, _ = cluster_shard(contributions, totals, None, None)
+    one = {i: frozenset(group_core(0)) for i in range(30)}  # one mechanism: one cluster
+    few = {i: frozenset(group_core(1)) for i in range(3)}  # too few samples: all noise
+    frames = [contributions_frame(one, feature=1, layer=5), contributions_frame(few, 2, layer=5)]
+    clusters_b, _ = cluster_shard(
+        pd.concat([f[0] for f in frames]), pd.concat([f[1] for f in frames]), None
+    )
+    coverage = cluster_coverage(pd.concat([clusters_b, clusters_a], ignore_index=True))
+    assert list(coverage.columns) == list(COVERAGE_COLUMNS)
+    assert coverage["layer"].tolist() == [3, 5]
+    first, second = coverage.iloc[0], coverage.iloc[1]
+    assert (first["n_features"], first["n_features_clustered"], first["max_clusters"]) == (1, 1, 3)
+    assert first["clusters_per_feature"] == 3.0
+    assert first["noise_share"] == pytest.approx(10 / 100)
+    assert first["share_all_noise"] == 0.0
+    assert (second["n_features"], second["n_features_clustered"]) == (2, 1)
+    assert second["clusters_per_feature"] == 0.5
+    assert second["clusters_per_clustered_feature"] == 1.0
+    assert second["n_samples"] == 33
+    assert second["noise_share"] == pytest.approx(3 / 33)
+    assert second["share_all_noise"] == 0.5
+
+
+def test_cluster_coverage_empty_and_bad_input():
+    empty = cluster_coverage(pd.DataFrame(columns=CLUSTERS_SCHEMA.names))
+    assert empty.empty and list(empty.columns) == list(COVERAGE_COLUMNS)
+    with pytest.raises(InputError, match="lacks column 'n_samples'"):
+        cluster_coverage(pd.DataFrame({"layer": [1], "feature": [1], "cluster": [0]}))

@@ -37,10 +37,12 @@ from circuit_insights.errors import InputError
 from circuit_insights.weightlens import TokenDisplay
 
 __all__ = [
+    "COVERAGE_COLUMNS",
     "ELEMENT_KINDS",
     "ClusteringConfig",
     "Element",
     "FeatureClustering",
+    "cluster_coverage",
     "cluster_feature",
     "cluster_shard",
     "contribution_occurrences",
@@ -881,3 +883,80 @@ def write_clusters(
         assignments_path,
         schema=CLUSTER_ASSIGNMENTS_SCHEMA,
     )
+
+
+# --- coverage ----------------------------------------------------------------------------------
+
+#: Columns of :func:`cluster_coverage`.
+COVERAGE_COLUMNS = (
+    "layer",
+    "n_features",
+    "n_features_clustered",
+    "share_features_clustered",
+    "clusters_per_feature",
+    "clusters_per_clustered_feature",
+    "max_clusters",
+    "n_samples",
+    "noise_share",
+    "share_all_noise",
+)
+
+
+def cluster_coverage(clusters_df: pd.DataFrame) -> pd.DataFrame:
+    """Per layer, how much of the attributed samples the clustering explains.
+
+    ``clusters_df``: rows of :data:`CLUSTERS_SCHEMA` (one per (feature, cluster), cluster -1 for a
+    feature's noise samples), any number of shards and layers. One row per layer:
+
+    - ``n_features``: features clustered (those with at least one attributed sample that fires);
+      ``n_features_clustered`` / ``share_features_clustered``: those with at least one cluster;
+    - ``clusters_per_feature``: mean number of clusters over all ``n_features`` (the paper's
+      figure); ``clusters_per_clustered_feature``: over the features with a cluster;
+      ``max_clusters``;
+    - ``n_samples``: samples clustered; ``noise_share``: share of them labelled -1 (noise,
+      including samples whose filtered contribution set is empty), pooled over features;
+    - ``share_all_noise``: share of features whose every sample is noise (status other than
+      ``clustered``).
+
+    An empty table gives an empty frame with these columns.
+    """
+    for name in ("layer", "feature", "cluster", "n_samples", "n_clusters", "status"):
+        if name not in clusters_df.columns:
+            raise InputError(f"clusters table lacks column {name!r}")
+    if clusters_df.empty:
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in COVERAGE_COLUMNS})
+    if clusters_df.duplicated(["layer", "feature", "cluster"]).any():
+        raise InputError("clusters table has duplicate (layer, feature, cluster) rows")
+    frame = clusters_df.assign(
+        noise_samples=np.where(clusters_df["cluster"] < 0, clusters_df["n_samples"], 0)
+    )
+    per_feature = frame.groupby(["layer", "feature"], sort=True).agg(
+        n_clusters=("n_clusters", "max"),
+        n_samples=("n_samples", "sum"),
+        noise_samples=("noise_samples", "sum"),
+        status=("status", "first"),
+    )
+    rows = []
+    for layer, group in per_feature.groupby(level="layer", sort=True):
+        n_clusters = group["n_clusters"].to_numpy(dtype=np.int64)
+        clustered = n_clusters > 0
+        n_samples = int(group["n_samples"].sum())
+        rows.append(
+            {
+                "layer": int(layer),
+                "n_features": len(group),
+                "n_features_clustered": int(clustered.sum()),
+                "share_features_clustered": float(clustered.mean()),
+                "clusters_per_feature": float(n_clusters.mean()),
+                "clusters_per_clustered_feature": float(n_clusters[clustered].mean())
+                if clustered.any()
+                else math.nan,
+                "max_clusters": int(n_clusters.max()),
+                "n_samples": n_samples,
+                "noise_share": float(group["noise_samples"].sum() / n_samples)
+                if n_samples
+                else math.nan,
+                "share_all_noise": float((group["status"] != "clustered").mean()),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(COVERAGE_COLUMNS))
