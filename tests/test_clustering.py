@@ -237,6 +237,21 @@ def test_rho_filter_is_exact():
     assert kept == ["c"]
     _, kept = rho_filter(sets, 0.0)
     assert kept == ["a", "b", "c"]
+    # min_count: a singleton is dropped whatever rho * N is; the larger requirement wins.
+    _, kept = rho_filter(sets, 0.05, min_count=2)
+    assert kept == ["b", "c"]
+    _, kept = rho_filter(sets, 0.0, min_count=3)
+    assert kept == ["c"]
+    _, kept = rho_filter(sets, 0.15, min_count=2)  # 3 of 20
+    assert kept == ["c"]
+
+
+def test_default_filter_drops_singletons_at_any_sample_count():
+    """The embedded default's old setting (20 samples, rho 0.05) kept elements seen once."""
+    for n in (10, 20, 40, 100):
+        sets = {i: frozenset({("head", 0, 0, -1), ("feature", 1, 1000 + i)}) for i in range(n)}
+        result = cluster_feature(sets)
+        assert result.elements == [("head", 0, 0, -1)]
 
 
 # --- Jaccard distances -----------------------------------------------------------------------
@@ -291,7 +306,7 @@ def test_recovers_planted_groups_and_noise(method, seed):
 def test_isolated_samples_are_noise_by_density(method, seed):
     """With rho 0 the noise samples keep their own contributors: density alone makes them -1."""
     sets, truth = planted_sets(seed, accidents=False)
-    result = cluster_feature(sets, ClusteringConfig(method=method, rho=0.0))
+    result = cluster_feature(sets, ClusteringConfig(method=method, rho=0.0, min_count=1))
     expected = np.array([truth[s] for s in result.samples])
     assert (result.set_sizes > 0).all()
     assert np.array_equal(result.labels, expected)
@@ -301,7 +316,7 @@ def test_rho_filter_removes_accidental_elements_before_clustering():
     sets, _ = planted_sets(0)
     result = cluster_feature(sets)
     assert sorted(result.elements) == sorted(group_core(0) + group_core(1) + group_core(2))
-    kept_all = cluster_feature(sets, ClusteringConfig(rho=0.0))
+    kept_all = cluster_feature(sets, ClusteringConfig(rho=0.0, min_count=1))
     assert len(kept_all.elements) == 3 * 6 + 2 * 90 + 3 * 10
 
 

@@ -80,6 +80,10 @@ class ClusteringConfig:
     split clusters by vocabulary instead of by mechanism)."""
     rho: float = 0.05
     """Drop elements present in fewer than ``rho`` of the feature's samples."""
+    min_count: int = 2
+    """... and those present in fewer than this many samples, whatever ``rho * N`` is. An
+    element seen in one sample is shared by no pair, so it can only push distances towards 1
+    (with 20 samples and rho 0.05, ``rho * N`` = 1 kept every singleton)."""
     min_share: float = 0.0
     """Also drop contribution rows whose ``share`` is below this (0: every row the attribution
     stage kept)."""
@@ -130,6 +134,8 @@ class ClusteringConfig:
             )
         if not (0.0 <= self.rho <= 1.0):
             raise InputError(f"clustering.rho must be in [0, 1], got {self.rho}")
+        if self.min_count < 1:
+            raise InputError(f"clustering.min_count must be >= 1, got {self.min_count}")
         if not (0.0 <= self.min_share <= 1.0):
             raise InputError(f"clustering.min_share must be in [0, 1], got {self.min_share}")
         if self.method not in ("hdbscan", "dbscan"):
@@ -292,17 +298,18 @@ def contribution_sets(
 
 
 def rho_filter(
-    sets: Sequence[frozenset[Element]], rho: float
+    sets: Sequence[frozenset[Element]], rho: float, min_count: int = 1
 ) -> tuple[list[frozenset[Element]], list[Element]]:
-    """Drop elements present in fewer than ``rho`` of the ``len(sets)`` sets.
+    """Drop elements present in fewer than ``rho`` of the ``len(sets)`` sets (or in fewer than
+    ``min_count`` sets).
 
     Returns the filtered sets and the kept elements, sorted. An element in ``c`` sets is kept
-    when ``c >= rho * N``, with a 1e-9 tolerance for float rounding (``0.07 * 100`` is
-    ``7.000000000000001``: 7 of 100 is kept at rho 0.07).
+    when ``c >= max(rho * N, min_count)``, with a 1e-9 tolerance for float rounding
+    (``0.07 * 100`` is ``7.000000000000001``: 7 of 100 is kept at rho 0.07).
     """
     n = len(sets)
     counts = Counter(element for members in sets for element in members)
-    need = rho * n
+    need = max(rho * n, float(min_count))
     kept = sorted(element for element, count in counts.items() if count >= need - 1e-9 * max(n, 1))
     keep = set(kept)
     return [frozenset(members & keep) for members in sets], kept
@@ -430,7 +437,9 @@ def cluster_feature(
     """
     config = config or ClusteringConfig()
     samples = np.array(sorted(int(s) for s in sets), dtype=np.int64)
-    filtered, elements = rho_filter([sets[int(s)] for s in samples], config.rho)
+    filtered, elements = rho_filter(
+        [sets[int(s)] for s in samples], config.rho, config.min_count
+    )
     membership = membership_matrix(filtered, elements)
     set_sizes = np.asarray(membership.sum(axis=1)).ravel().astype(np.int64)
     distances = jaccard_distances(membership)
