@@ -20,6 +20,7 @@ from circuit_insights.circuitlens.clustering import (
     membership_matrix,
     relabel_by_size,
     rho_filter,
+    top_occurrences,
     write_clusters,
 )
 from circuit_insights.data.schemas import (
@@ -550,3 +551,26 @@ def test_cluster_coverage_empty_and_bad_input():
     assert empty.empty and list(empty.columns) == list(COVERAGE_COLUMNS)
     with pytest.raises(InputError, match="lacks column 'n_samples'"):
         cluster_coverage(pd.DataFrame({"layer": [1], "feature": [1], "cluster": [0]}))
+
+
+def test_top_occurrences_keeps_each_samples_largest_elements():
+    feature_a, head_b, head_c = ("feature", 3, 5), ("head", 1, 0, -1), ("head", 2, 0, 0)
+    occurrences = pd.DataFrame(
+        {
+            "feature": [1, 1, 1, 1, 1, 1],
+            "sample": [0, 0, 0, 0, 1, 1],
+            "element": pd.Series(
+                [feature_a, feature_a, head_b, head_c, head_b, head_c], dtype=object
+            ),
+            "delta": [-1, -2, -1, 0, -1, 0],
+            "token": [1, 1, 1, 1, 1, 1],
+            "value": [0.4, -0.4, 0.7, 0.1, 0.1, -0.2],
+        }
+    )
+    top = top_occurrences(occurrences, 1)
+    # Sample 0: the feature at two positions (|0.4| + |-0.4| = 0.8) beats the head (0.7); both
+    # of its rows stay. Sample 1: the larger magnitude wins, whatever its sign.
+    assert top["element"].tolist() == [feature_a, feature_a, head_c]
+    assert top["sample"].tolist() == [0, 0, 1]
+    assert len(top_occurrences(occurrences, 2)) == 5
+    assert top_occurrences(occurrences, None) is occurrences

@@ -54,6 +54,7 @@ __all__ = [
     "relabel_by_size",
     "rho_filter",
     "summarize_clusters",
+    "top_occurrences",
     "write_clusters",
 ]
 
@@ -89,6 +90,9 @@ class ClusteringConfig:
     stage kept)."""
     positive_only: bool = False
     """Keep only contributions that raise the pre-activation (default: both signs)."""
+    top_per_sample: int | None = None
+    """Keep, per sample, only the contributors with the largest ``|value|`` (a feature element's
+    values summed over its positions first); None: every significant contributor."""
     include_not_firing: bool = False
     """Cluster samples whose feature did not fire (``fires`` False in the totals) too."""
     method: Method = "hdbscan"
@@ -134,6 +138,10 @@ class ClusteringConfig:
             )
         if not (0.0 <= self.rho <= 1.0):
             raise InputError(f"clustering.rho must be in [0, 1], got {self.rho}")
+        if self.top_per_sample is not None and self.top_per_sample < 1:
+            raise InputError(
+                f"clustering.top_per_sample must be >= 1 or null, got {self.top_per_sample}"
+            )
         if self.min_count < 1:
             raise InputError(f"clustering.min_count must be >= 1, got {self.min_count}")
         if not (0.0 <= self.min_share <= 1.0):
@@ -266,12 +274,38 @@ def contribution_occurrences(
     return pd.concat(frames, ignore_index=True)
 
 
+def top_occurrences(occurrences: pd.DataFrame, k: int | None) -> pd.DataFrame:
+    """The rows of ``occurrences`` whose element is among its sample's ``k`` largest.
+
+    An element's size in a sample is its summed ``|value|`` over that sample's rows (a feature
+    active at several positions counts once, with all of them); ties go to the smaller element.
+    ``k`` None returns ``occurrences`` unchanged.
+    """
+    if k is None or occurrences.empty:
+        return occurrences
+    magnitude = occurrences.assign(
+        _magnitude=np.abs(occurrences["value"].to_numpy(dtype=np.float64)),
+        _key=occurrences["element"].map(repr),
+    )
+    per_element = magnitude.groupby(["feature", "sample", "_key"], sort=True)["_magnitude"].sum()
+    ranked = per_element.reset_index().sort_values(
+        ["feature", "sample", "_magnitude", "_key"],
+        ascending=[True, True, False, True],
+        kind="mergesort",
+    )
+    top = ranked.groupby(["feature", "sample"], sort=False).head(k)
+    keep = pd.MultiIndex.from_frame(top[["feature", "sample", "_key"]])
+    rows = pd.MultiIndex.from_frame(magnitude[["feature", "sample", "_key"]])
+    return occurrences[rows.isin(keep)].reset_index(drop=True)
+
+
 def contribution_sets(
     contributions_df: pd.DataFrame,
     *,
     kinds: Sequence[str] = ("feature", "head"),
     min_share: float = 0.0,
     positive_only: bool = False,
+    top_per_sample: int | None = None,
 ) -> dict[tuple[int, int], frozenset[Element]]:
     """Per ``(feature, sample)`` of ``contributions_df``, the set of its significant contributors.
 
@@ -283,6 +317,7 @@ def contribution_sets(
     occurrences = contribution_occurrences(
         contributions_df, kinds=kinds, min_share=min_share, positive_only=positive_only
     )
+    occurrences = top_occurrences(occurrences, top_per_sample)
     sets: dict[tuple[int, int], set[Element]] = {
         (int(f), int(s)): set()
         for f, s in zip(contributions_df["feature"], contributions_df["sample"], strict=True)
@@ -437,9 +472,7 @@ def cluster_feature(
     """
     config = config or ClusteringConfig()
     samples = np.array(sorted(int(s) for s in sets), dtype=np.int64)
-    filtered, elements = rho_filter(
-        [sets[int(s)] for s in samples], config.rho, config.min_count
-    )
+    filtered, elements = rho_filter([sets[int(s)] for s in samples], config.rho, config.min_count)
     membership = membership_matrix(filtered, elements)
     set_sizes = np.asarray(membership.sum(axis=1)).ravel().astype(np.int64)
     distances = jaccard_distances(membership)
@@ -790,6 +823,7 @@ def cluster_shard(
         min_share=config.min_share,
         positive_only=config.positive_only,
     )
+    occurrences = top_occurrences(occurrences, config.top_per_sample)
     output_kinds = contributions_df["kind"].isin(["logit", "top_token"])
     outputs = contributions_df.loc[
         output_kinds, ["feature", "sample", "kind", "detail", "token", "delta", "value"]
