@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from sklearn.metrics import adjusted_rand_score
 
 from circuit_insights.circuitlens.clustering import (
     COVERAGE_COLUMNS,
@@ -574,3 +575,75 @@ def test_top_occurrences_keeps_each_samples_largest_elements():
     assert top["sample"].tolist() == [0, 0, 1]
     assert len(top_occurrences(occurrences, 2)) == 5
     assert top_occurrences(occurrences, None) is occurrences
+
+
+# --- planted mechanisms at the embedded default's sample count ------------------------------
+
+
+def mechanism_sets(
+    seed: int,
+    n: int = 100,
+    shares: tuple[float, ...] = (0.4, 0.3, 0.2),
+    core: int = 5,
+    p_core: float = 0.8,
+    n_generic: int = 2,
+    p_generic: float = 0.5,
+    pool: int = 60,
+    per_sample: int = 3,
+) -> tuple[dict[int, frozenset], dict[int, int]]:
+    """``n`` contribution sets of a feature with ``len(shares)`` planted mechanisms, shaped like
+    attribution output rather than like clean groups.
+
+    - a mechanism is a core of ``core`` heads; each member has each of them with probability
+      ``p_core`` (a circuit's parts are not all significant in every sample);
+    - ``n_generic`` contributors shared by every mechanism (and the noise samples), each present
+      with probability ``p_generic`` (say, the feature's own-position head);
+    - ``per_sample`` background contributors per sample from a pool of ``pool`` upstream
+      features with Zipf popularity: most are rare, a few pass the rho filter;
+    - the remaining samples (10% by default) have no mechanism: generic and background only.
+    Returns the sets and the planted group of each sample (-1: no mechanism).
+    """
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, pool + 1)
+    popularity /= popularity.sum()
+    sizes = [round(share * n) for share in shares]
+    groups = [g for g, size in enumerate(sizes) for _ in range(size)]
+    groups += [-1] * (n - len(groups))
+    sets, truth = {}, {}
+    for sample, group in enumerate(groups):
+        members: set[tuple] = set()
+        if group >= 0:
+            members |= {
+                ("head", 2 + group, h, -(h + 1)) for h in range(core) if rng.random() < p_core
+            }
+        members |= {("head", 0, g, 0) for g in range(n_generic) if rng.random() < p_generic}
+        background = rng.choice(pool, per_sample, replace=False, p=popularity)
+        members |= {("feature", 1, int(b)) for b in background}
+        sets[sample], truth[sample] = frozenset(members), group
+    return sets, truth
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_default_settings_recover_planted_mechanisms_at_the_default_sample_count(seed):
+    """N = 100 samples (the embedded default attributes every quantile sample: 100), three
+    mechanisms of 40 / 30 / 20 samples and 10 without one: the default settings find exactly
+    three clusters, each made of one mechanism's samples, and leave most mechanism-less
+    samples as noise."""
+    sets, truth = mechanism_sets(seed)
+    result = cluster_feature(sets, ClusteringConfig())
+    planted = np.array([truth[s] for s in result.samples])
+    labels = result.labels
+    assert result.n_clusters == 3
+    has_mechanism = planted >= 0
+    assert adjusted_rand_score(planted[has_mechanism], labels[has_mechanism]) >= 0.6
+    clustered = has_mechanism & (labels >= 0)
+    assert clustered.sum() >= 0.75 * has_mechanism.sum()
+    # Each cluster is one mechanism (>= 90% of its members), and no two share it.
+    majority = []
+    for cluster in range(3):
+        members = planted[labels == cluster]
+        values, counts = np.unique(members, return_counts=True)
+        assert counts.max() >= 0.9 * len(members)
+        majority.append(int(values[np.argmax(counts)]))
+    assert sorted(majority) == [0, 1, 2]
+    assert (labels[~has_mechanism] == -1).mean() >= 0.5
