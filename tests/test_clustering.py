@@ -12,10 +12,12 @@ from sklearn.metrics import adjusted_rand_score
 
 from circuit_insights.circuitlens.clustering import (
     COVERAGE_COLUMNS,
+    FIRST_POSITION,
     ClusteringConfig,
     cluster_coverage,
     cluster_feature,
     cluster_shard,
+    contribution_occurrences,
     contribution_sets,
     jaccard_distances,
     membership_matrix,
@@ -647,3 +649,23 @@ def test_default_settings_recover_planted_mechanisms_at_the_default_sample_count
         majority.append(int(values[np.argmax(counts)]))
     assert sorted(majority) == [0, 1, 2]
     assert (labels[~has_mechanism] == -1).mean() >= 0.5
+
+
+def test_heads_reading_the_first_position_are_one_element_whatever_the_target():
+    """A sink head's offset is -target: without the anchor, one head splits into as many
+    elements as there are target positions, each too rare for the filter."""
+    sets = {i: frozenset({("head", 1, 0, -(10 + i % 25))}) for i in range(100)}
+    contributions, totals = contributions_frame(sets)
+    contributions.loc[contributions["kind"] == "head", "position"] = 0  # sources at BOS
+    occurrences = contribution_occurrences(contributions, anchor_first_position=True)
+    assert set(occurrences["element"]) == {("head", 1, 0, FIRST_POSITION)}
+    assert sorted(set(occurrences["delta"])) == list(range(-34, -9))  # the true offsets
+    assert len(set(contribution_occurrences(contributions)["element"])) == 25
+    clusters, _ = cluster_shard(contributions, totals, None, None)
+    assert clusters["defining_labels"].iloc[0] == ["L1.H0@first"]
+    assert "the first position (BOS" in clusters["trigger_patterns"].iloc[0][0]
+    assert clusters["status"].iloc[0] == "clustered"
+    unanchored, _ = cluster_shard(
+        contributions, totals, None, None, ClusteringConfig(anchor_first_position=False)
+    )
+    assert unanchored["status"].iloc[0] == "no_contributors"  # 4 of 100 each: below rho

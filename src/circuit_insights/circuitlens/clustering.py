@@ -39,6 +39,7 @@ from circuit_insights.weightlens import TokenDisplay
 __all__ = [
     "COVERAGE_COLUMNS",
     "ELEMENT_KINDS",
+    "FIRST_POSITION",
     "ClusteringConfig",
     "Element",
     "FeatureClustering",
@@ -67,6 +68,10 @@ ELEMENT_KINDS: dict[str, str] = {"feature": "feature", "head": "head", "token": 
 
 Method = Literal["hdbscan", "dbscan"]
 
+#: The offset of a head element whose source is the context's first position (BOS where the model
+#: has one: the attention sink), whatever the target position (``anchor_first_position``).
+FIRST_POSITION: int = -(2**31)
+
 #: Feature-level outcomes (the ``status`` column of the clusters table).
 STATUSES = ("clustered", "all_noise", "too_few_samples", "no_contributors")
 
@@ -79,6 +84,10 @@ class ClusteringConfig:
     """Contributor kinds in a contribution set: ``feature``, ``head``, ``token`` (embeddings;
     off by default: the source token is already a head element's context, and token identities
     split clusters by vocabulary instead of by mechanism)."""
+    anchor_first_position: bool = True
+    """A head reading the context's first position (BOS: the attention sink) gets the offset
+    :data:`FIRST_POSITION` instead of ``-target``. Its offset otherwise only says where the
+    target is, so one sink head would split into an element per target position."""
     rho: float = 0.05
     """Drop elements present in fewer than ``rho`` of the feature's samples."""
     min_count: int = 2
@@ -213,11 +222,14 @@ def contribution_occurrences(
     kinds: Sequence[str] = ("feature", "head"),
     min_share: float = 0.0,
     positive_only: bool = False,
+    anchor_first_position: bool = False,
 ) -> pd.DataFrame:
     """One row per contributor occurrence: ``feature, sample, element, delta, token, value``.
 
     ``element`` is the contributor's key (see :data:`Element`); a feature element can occur at
     several positions of one sample (one row each). ``token`` is the token at the source position.
+    ``anchor_first_position``: a head element whose source ``position`` is 0 takes the offset
+    :data:`FIRST_POSITION` (the ``delta`` column keeps the true offset).
     """
     for name in ("feature", "sample", "kind", "layer", "head", "source_feature", "delta", "token"):
         if name not in contributions_df.columns:
@@ -241,8 +253,14 @@ def contribution_occurrences(
             elements = [("feature", int(a), int(b)) for a, b in zip(layer, source, strict=True)]
         elif kind == "head":
             layer, head = _int_column(rows, "layer"), _int_column(rows, "head")
+            offset = delta
+            if anchor_first_position:
+                if "position" not in rows.columns:
+                    raise InputError("contributions table lacks column 'position'")
+                offset = np.where(_int_column(rows, "position") == 0, FIRST_POSITION, delta)
             elements = [
-                ("head", int(a), int(b), int(c)) for a, b, c in zip(layer, head, delta, strict=True)
+                ("head", int(a), int(b), int(c))
+                for a, b, c in zip(layer, head, offset, strict=True)
             ]
         else:
             elements = [("token", int(a), int(b)) for a, b in zip(token, delta, strict=True)]
@@ -306,6 +324,7 @@ def contribution_sets(
     min_share: float = 0.0,
     positive_only: bool = False,
     top_per_sample: int | None = None,
+    anchor_first_position: bool = False,
 ) -> dict[tuple[int, int], frozenset[Element]]:
     """Per ``(feature, sample)`` of ``contributions_df``, the set of its significant contributors.
 
@@ -315,7 +334,11 @@ def contribution_sets(
     (empty when none of its rows is of a selected kind).
     """
     occurrences = contribution_occurrences(
-        contributions_df, kinds=kinds, min_share=min_share, positive_only=positive_only
+        contributions_df,
+        kinds=kinds,
+        min_share=min_share,
+        positive_only=positive_only,
+        anchor_first_position=anchor_first_position,
     )
     occurrences = top_occurrences(occurrences, top_per_sample)
     sets: dict[tuple[int, int], set[Element]] = {
@@ -511,11 +534,14 @@ def element_label(element: Element) -> str:
     if kind == "feature":
         return f"L{element[1]}#{element[2]}"
     if kind == "head":
-        return f"L{element[1]}.H{element[2]}@{element[3]}"
+        where = "first" if element[3] == FIRST_POSITION else element[3]
+        return f"L{element[1]}.H{element[2]}@{where}"
     return f"tok{element[1]}@{element[2]}"
 
 
 def _offset(delta: int) -> str:
+    if delta == FIRST_POSITION:
+        return "the first position (BOS, the attention sink)"
     return "offset 0 (the target token itself)" if delta == 0 else f"offset {delta}"
 
 
@@ -822,6 +848,7 @@ def cluster_shard(
         kinds=config.kinds,
         min_share=config.min_share,
         positive_only=config.positive_only,
+        anchor_first_position=config.anchor_first_position,
     )
     occurrences = top_occurrences(occurrences, config.top_per_sample)
     output_kinds = contributions_df["kind"].isin(["logit", "top_token"])
