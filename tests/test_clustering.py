@@ -8,16 +8,22 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from sklearn.metrics import adjusted_rand_score
 
 from circuit_insights.circuitlens.clustering import (
+    COVERAGE_COLUMNS,
+    FIRST_POSITION,
     ClusteringConfig,
+    cluster_coverage,
     cluster_feature,
     cluster_shard,
+    contribution_occurrences,
     contribution_sets,
     jaccard_distances,
     membership_matrix,
     relabel_by_size,
     rho_filter,
+    top_occurrences,
     write_clusters,
 )
 from circuit_insights.data.schemas import (
@@ -235,6 +241,21 @@ def test_rho_filter_is_exact():
     assert kept == ["c"]
     _, kept = rho_filter(sets, 0.0)
     assert kept == ["a", "b", "c"]
+    # min_count: a singleton is dropped whatever rho * N is; the larger requirement wins.
+    _, kept = rho_filter(sets, 0.05, min_count=2)
+    assert kept == ["b", "c"]
+    _, kept = rho_filter(sets, 0.0, min_count=3)
+    assert kept == ["c"]
+    _, kept = rho_filter(sets, 0.15, min_count=2)  # 3 of 20
+    assert kept == ["c"]
+
+
+def test_default_filter_drops_singletons_at_any_sample_count():
+    """The embedded default's old setting (20 samples, rho 0.05) kept elements seen once."""
+    for n in (10, 20, 40, 100):
+        sets = {i: frozenset({("head", 0, 0, -1), ("feature", 1, 1000 + i)}) for i in range(n)}
+        result = cluster_feature(sets)
+        assert result.elements == [("head", 0, 0, -1)]
 
 
 # --- Jaccard distances -----------------------------------------------------------------------
@@ -289,7 +310,7 @@ def test_recovers_planted_groups_and_noise(method, seed):
 def test_isolated_samples_are_noise_by_density(method, seed):
     """With rho 0 the noise samples keep their own contributors: density alone makes them -1."""
     sets, truth = planted_sets(seed, accidents=False)
-    result = cluster_feature(sets, ClusteringConfig(method=method, rho=0.0))
+    result = cluster_feature(sets, ClusteringConfig(method=method, rho=0.0, min_count=1))
     expected = np.array([truth[s] for s in result.samples])
     assert (result.set_sizes > 0).all()
     assert np.array_equal(result.labels, expected)
@@ -299,7 +320,7 @@ def test_rho_filter_removes_accidental_elements_before_clustering():
     sets, _ = planted_sets(0)
     result = cluster_feature(sets)
     assert sorted(result.elements) == sorted(group_core(0) + group_core(1) + group_core(2))
-    kept_all = cluster_feature(sets, ClusteringConfig(rho=0.0))
+    kept_all = cluster_feature(sets, ClusteringConfig(rho=0.0, min_count=1))
     assert len(kept_all.elements) == 3 * 6 + 2 * 90 + 3 * 10
 
 
@@ -497,3 +518,154 @@ def test_totals_columns_used_exist_in_the_schema():
     assert {"feature", "sample", "layer", "status", "fires", "activation"} <= set(
         ATTRIBUTION_TOTALS_SCHEMA.names
     )
+
+
+# --- coverage ----------------------------------------------------------------------------------
+
+
+def test_cluster_coverage_counts_clusters_and_noise_per_layer():
+    """Two layers from real cluster_shard tables: counts follow the planted groups."""
+    contributions, totals, _, _ = shard_tables()  # one feature: 3 clusters, 10 of 100 noise
+    clusters_a, _ = cluster_shard(contributions, totals, None, None)
+    one = {i: frozenset(group_core(0)) for i in range(30)}  # one mechanism: one cluster
+    few = {i: frozenset(group_core(1)) for i in range(3)}  # too few samples: all noise
+    frames = [contributions_frame(one, feature=1, layer=5), contributions_frame(few, 2, layer=5)]
+    clusters_b, _ = cluster_shard(
+        pd.concat([f[0] for f in frames]), pd.concat([f[1] for f in frames]), None
+    )
+    coverage = cluster_coverage(pd.concat([clusters_b, clusters_a], ignore_index=True))
+    assert list(coverage.columns) == list(COVERAGE_COLUMNS)
+    assert coverage["layer"].tolist() == [3, 5]
+    first, second = coverage.iloc[0], coverage.iloc[1]
+    assert (first["n_features"], first["n_features_clustered"], first["max_clusters"]) == (1, 1, 3)
+    assert first["clusters_per_feature"] == 3.0
+    assert first["noise_share"] == pytest.approx(10 / 100)
+    assert first["share_all_noise"] == 0.0
+    assert (second["n_features"], second["n_features_clustered"]) == (2, 1)
+    assert second["clusters_per_feature"] == 0.5
+    assert second["clusters_per_clustered_feature"] == 1.0
+    assert second["n_samples"] == 33
+    assert second["noise_share"] == pytest.approx(3 / 33)
+    assert second["share_all_noise"] == 0.5
+
+
+def test_cluster_coverage_empty_and_bad_input():
+    empty = cluster_coverage(pd.DataFrame(columns=CLUSTERS_SCHEMA.names))
+    assert empty.empty and list(empty.columns) == list(COVERAGE_COLUMNS)
+    with pytest.raises(InputError, match="lacks column 'n_samples'"):
+        cluster_coverage(pd.DataFrame({"layer": [1], "feature": [1], "cluster": [0]}))
+
+
+def test_top_occurrences_keeps_each_samples_largest_elements():
+    feature_a, head_b, head_c = ("feature", 3, 5), ("head", 1, 0, -1), ("head", 2, 0, 0)
+    occurrences = pd.DataFrame(
+        {
+            "feature": [1, 1, 1, 1, 1, 1],
+            "sample": [0, 0, 0, 0, 1, 1],
+            "element": pd.Series(
+                [feature_a, feature_a, head_b, head_c, head_b, head_c], dtype=object
+            ),
+            "delta": [-1, -2, -1, 0, -1, 0],
+            "token": [1, 1, 1, 1, 1, 1],
+            "value": [0.4, -0.4, 0.7, 0.1, 0.1, -0.2],
+        }
+    )
+    top = top_occurrences(occurrences, 1)
+    # Sample 0: the feature at two positions (|0.4| + |-0.4| = 0.8) beats the head (0.7); both
+    # of its rows stay. Sample 1: the larger magnitude wins, whatever its sign.
+    assert top["element"].tolist() == [feature_a, feature_a, head_c]
+    assert top["sample"].tolist() == [0, 0, 1]
+    assert len(top_occurrences(occurrences, 2)) == 5
+    assert top_occurrences(occurrences, None) is occurrences
+
+
+# --- planted mechanisms at the embedded default's sample count ------------------------------
+
+
+def mechanism_sets(
+    seed: int,
+    n: int = 100,
+    shares: tuple[float, ...] = (0.4, 0.3, 0.2),
+    core: int = 5,
+    p_core: float = 0.8,
+    n_generic: int = 2,
+    p_generic: float = 0.5,
+    pool: int = 60,
+    per_sample: int = 3,
+) -> tuple[dict[int, frozenset], dict[int, int]]:
+    """``n`` contribution sets of a feature with ``len(shares)`` planted mechanisms, shaped like
+    attribution output rather than like clean groups.
+
+    - a mechanism is a core of ``core`` heads; each member has each of them with probability
+      ``p_core`` (a circuit's parts are not all significant in every sample);
+    - ``n_generic`` contributors shared by every mechanism (and the noise samples), each present
+      with probability ``p_generic`` (say, the feature's own-position head);
+    - ``per_sample`` background contributors per sample from a pool of ``pool`` upstream
+      features with Zipf popularity: most are rare, a few pass the rho filter;
+    - the remaining samples (10% by default) have no mechanism: generic and background only.
+    Returns the sets and the planted group of each sample (-1: no mechanism).
+    """
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, pool + 1)
+    popularity /= popularity.sum()
+    sizes = [round(share * n) for share in shares]
+    groups = [g for g, size in enumerate(sizes) for _ in range(size)]
+    groups += [-1] * (n - len(groups))
+    sets, truth = {}, {}
+    for sample, group in enumerate(groups):
+        members: set[tuple] = set()
+        if group >= 0:
+            members |= {
+                ("head", 2 + group, h, -(h + 1)) for h in range(core) if rng.random() < p_core
+            }
+        members |= {("head", 0, g, 0) for g in range(n_generic) if rng.random() < p_generic}
+        background = rng.choice(pool, per_sample, replace=False, p=popularity)
+        members |= {("feature", 1, int(b)) for b in background}
+        sets[sample], truth[sample] = frozenset(members), group
+    return sets, truth
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_default_settings_recover_planted_mechanisms_at_the_default_sample_count(seed):
+    """N = 100 samples (the embedded default attributes every quantile sample: 100), three
+    mechanisms of 40 / 30 / 20 samples and 10 without one: the default settings find exactly
+    three clusters, each made of one mechanism's samples, and leave most mechanism-less
+    samples as noise."""
+    sets, truth = mechanism_sets(seed)
+    result = cluster_feature(sets, ClusteringConfig())
+    planted = np.array([truth[s] for s in result.samples])
+    labels = result.labels
+    assert result.n_clusters == 3
+    has_mechanism = planted >= 0
+    assert adjusted_rand_score(planted[has_mechanism], labels[has_mechanism]) >= 0.6
+    clustered = has_mechanism & (labels >= 0)
+    assert clustered.sum() >= 0.75 * has_mechanism.sum()
+    # Each cluster is one mechanism (>= 90% of its members), and no two share it.
+    majority = []
+    for cluster in range(3):
+        members = planted[labels == cluster]
+        values, counts = np.unique(members, return_counts=True)
+        assert counts.max() >= 0.9 * len(members)
+        majority.append(int(values[np.argmax(counts)]))
+    assert sorted(majority) == [0, 1, 2]
+    assert (labels[~has_mechanism] == -1).mean() >= 0.5
+
+
+def test_heads_reading_the_first_position_are_one_element_whatever_the_target():
+    """A sink head's offset is -target: without the anchor, one head splits into as many
+    elements as there are target positions, each too rare for the filter."""
+    sets = {i: frozenset({("head", 1, 0, -(10 + i % 25))}) for i in range(100)}
+    contributions, totals = contributions_frame(sets)
+    contributions.loc[contributions["kind"] == "head", "position"] = 0  # sources at BOS
+    occurrences = contribution_occurrences(contributions, anchor_first_position=True)
+    assert set(occurrences["element"]) == {("head", 1, 0, FIRST_POSITION)}
+    assert sorted(set(occurrences["delta"])) == list(range(-34, -9))  # the true offsets
+    assert len(set(contribution_occurrences(contributions)["element"])) == 25
+    clusters, _ = cluster_shard(contributions, totals, None, None)
+    assert clusters["defining_labels"].iloc[0] == ["L1.H0@first"]
+    assert "the first position (BOS" in clusters["trigger_patterns"].iloc[0][0]
+    assert clusters["status"].iloc[0] == "clustered"
+    unanchored, _ = cluster_shard(
+        contributions, totals, None, None, ClusteringConfig(anchor_first_position=False)
+    )
+    assert unanchored["status"].iloc[0] == "no_contributors"  # 4 of 100 each: below rho

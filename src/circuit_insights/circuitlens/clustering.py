@@ -37,10 +37,13 @@ from circuit_insights.errors import InputError
 from circuit_insights.weightlens import TokenDisplay
 
 __all__ = [
+    "COVERAGE_COLUMNS",
     "ELEMENT_KINDS",
+    "FIRST_POSITION",
     "ClusteringConfig",
     "Element",
     "FeatureClustering",
+    "cluster_coverage",
     "cluster_feature",
     "cluster_shard",
     "contribution_occurrences",
@@ -52,6 +55,7 @@ __all__ = [
     "relabel_by_size",
     "rho_filter",
     "summarize_clusters",
+    "top_occurrences",
     "write_clusters",
 ]
 
@@ -63,6 +67,10 @@ Element = tuple[Any, ...]
 ELEMENT_KINDS: dict[str, str] = {"feature": "feature", "head": "head", "token": "embedding"}
 
 Method = Literal["hdbscan", "dbscan"]
+
+#: The offset of a head element whose source is the context's first position (BOS where the model
+#: has one: the attention sink), whatever the target position (``anchor_first_position``).
+FIRST_POSITION: int = -(2**31)
 
 #: Feature-level outcomes (the ``status`` column of the clusters table).
 STATUSES = ("clustered", "all_noise", "too_few_samples", "no_contributors")
@@ -76,13 +84,24 @@ class ClusteringConfig:
     """Contributor kinds in a contribution set: ``feature``, ``head``, ``token`` (embeddings;
     off by default: the source token is already a head element's context, and token identities
     split clusters by vocabulary instead of by mechanism)."""
+    anchor_first_position: bool = True
+    """A head reading the context's first position (BOS: the attention sink) gets the offset
+    :data:`FIRST_POSITION` instead of ``-target``. Its offset otherwise only says where the
+    target is, so one sink head would split into an element per target position."""
     rho: float = 0.05
     """Drop elements present in fewer than ``rho`` of the feature's samples."""
+    min_count: int = 2
+    """... and those present in fewer than this many samples, whatever ``rho * N`` is. An
+    element seen in one sample is shared by no pair, so it can only push distances towards 1
+    (with 20 samples and rho 0.05, ``rho * N`` = 1 kept every singleton)."""
     min_share: float = 0.0
     """Also drop contribution rows whose ``share`` is below this (0: every row the attribution
     stage kept)."""
     positive_only: bool = False
     """Keep only contributions that raise the pre-activation (default: both signs)."""
+    top_per_sample: int | None = None
+    """Keep, per sample, only the contributors with the largest ``|value|`` (a feature element's
+    values summed over its positions first); None: every significant contributor."""
     include_not_firing: bool = False
     """Cluster samples whose feature did not fire (``fires`` False in the totals) too."""
     method: Method = "hdbscan"
@@ -128,6 +147,12 @@ class ClusteringConfig:
             )
         if not (0.0 <= self.rho <= 1.0):
             raise InputError(f"clustering.rho must be in [0, 1], got {self.rho}")
+        if self.top_per_sample is not None and self.top_per_sample < 1:
+            raise InputError(
+                f"clustering.top_per_sample must be >= 1 or null, got {self.top_per_sample}"
+            )
+        if self.min_count < 1:
+            raise InputError(f"clustering.min_count must be >= 1, got {self.min_count}")
         if not (0.0 <= self.min_share <= 1.0):
             raise InputError(f"clustering.min_share must be in [0, 1], got {self.min_share}")
         if self.method not in ("hdbscan", "dbscan"):
@@ -197,11 +222,14 @@ def contribution_occurrences(
     kinds: Sequence[str] = ("feature", "head"),
     min_share: float = 0.0,
     positive_only: bool = False,
+    anchor_first_position: bool = False,
 ) -> pd.DataFrame:
     """One row per contributor occurrence: ``feature, sample, element, delta, token, value``.
 
     ``element`` is the contributor's key (see :data:`Element`); a feature element can occur at
     several positions of one sample (one row each). ``token`` is the token at the source position.
+    ``anchor_first_position``: a head element whose source ``position`` is 0 takes the offset
+    :data:`FIRST_POSITION` (the ``delta`` column keeps the true offset).
     """
     for name in ("feature", "sample", "kind", "layer", "head", "source_feature", "delta", "token"):
         if name not in contributions_df.columns:
@@ -225,8 +253,14 @@ def contribution_occurrences(
             elements = [("feature", int(a), int(b)) for a, b in zip(layer, source, strict=True)]
         elif kind == "head":
             layer, head = _int_column(rows, "layer"), _int_column(rows, "head")
+            offset = delta
+            if anchor_first_position:
+                if "position" not in rows.columns:
+                    raise InputError("contributions table lacks column 'position'")
+                offset = np.where(_int_column(rows, "position") == 0, FIRST_POSITION, delta)
             elements = [
-                ("head", int(a), int(b), int(c)) for a, b, c in zip(layer, head, delta, strict=True)
+                ("head", int(a), int(b), int(c))
+                for a, b, c in zip(layer, head, offset, strict=True)
             ]
         else:
             elements = [("token", int(a), int(b)) for a, b in zip(token, delta, strict=True)]
@@ -258,12 +292,39 @@ def contribution_occurrences(
     return pd.concat(frames, ignore_index=True)
 
 
+def top_occurrences(occurrences: pd.DataFrame, k: int | None) -> pd.DataFrame:
+    """The rows of ``occurrences`` whose element is among its sample's ``k`` largest.
+
+    An element's size in a sample is its summed ``|value|`` over that sample's rows (a feature
+    active at several positions counts once, with all of them); ties go to the smaller element.
+    ``k`` None returns ``occurrences`` unchanged.
+    """
+    if k is None or occurrences.empty:
+        return occurrences
+    magnitude = occurrences.assign(
+        _magnitude=np.abs(occurrences["value"].to_numpy(dtype=np.float64)),
+        _key=occurrences["element"].map(repr),
+    )
+    per_element = magnitude.groupby(["feature", "sample", "_key"], sort=True)["_magnitude"].sum()
+    ranked = per_element.reset_index().sort_values(
+        ["feature", "sample", "_magnitude", "_key"],
+        ascending=[True, True, False, True],
+        kind="mergesort",
+    )
+    top = ranked.groupby(["feature", "sample"], sort=False).head(k)
+    keep = pd.MultiIndex.from_frame(top[["feature", "sample", "_key"]])
+    rows = pd.MultiIndex.from_frame(magnitude[["feature", "sample", "_key"]])
+    return occurrences[rows.isin(keep)].reset_index(drop=True)
+
+
 def contribution_sets(
     contributions_df: pd.DataFrame,
     *,
     kinds: Sequence[str] = ("feature", "head"),
     min_share: float = 0.0,
     positive_only: bool = False,
+    top_per_sample: int | None = None,
+    anchor_first_position: bool = False,
 ) -> dict[tuple[int, int], frozenset[Element]]:
     """Per ``(feature, sample)`` of ``contributions_df``, the set of its significant contributors.
 
@@ -273,8 +334,13 @@ def contribution_sets(
     (empty when none of its rows is of a selected kind).
     """
     occurrences = contribution_occurrences(
-        contributions_df, kinds=kinds, min_share=min_share, positive_only=positive_only
+        contributions_df,
+        kinds=kinds,
+        min_share=min_share,
+        positive_only=positive_only,
+        anchor_first_position=anchor_first_position,
     )
+    occurrences = top_occurrences(occurrences, top_per_sample)
     sets: dict[tuple[int, int], set[Element]] = {
         (int(f), int(s)): set()
         for f, s in zip(contributions_df["feature"], contributions_df["sample"], strict=True)
@@ -290,17 +356,18 @@ def contribution_sets(
 
 
 def rho_filter(
-    sets: Sequence[frozenset[Element]], rho: float
+    sets: Sequence[frozenset[Element]], rho: float, min_count: int = 1
 ) -> tuple[list[frozenset[Element]], list[Element]]:
-    """Drop elements present in fewer than ``rho`` of the ``len(sets)`` sets.
+    """Drop elements present in fewer than ``rho`` of the ``len(sets)`` sets (or in fewer than
+    ``min_count`` sets).
 
     Returns the filtered sets and the kept elements, sorted. An element in ``c`` sets is kept
-    when ``c >= rho * N``, with a 1e-9 tolerance for float rounding (``0.07 * 100`` is
-    ``7.000000000000001``: 7 of 100 is kept at rho 0.07).
+    when ``c >= max(rho * N, min_count)``, with a 1e-9 tolerance for float rounding
+    (``0.07 * 100`` is ``7.000000000000001``: 7 of 100 is kept at rho 0.07).
     """
     n = len(sets)
     counts = Counter(element for members in sets for element in members)
-    need = rho * n
+    need = max(rho * n, float(min_count))
     kept = sorted(element for element, count in counts.items() if count >= need - 1e-9 * max(n, 1))
     keep = set(kept)
     return [frozenset(members & keep) for members in sets], kept
@@ -428,7 +495,7 @@ def cluster_feature(
     """
     config = config or ClusteringConfig()
     samples = np.array(sorted(int(s) for s in sets), dtype=np.int64)
-    filtered, elements = rho_filter([sets[int(s)] for s in samples], config.rho)
+    filtered, elements = rho_filter([sets[int(s)] for s in samples], config.rho, config.min_count)
     membership = membership_matrix(filtered, elements)
     set_sizes = np.asarray(membership.sum(axis=1)).ravel().astype(np.int64)
     distances = jaccard_distances(membership)
@@ -467,11 +534,14 @@ def element_label(element: Element) -> str:
     if kind == "feature":
         return f"L{element[1]}#{element[2]}"
     if kind == "head":
-        return f"L{element[1]}.H{element[2]}@{element[3]}"
+        where = "first" if element[3] == FIRST_POSITION else element[3]
+        return f"L{element[1]}.H{element[2]}@{where}"
     return f"tok{element[1]}@{element[2]}"
 
 
 def _offset(delta: int) -> str:
+    if delta == FIRST_POSITION:
+        return "the first position (BOS, the attention sink)"
     return "offset 0 (the target token itself)" if delta == 0 else f"offset {delta}"
 
 
@@ -778,7 +848,9 @@ def cluster_shard(
         kinds=config.kinds,
         min_share=config.min_share,
         positive_only=config.positive_only,
+        anchor_first_position=config.anchor_first_position,
     )
+    occurrences = top_occurrences(occurrences, config.top_per_sample)
     output_kinds = contributions_df["kind"].isin(["logit", "top_token"])
     outputs = contributions_df.loc[
         output_kinds, ["feature", "sample", "kind", "detail", "token", "delta", "value"]
@@ -881,3 +953,80 @@ def write_clusters(
         assignments_path,
         schema=CLUSTER_ASSIGNMENTS_SCHEMA,
     )
+
+
+# --- coverage ----------------------------------------------------------------------------------
+
+#: Columns of :func:`cluster_coverage`.
+COVERAGE_COLUMNS = (
+    "layer",
+    "n_features",
+    "n_features_clustered",
+    "share_features_clustered",
+    "clusters_per_feature",
+    "clusters_per_clustered_feature",
+    "max_clusters",
+    "n_samples",
+    "noise_share",
+    "share_all_noise",
+)
+
+
+def cluster_coverage(clusters_df: pd.DataFrame) -> pd.DataFrame:
+    """Per layer, how much of the attributed samples the clustering explains.
+
+    ``clusters_df``: rows of :data:`CLUSTERS_SCHEMA` (one per (feature, cluster), cluster -1 for a
+    feature's noise samples), any number of shards and layers. One row per layer:
+
+    - ``n_features``: features clustered (those with at least one attributed sample that fires);
+      ``n_features_clustered`` / ``share_features_clustered``: those with at least one cluster;
+    - ``clusters_per_feature``: mean number of clusters over all ``n_features`` (the paper's
+      figure); ``clusters_per_clustered_feature``: over the features with a cluster;
+      ``max_clusters``;
+    - ``n_samples``: samples clustered; ``noise_share``: share of them labelled -1 (noise,
+      including samples whose filtered contribution set is empty), pooled over features;
+    - ``share_all_noise``: share of features whose every sample is noise (status other than
+      ``clustered``).
+
+    An empty table gives an empty frame with these columns.
+    """
+    for name in ("layer", "feature", "cluster", "n_samples", "n_clusters", "status"):
+        if name not in clusters_df.columns:
+            raise InputError(f"clusters table lacks column {name!r}")
+    if clusters_df.empty:
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in COVERAGE_COLUMNS})
+    if clusters_df.duplicated(["layer", "feature", "cluster"]).any():
+        raise InputError("clusters table has duplicate (layer, feature, cluster) rows")
+    frame = clusters_df.assign(
+        noise_samples=np.where(clusters_df["cluster"] < 0, clusters_df["n_samples"], 0)
+    )
+    per_feature = frame.groupby(["layer", "feature"], sort=True).agg(
+        n_clusters=("n_clusters", "max"),
+        n_samples=("n_samples", "sum"),
+        noise_samples=("noise_samples", "sum"),
+        status=("status", "first"),
+    )
+    rows = []
+    for layer, group in per_feature.groupby(level="layer", sort=True):
+        n_clusters = group["n_clusters"].to_numpy(dtype=np.int64)
+        clustered = n_clusters > 0
+        n_samples = int(group["n_samples"].sum())
+        rows.append(
+            {
+                "layer": int(layer),
+                "n_features": len(group),
+                "n_features_clustered": int(clustered.sum()),
+                "share_features_clustered": float(clustered.mean()),
+                "clusters_per_feature": float(n_clusters.mean()),
+                "clusters_per_clustered_feature": float(n_clusters[clustered].mean())
+                if clustered.any()
+                else math.nan,
+                "max_clusters": int(n_clusters.max()),
+                "n_samples": n_samples,
+                "noise_share": float(group["noise_samples"].sum() / n_samples)
+                if n_samples
+                else math.nan,
+                "share_all_noise": float((group["status"] != "clustered").mean()),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(COVERAGE_COLUMNS))
