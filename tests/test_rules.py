@@ -316,3 +316,40 @@ def test_bos_never_names_a_cl_rule_condition():
     tokens_named = {t for c in rule.clauses for d in c.conditions for t in d.token_ids}
     assert BOS not in tokens_named and B in tokens_named  # the head at -8 reads BOS: left out
     assert any("head L1.H2 at -8 has no common token" in note for note in rule.notes)
+
+
+def test_cl_rule_names_no_token_for_a_head_reading_position_0():
+    """Clustering counts a head that reads the first position (BOS) as one contributor with the
+    sentinel offset FIRST_POSITION; the rule keeps the other conditions and names no token there."""
+    from circuit_insights.circuitlens.clustering import FIRST_POSITION
+
+    tokens = planted_contexts()
+    members = list(range(5))
+    clusters = clusters_frame(0, members)
+    clusters.at[0, "defining_deltas"] = [-2, None, FIRST_POSITION]
+    clusters.at[0, "defining_frequency"] = [0.9, 0.8, 0.95]
+    rules = derive_rules(
+        layer=3,
+        features=[0],
+        tokens=tokens,
+        context_ids=np.arange(len(tokens)) + 100,
+        weightlens_df=pd.DataFrame(
+            [
+                {
+                    "layer": 3,
+                    "feature": 0,
+                    "validated_token_ids": [B],
+                    "validated_activations": [1.0],
+                    "upstream_layers": [2],
+                    "upstream_features": [11],
+                    "upstream_inherited_token_ids": [[B, C]],
+                }
+            ]
+        ),
+        clusters_df=clusters,
+        samples_df=samples_frame(0, [100 + i for i in members], [8] * 5, "quantile"),
+    )
+    (clause,) = rules[(0, "cl_rule")].clauses
+    offsets = {c.offset for c in clause.conditions}
+    assert FIRST_POSITION not in offsets and offsets == {0, -2}
+    assert "head L1.H2" in {c.source for c in clause.conditions}

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from circuit_insights.circuitlens.clustering import FIRST_POSITION
 from circuit_insights.errors import InputError
 
 __all__ = [
@@ -443,6 +444,10 @@ def _cluster_clause(
             evidence.deltas[i],
         )
         offset = 0 if delta is None else int(delta)
+        if offset == FIRST_POSITION:
+            # A head reading position 0 (the BOS / attention sink): no token to name.
+            notes.append(f"cluster {evidence.cluster}: head L{layer}.H{index} reads position 0")
+            continue
         if kind == "head":
             tokens = _frequent_tokens(_tokens_at(evidence, offset), config.cl_min_token_share)
             source = f"head L{layer}.H{index}"
