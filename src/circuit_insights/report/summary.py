@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
+from circuit_insights.circuitlens import clustering
 from circuit_insights.data.io import atomic_path, write_parquet_atomic
 from circuit_insights.data.schemas import (
     METRIC_TABLE_SCHEMA,
@@ -896,60 +897,9 @@ def is_small_embedded_llm(name: str | None) -> bool:
 
 
 def cluster_coverage(clusters: pd.DataFrame) -> pd.DataFrame:
-    """Per layer, how far the clustering reaches (``CLUSTERS_SCHEMA`` rows, any shards).
-
-    ``circuitlens.clustering.cluster_coverage`` when the library has it; otherwise the same
-    columns computed here: ``n_features`` (features clustered), ``n_features_clustered`` /
-    ``share_features_clustered`` (with at least one cluster), ``clusters_per_feature`` (mean over
-    ``n_features``), ``n_samples``, ``noise_share`` (samples labelled noise, pooled),
-    ``share_all_noise`` (features whose every sample is noise).
-    """
-    from circuit_insights.circuitlens import clustering
-
-    library_coverage = getattr(clustering, "cluster_coverage", None)
-    if callable(library_coverage):
-        return pd.DataFrame(library_coverage(clusters))
-    _require(
-        clusters, ["layer", "feature", "cluster", "n_samples", "n_clusters", "status"], "clusters"
-    )
-    columns = [
-        "layer",
-        "n_features",
-        "n_features_clustered",
-        "share_features_clustered",
-        "clusters_per_feature",
-        "n_samples",
-        "noise_share",
-        "share_all_noise",
-    ]
-    if clusters.empty:
-        return pd.DataFrame({name: [] for name in columns})
-    frame = clusters.assign(
-        noise=np.where(clusters["cluster"].astype(int) < 0, clusters["n_samples"], 0)
-    )
-    per_feature = frame.groupby(["layer", "feature"]).agg(
-        n_clusters=("n_clusters", "max"),
-        n_samples=("n_samples", "sum"),
-        noise=("noise", "sum"),
-        status=("status", "first"),
-    )
-    rows = []
-    for layer, group in per_feature.groupby(level="layer", sort=True):
-        n_clusters = group["n_clusters"].to_numpy(dtype=np.int64)
-        n_samples = int(group["n_samples"].sum())
-        rows.append(
-            {
-                "layer": int(layer),
-                "n_features": len(group),
-                "n_features_clustered": int((n_clusters > 0).sum()),
-                "share_features_clustered": float((n_clusters > 0).mean()),
-                "clusters_per_feature": float(n_clusters.mean()),
-                "n_samples": n_samples,
-                "noise_share": float(group["noise"].sum() / n_samples) if n_samples else math.nan,
-                "share_all_noise": float((group["status"] != "clustered").mean()),
-            }
-        )
-    return pd.DataFrame(rows, columns=columns)
+    """Per layer, how far the clustering reaches (``CLUSTERS_SCHEMA`` rows, any shards):
+    :func:`circuit_insights.circuitlens.clustering.cluster_coverage`."""
+    return clustering.cluster_coverage(clusters)
 
 
 def coverage_html(coverage: pd.DataFrame, n_features: Mapping[int, int] | None = None) -> Markup:
