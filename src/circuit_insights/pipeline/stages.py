@@ -520,6 +520,7 @@ def run_weightlens_stage(
             projection=weightlens_config["projection"],
             min_token_share=weightlens_config["min_token_share"],
             batch_size=weightlens_config["batch_size"],
+            max_inherited_tokens=weightlens_config["max_inherited_tokens"],
             heldout_positive_fraction=weightlens_config["heldout_positive_fraction"],
         ),
     )
