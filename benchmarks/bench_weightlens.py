@@ -149,6 +149,8 @@ def depth_run(model: SubjectModel, args: argparse.Namespace) -> None:
     results: dict[int, pd.DataFrame] = {}
     seconds: list[float] = []
     features = np.arange(args.features)
+    first = layers[0]  # warm-up (untimed), so the first layer does not carry one-off costs
+    run_weightlens(model, {first: transcoders[first]}, first, features[:16], {}, thresholds)
     for layer in layers:
         available = {up: transcoders[up] for up in layers if up <= layer}
         synchronize(model)
