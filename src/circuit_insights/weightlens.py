@@ -986,7 +986,7 @@ def _inherited_lookup(
         if "validated_activations" in frame.columns
         else [None] * len(frame)
     )
-    lookup = {}
+    lookup: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for feature, tokens, acts in zip(
         frame["feature"], frame["validated_token_ids"], activations, strict=True
     ):
@@ -1308,11 +1308,11 @@ def run_weightlens(
                 (f"L{int(up)}#{int(up_feature)}", float(contribution), tokens, activations)
             )
             n_inherited_offered += len(tokens)
-        order, sources = inherited_candidates(
+        kept_ids, sources = inherited_candidates(
             weights.candidates[k], offers, options.max_inherited_tokens
         )
-        candidate_ids.append(np.asarray(order, dtype=np.int64))
-        candidate_sources.append([",".join(sources[t]) for t in order])
+        candidate_ids.append(np.asarray(kept_ids, dtype=np.int64))
+        candidate_sources.append([",".join(sources[t]) for t in kept_ids])
         inherited_per_upstream.append(inherited_lists)
         has_result.append(found_flags)
 
