@@ -145,7 +145,10 @@ def depth_run(model: SubjectModel, args: argparse.Namespace) -> None:
         f"max_inherited_tokens {bound}, torch threads {torch.get_num_threads()} "
         f"(setup {time.perf_counter() - started:.1f} s)"
     )
-    print("layer  seconds  candidates/feature  inherited/feature  validated/feature  unique tokens")
+    print(
+        "layer  seconds  candidates/feature  inherited/feature  validated/feature  unique tokens"
+        "  features at the bound"
+    )
     results: dict[int, pd.DataFrame] = {}
     seconds: list[float] = []
     features = np.arange(args.features)
@@ -168,7 +171,7 @@ def depth_run(model: SubjectModel, args: argparse.Namespace) -> None:
         print(
             f"{layer:5d}  {seconds[-1]:7.2f}  {frame['candidate_token_ids'].map(len).mean():18.1f}"
             f"  {inherited.mean():17.1f}  {frame['validated_token_ids'].map(len).mean():17.1f}"
-            f"  {unique:13d}"
+            f"  {unique:13d}  {(inherited >= (bound if bound is not None else np.inf)).mean():21.0%}"
         )
     print(f"last / first layer seconds: {seconds[-1] / seconds[0]:.2f}  (target <= 1.5)")
 
