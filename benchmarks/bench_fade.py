@@ -74,13 +74,15 @@ def main() -> None:
     parser.add_argument("--factor-value", type=float, default=20.0)
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     if args.model:
-        model = SubjectModel.from_pretrained(args.model, local_files_only=True)
+        model = SubjectModel.from_pretrained(args.model, local_files_only=True, device=args.device)
     else:
         model = random_model(50257, 512, 4)
+        model.hf_model.to(args.device)
     transcoder = random_transcoder(model, args.layer, args.features)
     generator = torch.Generator().manual_seed(2)
     prompts = torch.randint(

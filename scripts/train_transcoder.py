@@ -21,4 +21,5 @@ run_train_transcoder(
     snakemake.output.weights,
     snakemake.output.report,
     model_name=snakemake.params.model_name,
+    clean_loss_path=snakemake.input.clean_loss,
 )

@@ -213,3 +213,34 @@ def test_all_rows_held_out_is_an_error(sparse_map: SparseMap) -> None:
             seed=0,
             held_out_tokens=100,
         )
+
+
+def test_clean_loss_computed_once_gives_the_same_report(tmp_path) -> None:
+    import numpy as np
+
+    from circuit_insights.data.io import write_json_atomic
+    from circuit_insights.pipeline.stages import mean_next_token_loss, spliced_loss_report
+    from circuit_insights.transcoders.training import clean_loss_record, read_clean_loss
+    from tests.conftest import tiny_subject_model
+
+    model = tiny_subject_model("llama")
+    tokens = np.random.default_rng(0).integers(3, model.vocab_size, (6, 12))
+    tokens[:, 0] = model.bos_token_id
+    torch.manual_seed(0)
+    transcoder = Transcoder(model.d_model, 16, layer=1)
+    path = tmp_path / "clean_loss.json"
+    write_json_atomic(
+        clean_loss_record(mean_next_token_loss(model, tokens, 4), "tiny", tokens), path
+    )
+    stored = read_clean_loss(path, "tiny", tokens)
+    assert spliced_loss_report(model, transcoder, 1, tokens, 4, clean=stored) == (
+        spliced_loss_report(model, transcoder, 1, tokens, 4)
+    )
+    with pytest.raises(InputError, match="not 'other'"):
+        read_clean_loss(path, "other", tokens)
+    changed = tokens.copy()
+    changed[0, 1] += 1
+    with pytest.raises(InputError, match="other tokens"):
+        read_clean_loss(path, "tiny", changed)
+    with pytest.raises(InputError, match="missing.json"):
+        read_clean_loss(tmp_path / "missing.json", "tiny", tokens)

@@ -28,6 +28,7 @@ from circuit_insights.weightlens import (
     display_token,
     fold_write_side,
     gather_weightlens,
+    inherited_candidates,
     read_directions,
     read_weightlens,
     resolve_thresholds,
@@ -659,6 +660,61 @@ def test_upstream_feature_missing_from_results_is_flagged():
     kept = list(row["upstream_features"]).index(5)
     assert not row["upstream_has_result"][kept]
     assert len(row["upstream_inherited_token_ids"][kept]) == 0
+
+
+def test_inherited_candidates_keep_the_largest_contributions_up_to_the_bound():
+    own = np.array([7, 8])
+    offers = [  # (label, c, validated ids, their activations): scores |c| * a
+        ("L0#1", 2.0, np.array([8, 10, 11, 12]), np.array([9.0, 1.0, 3.0, 0.5])),  # 2, 6, 1
+        ("L1#4", -1.0, np.array([12, 13, 10]), np.array([7.0, 4.0, 0.1])),  # 7, 4, 0.1
+    ]
+    uncapped, sources = inherited_candidates(own, offers, None)
+    assert uncapped == [7, 8, 12, 11, 13, 10]  # own first, then by the best |c| * a
+    assert sources[8] == ["input", "L0#1"]
+    assert sources[12] == ["L0#1", "L1#4"]
+    capped, capped_sources = inherited_candidates(own, offers, 2)
+    assert capped == [7, 8, 12, 11]  # own ones are never cut; inherited: the 2 largest
+    assert set(capped_sources) == set(capped)
+    assert inherited_candidates(own, offers, 0)[0] == [7, 8]
+    with pytest.raises(InputError, match="max_inherited_tokens"):
+        WeightLensOptions(max_inherited_tokens=-1)
+
+
+@pytest.mark.parametrize("bound", [3, None])
+def test_inheritance_bound_caps_candidates_and_keeps_the_largest_contributions(bound):
+    model = _planted_model("llama")
+    upstream = _transcoder(model, 0)
+    downstream = _transcoder(model, 1)
+    written = write_directions(model, upstream, 0, np.array([5]), "folded")[0]
+    with torch.no_grad():
+        downstream.W_enc[:, 9] = _encoder_for(model, downstream, written)
+        downstream.b_enc[9] = 1000.0  # fires on every token: every candidate is validated
+    offered = np.arange(20, 32)
+    activations = np.random.default_rng(0).permutation(len(offered)).astype(float) + 1.0
+    results = pd.DataFrame(
+        {
+            "feature": [5],
+            "validated_token_ids": [offered.tolist()],
+            "validated_activations": [activations.tolist()],
+        }
+    )
+    options = WeightLensOptions(max_inherited_tokens=bound)
+    frame = run_weightlens(
+        model, {0: upstream, 1: downstream}, 1, [9], {0: results}, LOOSE, options=options
+    )
+    row = _row(frame, 9)
+    assert list(row["upstream_features"]) == [5]
+    sources = list(row["candidate_sources"])
+    own = [t for t, s in zip(row["candidate_token_ids"], sources, strict=True) if "input" in s]
+    inherited = [t for t, s in zip(row["candidate_token_ids"], sources, strict=True) if s == "L0#5"]
+    # One upstream feature: its contribution is common, so the order is by activation.
+    by_activation = [int(t) for t in offered[np.argsort(-activations)] if t not in own]
+    expected = by_activation if bound is None else by_activation[:bound]
+    assert inherited == expected
+    assert set(expected) <= set(row["validated_token_ids"])
+    cut = set(by_activation) - set(expected)
+    assert not cut & set(row["validated_token_ids"])
+    assert list(row["upstream_inherited_token_ids"][0]) == offered.tolist()  # what was offered
 
 
 # --- TWERA ------------------------------------------------------------------------------------------

@@ -152,6 +152,13 @@ class WeightLensOptions:
     """Promoted and suppressed tokens kept per feature (highest |z| first)."""
     max_upstream_features: int = 64
     """Upstream features kept per feature (highest relative contribution first)."""
+    max_inherited_tokens: int | None = 64
+    """Inherited candidate tokens (those not already own candidates) kept per feature, ranked by
+    their estimated contribution through the upstream feature they come from,
+    ``|c| * a`` (``c``: the upstream feature's contribution to this feature's read direction;
+    ``a``: its single-token activation on the token, from its ``validated_activations``),
+    the largest over the upstream features that offer the token. None: no bound (the
+    candidates then grow with depth, as validated tokens accumulate layer after layer)."""
     min_token_share: float = 0.5
     """Token-based when >= 1 validated token and the token at the max position of at least this
     share of the feature's top contexts is a validated token."""
@@ -183,6 +190,11 @@ class WeightLensOptions:
         for name in ("max_candidate_tokens", "max_output_tokens", "max_upstream_features"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"weightlens {name} must be >= 0, got {getattr(self, name)}")
+        if self.max_inherited_tokens is not None and int(self.max_inherited_tokens) < 0:
+            raise InputError(
+                f"weightlens max_inherited_tokens must be >= 0 or None, "
+                f"got {self.max_inherited_tokens}"
+            )
         if int(self.batch_size) < 1 or int(self.chunk_bytes) < 1:
             raise InputError("weightlens batch_size and chunk_bytes must be positive")
         if self.feature_chunk is not None and int(self.feature_chunk) < 1:
@@ -958,8 +970,9 @@ def check_transcoders(model: SubjectModel, transcoders: Mapping[int, Transcoder]
 
 def _inherited_lookup(
     upstream_results: Mapping[int, pd.DataFrame], upstream_layer: int
-) -> dict[int, np.ndarray]:
-    """feature -> validated token ids, from one upstream layer's WeightLens results."""
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """feature -> (validated token ids (n,), their activations (n,)), from one upstream layer's
+    WeightLens results. Without a ``validated_activations`` column every activation is 1."""
     frame = upstream_results[upstream_layer]
     for column in ("feature", "validated_token_ids"):
         if column not in frame.columns:
@@ -968,10 +981,58 @@ def _inherited_lookup(
             )
     if "layer" in frame.columns and len(frame) and (frame["layer"] != upstream_layer).any():
         raise InputError(f"upstream results given for layer {upstream_layer} hold other layers")
-    return {
-        int(feature): np.asarray(tokens if tokens is not None else [], dtype=np.int64)
-        for feature, tokens in zip(frame["feature"], frame["validated_token_ids"], strict=True)
-    }
+    activations = (
+        frame["validated_activations"]
+        if "validated_activations" in frame.columns
+        else [None] * len(frame)
+    )
+    lookup: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for feature, tokens, acts in zip(
+        frame["feature"], frame["validated_token_ids"], activations, strict=True
+    ):
+        ids = np.asarray(tokens if tokens is not None else [], dtype=np.int64)
+        values = np.ones(len(ids)) if acts is None else np.asarray(acts, dtype=np.float64)
+        if len(values) != len(ids):
+            raise InputError(
+                f"upstream results of layer {upstream_layer}, feature {int(feature)}: "
+                f"{len(ids)} validated_token_ids but {len(values)} validated_activations"
+            )
+        lookup[int(feature)] = (ids, values)
+    return lookup
+
+
+def inherited_candidates(
+    own: np.ndarray,
+    offers: Sequence[tuple[str, float, np.ndarray, np.ndarray]],
+    max_tokens: int | None,
+) -> tuple[list[int], dict[int, list[str]]]:
+    """Step 3b for one feature: its candidates, own ones first, then the kept inherited ones.
+
+    ``own`` (n_own,): the feature's own candidate ids. ``offers``: per kept upstream feature,
+    ``(source label, contribution c, validated token ids (n,), their activations (n,))``.
+    An inherited token's score is ``|c| * a`` (the largest over the upstream features offering
+    it); the ``max_tokens`` highest-scoring tokens that are not own candidates are kept (ties:
+    the earlier upstream feature, then the earlier token; None: all), in that order. Returns the
+    candidate ids and each candidate's sources (``input`` and the labels of every upstream
+    feature offering it).
+    """
+    sources: dict[int, list[str]] = {int(t): [INPUT_SOURCE] for t in own}
+    best: dict[int, tuple[float, int]] = {}  # token -> (score, first-seen rank)
+    for label, contribution, tokens, activations in offers:
+        for token, activation in zip(tokens.tolist(), activations.tolist(), strict=True):
+            sources.setdefault(token, []).append(label)
+            if sources[token][0] == INPUT_SOURCE:
+                continue
+            score = abs(float(contribution)) * float(activation)
+            if token not in best:
+                best[token] = (score, len(best))
+            elif score > best[token][0]:
+                best[token] = (score, best[token][1])
+    ranked = sorted(best, key=lambda t: (-best[t][0], best[t][1]))
+    if max_tokens is not None:
+        ranked = ranked[: int(max_tokens)]
+    order = [int(t) for t in own] + ranked
+    return order, {t: sources[t] for t in order}
 
 
 UPSTREAM_FIELDS = ("layer", "feature", "contribution", "z", "relative_contribution")
@@ -1229,26 +1290,29 @@ def run_weightlens(
     candidate_sources: list[list[str]] = []
     inherited_per_upstream: list[list[np.ndarray]] = []
     has_result: list[list[bool]] = []
+    empty = (np.zeros(0, dtype=np.int64), np.zeros(0))
+    n_inherited_offered = 0
     for k in range(len(feature_ids)):
-        own = weights.candidates[k]
-        sources: dict[int, list[str]] = {int(t): [INPUT_SOURCE] for t in own}
-        order = [int(t) for t in own]
+        upstream_k = weights.upstream[k]
+        offers = []
         inherited_lists = []
         found_flags = []
-        for up, up_feature in zip(
-            weights.upstream[k]["layer"], weights.upstream[k]["feature"], strict=True
+        for up, up_feature, contribution in zip(
+            upstream_k["layer"], upstream_k["feature"], upstream_k["contribution"], strict=True
         ):
-            tokens = lookups[int(up)].get(int(up_feature))
-            found_flags.append(tokens is not None)
-            tokens = tokens if tokens is not None else np.zeros(0, dtype=np.int64)
+            found = lookups[int(up)].get(int(up_feature))
+            found_flags.append(found is not None)
+            tokens, activations = found if found is not None else empty
             inherited_lists.append(tokens)
-            for token in tokens.tolist():
-                if token not in sources:
-                    sources[token] = []
-                    order.append(token)
-                sources[token].append(f"L{int(up)}#{int(up_feature)}")
-        candidate_ids.append(np.asarray(order, dtype=np.int64))
-        candidate_sources.append([",".join(sources[t]) for t in order])
+            offers.append(
+                (f"L{int(up)}#{int(up_feature)}", float(contribution), tokens, activations)
+            )
+            n_inherited_offered += len(tokens)
+        kept_ids, sources = inherited_candidates(
+            weights.candidates[k], offers, options.max_inherited_tokens
+        )
+        candidate_ids.append(np.asarray(kept_ids, dtype=np.int64))
+        candidate_sources.append([",".join(sources[t]) for t in kept_ids])
         inherited_per_upstream.append(inherited_lists)
         has_result.append(found_flags)
 
@@ -1283,12 +1347,15 @@ def run_weightlens(
         batch_size=options.batch_size,
     )  # (n_pairs,)
     log.info(
-        "layer %d: %d features, %d candidate pairs over %d unique tokens validated in %d passes",
+        "layer %d: %d features, %d candidate pairs over %d unique tokens validated in %d passes "
+        "(%d inherited tokens offered, max_inherited_tokens %s)",
         layer,
         len(feature_ids),
         len(pair_tokens),
         len(unique_tokens),
         math.ceil(len(unique_tokens) / options.batch_size),
+        n_inherited_offered,
+        options.max_inherited_tokens,
     )
     boundaries = np.cumsum(counts)[:-1]
     z_per = np.split(pair_z, boundaries)

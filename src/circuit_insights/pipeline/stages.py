@@ -160,13 +160,22 @@ def mean_next_token_loss(
 
 
 def spliced_loss_report(
-    model: SubjectModel, transcoder: Transcoder, layer: int, tokens: np.ndarray, batch_size: int
+    model: SubjectModel,
+    transcoder: Transcoder,
+    layer: int,
+    tokens: np.ndarray,
+    batch_size: int,
+    clean: float | None = None,
 ) -> dict[str, float]:
-    """Next-token loss of the model, with the transcoder spliced in, and with the MLP zeroed."""
+    """Next-token loss of the model, with the transcoder spliced in, and with the MLP zeroed.
+
+    ``clean``: the model's own loss over ``tokens`` when already known (rule clean_loss)."""
+    passes = 2 if clean is not None else 3
     with Progress(
-        f"spliced-loss report layer {layer}", 3 * len(tokens), unit="contexts", logger=log
+        f"spliced-loss report layer {layer}", passes * len(tokens), unit="contexts", logger=log
     ) as progress:
-        clean = mean_next_token_loss(model, tokens, batch_size, progress)
+        if clean is None:
+            clean = mean_next_token_loss(model, tokens, batch_size, progress)
         with model.splice({layer: transcoder}):
             spliced = mean_next_token_loss(model, tokens, batch_size, progress)
         mlp = model.block_part(layer, "mlp")
@@ -195,10 +204,14 @@ def run_train_transcoder(
     *,
     batch_size: int = 16,
     model_name: str = "",
+    clean_loss_path: str | None = None,
 ) -> dict[str, Any]:
-    """Rule train_transcoder: MLP input -> output pairs of the caching set -> a transcoder."""
+    """Rule train_transcoder: MLP input -> output pairs of the caching set -> a transcoder.
+
+    ``clean_loss_path``: rule clean_loss's file (the model's own held-out loss, once per model);
+    None computes it here."""
     from circuit_insights.data.corpus import load_contexts
-    from circuit_insights.transcoders.training import train_transcoder
+    from circuit_insights.transcoders.training import read_clean_loss, train_transcoder
 
     settings = model_config["transcoders"]
     model = load_subject_model(model_config, location, model_name)
@@ -240,12 +253,42 @@ def run_train_transcoder(
         "layer": layer,
         "n_features": settings["n_features"],
         **report.to_dict(),
-        **spliced_loss_report(model, transcoder, layer, eval_tokens, batch_size),
+        **spliced_loss_report(
+            model,
+            transcoder,
+            layer,
+            eval_tokens,
+            batch_size,
+            clean=None
+            if clean_loss_path is None
+            else read_clean_loss(clean_loss_path, model_name, eval_tokens),
+        ),
     }
     save_transcoder_files(transcoder, weights_path)
     write_json_atomic(summary, report_path)
     log.info("transcoder layer %d: %s", layer, summary)
     return summary
+
+
+def run_clean_loss(
+    model_config: Mapping[str, Any],
+    tokens_path: str,
+    location: str,
+    out_path: str,
+    *,
+    batch_size: int = 16,
+    model_name: str = "",
+) -> float:
+    """Rule clean_loss: the model's next-token loss on the held-out split, once per model."""
+    from circuit_insights.data.corpus import load_contexts
+    from circuit_insights.transcoders.training import clean_loss_record
+
+    model = load_subject_model(model_config, location, model_name)
+    _, eval_tokens = load_contexts(tokens_path, "eval")
+    loss = mean_next_token_loss(model, eval_tokens, batch_size)
+    write_json_atomic(clean_loss_record(loss, model_name, eval_tokens), out_path)
+    log.info("clean next-token loss of %s on %d contexts: %.4f", model_name, len(eval_tokens), loss)
+    return loss
 
 
 def save_transcoder_files(transcoder: Transcoder, weights_path: str) -> None:
@@ -533,6 +576,7 @@ def run_weightlens_stage(
             projection=weightlens_config["projection"],
             min_token_share=weightlens_config["min_token_share"],
             batch_size=weightlens_config["batch_size"],
+            max_inherited_tokens=weightlens_config["max_inherited_tokens"],
             heldout_positive_fraction=weightlens_config["heldout_positive_fraction"],
         ),
     )

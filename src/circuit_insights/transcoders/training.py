@@ -26,14 +26,19 @@ CPU is deterministic for a given seed, data order and thread count.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -485,3 +490,49 @@ def _check_training_args(
     ):
         if not 0.0 <= value <= 1.0:
             raise InputError(f"{name} must be in [0, 1], got {value}")
+
+
+# --- the clean next-token loss, computed once per model ----------------------------------------
+
+
+def tokens_digest(tokens: np.ndarray) -> str:
+    """SHA-256 of a token matrix (shape and int64 values), naming the exact tokens a loss is of."""
+    array = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64))
+    digest = hashlib.sha256(str(array.shape).encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def clean_loss_record(loss: float, model_name: str, tokens: np.ndarray) -> dict[str, Any]:
+    """The JSON record of a model's clean next-token loss over ``tokens`` (n_contexts, pos)."""
+    if not math.isfinite(float(loss)):
+        raise InputError(f"clean next-token loss of model {model_name!r} is not finite: {loss}")
+    return {
+        "model": model_name,
+        "loss_clean": float(loss),
+        "n_contexts": int(tokens.shape[0]),
+        "context_length": int(tokens.shape[1]),
+        "tokens_sha256": tokens_digest(tokens),
+    }
+
+
+def read_clean_loss(path: str | os.PathLike[str], model_name: str, tokens: np.ndarray) -> float:
+    """The clean loss stored at ``path`` by :func:`clean_loss_record`, checked to be the loss of
+    ``model_name`` over exactly ``tokens``; an :class:`InputError` naming the file otherwise."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"clean loss file {path}: cannot be read ({error})") from error
+    missing = {"model", "loss_clean", "tokens_sha256"} - set(record)
+    if missing:
+        raise InputError(f"clean loss file {path}: lacks {sorted(missing)}")
+    if record["model"] != model_name:
+        raise InputError(
+            f"clean loss file {path} is of model {record['model']!r}, not {model_name!r}"
+        )
+    if record["tokens_sha256"] != tokens_digest(tokens):
+        raise InputError(
+            f"clean loss file {path} was computed on other tokens than the {len(tokens)} "
+            "held-out contexts given (rerun the clean_loss rule)"
+        )
+    return float(record["loss_clean"])

@@ -1,0 +1,22 @@
+"""Rule clean_loss: a model's own next-token loss on the held-out split (once per model)."""
+
+from typing import TYPE_CHECKING
+
+from circuit_insights.pipeline.logs import configure_logging
+from circuit_insights.pipeline.paths import job_model_location
+from circuit_insights.pipeline.stages import run_clean_loss, set_threads
+
+if TYPE_CHECKING:
+    from snakemake.script import Snakemake
+
+    snakemake: Snakemake
+
+configure_logging(snakemake.log[0])
+set_threads(snakemake.threads)
+run_clean_loss(
+    snakemake.params.model,
+    snakemake.input.tokens,
+    job_model_location(snakemake.params.model["source"], snakemake.input.model),
+    snakemake.output.loss,
+    model_name=snakemake.params.model_name,
+)
