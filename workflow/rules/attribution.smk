@@ -26,9 +26,9 @@ rule attribution:
         gpu=model_gpus,
     params:
         model_name="{model}",
-        model=model_config,
-        attribution=config["attribution"],
-        explain=config["explain"],
+        model=subject_and_transcoder_params,
+        attribution=config_section("attribution"),
+        explain=config_section("explain", ["features_per_shard", "min_samples", "seed"]),
         layers=configured_layers,
     script:
         "../../scripts/attribution.py"

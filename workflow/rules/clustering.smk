@@ -21,7 +21,7 @@ rule cluster:
         mem_mb=3000,
         runtime=20,
     params:
-        model=model_config,
-        clustering=config["clustering"],
+        model=tokenizer_params,
+        clustering=config_section("clustering"),
     script:
         "../../scripts/cluster.py"

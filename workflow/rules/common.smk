@@ -12,6 +12,7 @@ from circuit_insights.pipeline.config import (  # noqa: E402
 )
 from circuit_insights.data.shards import make_shards  # noqa: E402
 from circuit_insights.pipeline import paths  # noqa: E402
+from circuit_insights.pipeline import params as rule_params  # noqa: E402
 from circuit_insights.llm.server import stop_shared_server  # noqa: E402
 
 config.update(
@@ -35,6 +36,39 @@ wildcard_constraints:
 def model_config(wildcards):
     """The validated config block of the {model} wildcard."""
     return config["models"][wildcards.model]
+
+
+# --- params: only the keys a rule reads, canonical (key order does not matter) -------------------
+
+
+def tokenizer_params(wildcards):
+    """{model}'s keys that loading its tokenizer reads."""
+    return rule_params.tokenizer_params(config, wildcards.model)
+
+
+def subject_params(wildcards):
+    """{model}'s keys that loading the subject model reads."""
+    return rule_params.subject_params(config, wildcards.model)
+
+
+def subject_and_transcoder_params(wildcards):
+    """{model}'s keys that loading the subject model and its transcoders reads."""
+    return rule_params.subject_params(config, wildcards.model, transcoders="load")
+
+
+def training_params(wildcards):
+    """{model}'s keys that training a transcoder reads."""
+    return rule_params.subject_params(config, wildcards.model, transcoders="train")
+
+
+def weightlens_model_params(wildcards):
+    """{model}'s keys that a WeightLens job reads (subject, transcoders, thresholds)."""
+    return rule_params.weightlens_model_params(config, wildcards.model)
+
+
+def config_section(name, keys=None):
+    """The config block ``name`` (only ``keys`` of it when given), canonical, at parse time."""
+    return rule_params.section(config, name, keys)
 
 
 def model_gpus(wildcards):
@@ -177,10 +211,12 @@ def all_embedded_model_files(wildcards):
 
 def model_locations(wildcards):
     """Model name -> where its tokenizer is (embedded folder or hub id / folder)."""
-    return {
-        model: paths.model_location(RESOURCES, block["source"])
-        for model, block in config["models"].items()
-    }
+    return rule_params.canonical(
+        {
+            model: paths.model_location(RESOURCES, block["source"])
+            for model, block in config["models"].items()
+        }
+    )
 
 
 def all_targets():

@@ -17,7 +17,7 @@ rule corpus:
         mem_mb=4000,
         runtime=30,
     params:
-        model=model_config,
-        corpus=config["corpus"],
+        model=tokenizer_params,
+        corpus=config_section("corpus"),
     script:
         "../../scripts/corpus.py"

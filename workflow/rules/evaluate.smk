@@ -27,9 +27,9 @@ rule evaluate:
         llm=1,
     params:
         model_name="{model}",
-        model=model_config,
-        evaluate=config["evaluate"],
-        llm=config["llm"],
+        model=subject_and_transcoder_params,
+        evaluate=config_section("evaluate"),
+        llm=config_section("llm"),
         llm_files=(paths.llm_state_file(RESULTS), paths.llm_cache_file(RESULTS)),
     script:
         "../../scripts/evaluate.py"

@@ -23,9 +23,9 @@ rule explain:
         runtime=240,
         llm=1,  # jobs that talk to the LLM: cap with --resources llm=N
     params:
-        model=model_config,
-        explain=config["explain"],
-        llm=config["llm"],
+        model=tokenizer_params,
+        explain=config_section("explain"),
+        llm=config_section("llm"),
         llm_files=(paths.llm_state_file(RESULTS), paths.llm_cache_file(RESULTS)),
     script:
         "../../scripts/explain.py"

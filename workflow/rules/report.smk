@@ -21,7 +21,7 @@ rule summarize:
         runtime=30,
     params:
         model_name="{model}",
-        model=model_config,
+        model=tokenizer_params,
     script:
         "../../scripts/summarize.py"
 

@@ -18,6 +18,6 @@ rule sample:
         mem_mb=2000,
         runtime=10,
     params:
-        sampling=config["sampling"],
+        sampling=config_section("sampling"),
     script:
         "../../scripts/sample.py"

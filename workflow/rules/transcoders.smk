@@ -23,6 +23,6 @@ rule train_transcoder:
         gpu=model_gpus,
     params:
         model_name="{model}",
-        model=model_config,
+        model=training_params,
     script:
         "../../scripts/train_transcoder.py"

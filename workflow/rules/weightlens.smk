@@ -24,8 +24,8 @@ rule weightlens:
         gpu=model_gpus,
     params:
         model_name="{model}",
-        model=model_config,
-        weightlens=config["weightlens"],
+        model=weightlens_model_params,
+        weightlens=config_section("weightlens"),
         layers=earlier_layers,
     script:
         "../../scripts/weightlens.py"

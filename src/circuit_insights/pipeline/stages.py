@@ -37,9 +37,16 @@ def set_threads(threads: int) -> None:
 
 
 def load_subject_model(
-    model_config: Mapping[str, Any], location: str, name: str = ""
+    model_config: Mapping[str, Any],
+    location: str,
+    name: str = "",
+    layers: Sequence[int] = (),
 ) -> SubjectModel:
-    """Load the subject model of a config block from ``location`` (folder or hub id)."""
+    """Load the subject model of a config block from ``location`` (folder or hub id) and check
+    that it has every one of ``layers``.
+
+    ``model_config`` needs the keys ``pipeline.params.SUBJECT_KEYS`` only.
+    """
     model = SubjectModel.from_pretrained(
         location,
         name=name or Path(location).name,
@@ -47,7 +54,7 @@ def load_subject_model(
         device=model_config["device"],
         prepend_bos=model_config["prepend_bos"],
     )
-    for layer in model_config["layers"]:
+    for layer in layers:
         model.check_layer(layer, what=f"config models.{name or model.name}.layers entry")
     return model
 
@@ -498,7 +505,7 @@ def run_weightlens_stage(
         write_weightlens,
     )
 
-    model = load_subject_model(model_config, location, model_name)
+    model = load_subject_model(model_config, location, model_name, sorted(transcoder_locations))
     transcoders = load_transcoders(model_config, model, transcoder_locations, model_name)
     settings = model_config["weightlens"]
     overrides = {k: settings[k] for k in ("t_tok", "t_up") if settings[k] is not None}
@@ -593,7 +600,7 @@ def run_attribution_stage(
         ATTRIBUTION_TOTALS_SCHEMA,
     )
 
-    model = load_subject_model(model_config, location, model_name)
+    model = load_subject_model(model_config, location, model_name, sorted(transcoder_locations))
     transcoders = load_transcoders(model_config, model, transcoder_locations, model_name)
     context_ids, tokens = load_contexts(tokens_path, "cache")
     samples = pd.read_parquet(samples_path)
@@ -893,7 +900,7 @@ def run_evaluate_stage(
     )
     descriptions = final[(final["variant"] == variant) & final["feature"].isin(compared)]
     descriptions = descriptions.sort_values("feature")
-    model = load_subject_model(model_config, model_location, model_name)
+    model = load_subject_model(model_config, model_location, model_name, [layer])
     transcoder = load_layer_transcoder(model_config, model, layer, transcoder_path, model_name)
     stats = pd.read_parquet(feature_stats_path)
     max_activations = dict(zip(stats["feature"].astype(int), stats["max_activation"], strict=True))
