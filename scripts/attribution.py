@@ -16,19 +16,18 @@ set_threads(snakemake.threads)
 model_config = snakemake.params.model
 inputs = dict(snakemake.input.items())
 run_attribution_stage(
-    model_config,
-    snakemake.params.attribution,
-    snakemake.params.explain,
-    job_model_location(model_config["source"], snakemake.input.model),
-    int(snakemake.wildcards.layer),
-    snakemake.wildcards.shard,
-    {
+    model_config=model_config,
+    attribution_config=snakemake.params.attribution,
+    location=job_model_location(model_config["source"], snakemake.input.model),
+    layer=int(snakemake.wildcards.layer),
+    transcoder_locations={
         layer: transcoder_location(model_config, inputs.get(f"transcoder_{layer}", []), layer)
         for layer in snakemake.params.layers
     },
-    snakemake.input.samples,
-    snakemake.input.tokens,
-    snakemake.output.contributions,
-    snakemake.output.totals,
-    snakemake.params.model_name,
+    selection_path=inputs.get("selection"),
+    samples_path=snakemake.input.samples,
+    tokens_path=snakemake.input.tokens,
+    contributions_path=snakemake.output.contributions,
+    totals_path=snakemake.output.totals,
+    model_name=snakemake.params.model_name,
 )

@@ -6,6 +6,7 @@
 rule attribution:
     input:
         unpack(all_layer_transcoders),
+        unpack(attribution_selection),
         model=embedded_model_files,
         samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
         tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
@@ -28,7 +29,6 @@ rule attribution:
         model_name="{model}",
         model=subject_and_transcoder_params,
         attribution=config_section("attribution"),
-        explain=config_section("explain", ["features_per_shard", "min_samples", "seed"]),
         layers=configured_layers,
     script:
         "../../scripts/attribution.py"

@@ -13,6 +13,7 @@ from circuit_insights.pipeline.config import (  # noqa: E402
 from circuit_insights.data.shards import make_shards  # noqa: E402
 from circuit_insights.pipeline import paths  # noqa: E402
 from circuit_insights.pipeline import params as rule_params  # noqa: E402
+from circuit_insights.pipeline.params import EXPLAIN_KEYS, SELECTION_KEYS  # noqa: E402
 from circuit_insights.llm.server import stop_shared_server  # noqa: E402
 
 config.update(
@@ -69,6 +70,17 @@ def weightlens_model_params(wildcards):
 def config_section(name, keys=None):
     """The config block ``name`` (only ``keys`` of it when given), canonical, at parse time."""
     return rule_params.section(config, name, keys)
+
+
+def attribution_selection(wildcards):
+    """The shard's feature selection, unless attribution.all_features attributes every feature."""
+    if config["attribution"]["all_features"]:
+        return {}
+    return {
+        "selection": paths.layer_artifact(
+            RESULTS, wildcards.model, wildcards.layer, "features", wildcards.shard
+        )
+    }
 
 
 def model_gpus(wildcards):
@@ -234,6 +246,7 @@ def all_targets():
                     paths.layer_artifact(RESULTS, model, layer, stage, name)
                     for stage in (
                         "samples",
+                        "features",
                         "weightlens",
                         "contributions",
                         "clusters",

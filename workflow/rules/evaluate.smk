@@ -7,6 +7,7 @@ rule evaluate:
         model=embedded_model_files,
         llm=llm_model_files,
         transcoder=layer_transcoder_files,
+        selection=f"{RESULTS}/{{model}}/layer{{layer}}/features/{{shard}}.parquet",
         explanations=f"{RESULTS}/{{model}}/layer{{layer}}/explanations/{{shard}}.parquet",
         heldout=f"{RESULTS}/{{model}}/layer{{layer}}/heldout_activations/{{shard}}.parquet",
         feature_stats=f"{RESULTS}/{{model}}/layer{{layer}}/feature_stats/{{shard}}.parquet",

@@ -6,6 +6,7 @@ rule explain:
     input:
         model=embedded_model_files,
         llm=llm_model_files,
+        selection=f"{RESULTS}/{{model}}/layer{{layer}}/features/{{shard}}.parquet",
         weightlens=f"{RESULTS}/{{model}}/layer{{layer}}/weightlens/{{shard}}.parquet",
         clusters=f"{RESULTS}/{{model}}/layer{{layer}}/clusters/{{shard}}.parquet",
         samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
@@ -24,7 +25,7 @@ rule explain:
         llm=1,  # jobs that talk to the LLM: cap with --resources llm=N
     params:
         model=tokenizer_params,
-        explain=config_section("explain"),
+        explain=config_section("explain", EXPLAIN_KEYS),
         llm=config_section("llm"),
         llm_files=(paths.llm_state_file(RESULTS), paths.llm_cache_file(RESULTS)),
     script:

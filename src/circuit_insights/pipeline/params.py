@@ -27,6 +27,15 @@ trained files, which the loading jobs have as inputs)."""
 SELECTION_KEYS = ("features_per_shard", "min_samples", "seed")
 """Keys of ``explain`` that the seeded feature draw (rule select_features) reads."""
 
+EXPLAIN_KEYS = (
+    "features_per_shard",
+    "min_samples",
+    "prompt",
+    "rule_variants_for_every_feature",
+    "variants",
+)
+"""Keys of ``explain`` that the explain jobs read (the draw itself comes from its file)."""
+
 
 def canonical(value: Any) -> Any:
     """``value`` with the keys of every mapping sorted, recursively (lists keep their order).

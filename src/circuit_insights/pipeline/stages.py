@@ -456,6 +456,34 @@ def run_sample(
     )
 
 
+def run_select_features(
+    samples_path: str,
+    shard_name: str,
+    explain_config: Mapping[str, Any],
+    out_path: str,
+) -> None:
+    """Rule select_features: the seeded draw of the features later stages work on."""
+    import pandas as pd
+
+    from circuit_insights.data.selection import select_features, write_selection
+    from circuit_insights.data.shards import parse_shard
+
+    selection = select_features(
+        pd.read_parquet(samples_path),
+        parse_shard(shard_name),
+        features_per_shard=explain_config["features_per_shard"],
+        min_samples=explain_config["min_samples"],
+        seed=explain_config["seed"],
+    )
+    write_selection(selection, out_path)
+    log.info(
+        "shard %s: %d of %d eligible features selected",
+        shard_name,
+        int(selection["selected"].sum()),
+        len(selection),
+    )
+
+
 # --- WeightLens --------------------------------------------------------------------------------
 
 
@@ -578,11 +606,10 @@ def attribution_requests(
 def run_attribution_stage(
     model_config: Mapping[str, Any],
     attribution_config: Mapping[str, Any],
-    explain_config: Mapping[str, Any],
     location: str,
     layer: int,
-    shard_name: str,
     transcoder_locations: Mapping[int, str],
+    selection_path: str | None,
     samples_path: str,
     tokens_path: str,
     contributions_path: str,
@@ -599,6 +626,7 @@ def run_attribution_stage(
         ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
         ATTRIBUTION_TOTALS_SCHEMA,
     )
+    from circuit_insights.data.selection import selected_features
 
     model = load_subject_model(model_config, location, model_name, sorted(transcoder_locations))
     transcoders = load_transcoders(model_config, model, transcoder_locations, model_name)
@@ -606,13 +634,12 @@ def run_attribution_stage(
     samples = pd.read_parquet(samples_path)
     features = None
     if not attribution_config["all_features"]:
-        features = features_to_explain(
-            samples,
-            features_per_shard=explain_config["features_per_shard"],
-            min_samples=explain_config["min_samples"],
-            seed=explain_config["seed"],
-            shard_name=shard_name,
-        )
+        if selection_path is None:
+            raise InputError(
+                "attribution of the selected features (config key 'attribution.all_features' "
+                "false) needs the feature selection file"
+            )
+        features = selected_features(selection_path)
     requests = attribution_requests(
         samples,
         tokens,
@@ -736,28 +763,6 @@ def run_cluster_stage(
     )
 
 
-def quantile_sample_counts(samples: Any) -> dict[int, int]:
-    """Quantile samples per feature of a samples table (features without any are absent)."""
-    quantile = samples[samples["kind"] == "quantile"]
-    return {int(f): int(n) for f, n in quantile.groupby("feature").size().items()}
-
-
-def features_to_explain(
-    samples: Any, *, features_per_shard: int | None, min_samples: int, seed: int, shard_name: str
-) -> list[int]:
-    """The features of a shard that get explanations: those with at least ``min_samples``
-    quantile samples, all of them or a seeded draw of ``features_per_shard``."""
-    from circuit_insights.data.shards import parse_shard
-
-    counts = quantile_sample_counts(samples)
-    eligible = sorted(f for f, n in counts.items() if n >= min_samples)
-    if features_per_shard is None or len(eligible) <= features_per_shard:
-        return eligible
-    shard = parse_shard(shard_name)
-    rng = np.random.default_rng([seed, shard.start])
-    return sorted(int(f) for f in rng.choice(eligible, features_per_shard, replace=False))
-
-
 def run_explain_stage(
     model_config: Mapping[str, Any],
     explain_config: Mapping[str, Any],
@@ -766,6 +771,7 @@ def run_explain_stage(
     llm_location: str,
     layer: int,
     shard_name: str,
+    selection_path: str,
     weightlens_path: str,
     clusters_path: str,
     samples_path: str,
@@ -777,6 +783,7 @@ def run_explain_stage(
     import pandas as pd
 
     from circuit_insights.data.corpus import load_contexts
+    from circuit_insights.data.selection import quantile_sample_counts, selected_features
     from circuit_insights.explain import (
         LLM_VARIANTS,
         RULE_VARIANTS,
@@ -789,13 +796,7 @@ def run_explain_stage(
 
     tokenizer, bos = load_tokenizer_and_bos(model_config, model_location)
     samples = pd.read_parquet(samples_path)
-    features = features_to_explain(
-        samples,
-        features_per_shard=explain_config["features_per_shard"],
-        min_samples=explain_config["min_samples"],
-        seed=explain_config["seed"],
-        shard_name=shard_name,
-    )
+    features = selected_features(selection_path)
     weightlens_df = pd.read_parquet(weightlens_path)
     variants = list(explain_config["variants"])
     rule_variants = [v for v in variants if v in RULE_VARIANTS]
@@ -879,6 +880,7 @@ def run_evaluate_stage(
     layer: int,
     variant: str,
     transcoder_path: str,
+    selection_path: str,
     explanations_path: str,
     heldout_path: str,
     feature_stats_path: str,
@@ -891,10 +893,12 @@ def run_evaluate_stage(
     import pandas as pd
 
     from circuit_insights.data.corpus import load_contexts
+    from circuit_insights.data.selection import selected_features
     from circuit_insights.evaluation.fade import evaluate_descriptions, write_fade_evaluation
     from circuit_insights.explain import features_with_every_variant, final_descriptions
 
     final = final_descriptions(pd.read_parquet(explanations_path))
+    final = final[final["feature"].isin(selected_features(selection_path))]
     compared = features_with_every_variant(
         final, evaluate_config["variants"], evaluate_config["features_per_shard"]
     )
