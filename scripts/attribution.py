@@ -2,9 +2,11 @@
 
 from typing import TYPE_CHECKING
 
+from circuit_insights.models.loading import set_threads
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.paths import job_model_location
-from circuit_insights.pipeline.stages import run_attribution_stage, set_threads, transcoder_location
+from circuit_insights.pipeline.stages.attribution import run_attribution_stage
+from circuit_insights.transcoders.loading import transcoder_location
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake

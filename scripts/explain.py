@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING
 
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.paths import job_model_location
-from circuit_insights.pipeline.stages import run_explain_stage
+from circuit_insights.pipeline.stages.explain import run_explain_stage
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake

@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING
 
 from circuit_insights.pipeline.logs import configure_logging
-from circuit_insights.pipeline.stages import run_select_features
+from circuit_insights.pipeline.stages.select_features import run_select_features
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake

@@ -205,3 +205,16 @@ def test_params_name_a_missing_model():
     config = validate_config({}, SCHEMA)
     with pytest.raises(InputError, match="models.gpt2"):
         params.tokenizer_params(config, "gpt2")
+
+
+def test_config_sections_build_their_dataclasses_and_reject_unknown_keys():
+    from circuit_insights.circuitlens.clustering import ClusteringConfig
+    from circuit_insights.data.sampling import SamplingConfig
+    from circuit_insights.explain import ExplainConfig
+
+    config = validate_config({}, SCHEMA)
+    assert SamplingConfig.from_mapping(config["sampling"]).n_samples == 100
+    assert ClusteringConfig.from_mapping(config["clustering"]).rho == 0.05
+    assert ExplainConfig.from_mapping(config["explain"]["prompt"]).n_maxact == 20
+    with pytest.raises(InputError, match="sampling.n_sample"):
+        SamplingConfig.from_mapping({"n_sample": 3})

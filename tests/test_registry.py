@@ -337,7 +337,7 @@ def test_release_files_load_with_the_registry_hooks(hub, name: str) -> None:
 
 def test_jobs_resolve_hf_paths_of_pretrained_transcoders(hub, monkeypatch) -> None:
     """The location a job loads from is the downloaded file, not the hf:// text of the config."""
-    from circuit_insights.pipeline.stages import transcoder_location
+    from circuit_insights.transcoders.loading import transcoder_location
 
     release = RELEASES["gpt2-dunefsky"]
     _publish(release, hub, 2, np.random.default_rng(1))

@@ -1,0 +1,23 @@
+# Per (model, layer, shard): quantile samples (CircuitLens), top-k contexts (MaxAct baseline) and
+# random non-activating contexts (evaluation).
+
+
+rule sample:
+    input:
+        maxima=f"{RESULTS}/{{model}}/layer{{layer}}/maxima/{{shard}}.parquet",
+        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+    output:
+        samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
+    log:
+        f"{RESULTS}/logs/{{model}}/layer{{layer}}/sample/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/layer{{layer}}/sample/{{shard}}.tsv"
+    conda:
+        "../../envs/circuit-insights.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        sampling=config_section("sampling"),
+    script:
+        "../../scripts/sample.py"
