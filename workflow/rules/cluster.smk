@@ -5,12 +5,22 @@
 rule cluster:
     input:
         model=embedded_model_files,
-        contributions=f"{RESULTS}/{{model}}/layer{{layer}}/contributions/{{shard}}.parquet",
-        totals=f"{RESULTS}/{{model}}/layer{{layer}}/attribution_totals/{{shard}}.parquet",
-        weightlens=f"{RESULTS}/{{model}}/layer{{layer}}/weightlens/{{shard}}.parquet",
+        contributions=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "contributions", "{shard}"
+        ),
+        totals=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "attribution_totals", "{shard}"
+        ),
+        weightlens=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "weightlens", "{shard}"
+        ),
     output:
-        clusters=f"{RESULTS}/{{model}}/layer{{layer}}/clusters/{{shard}}.parquet",
-        assignments=f"{RESULTS}/{{model}}/layer{{layer}}/cluster_assignments/{{shard}}.parquet",
+        clusters=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "clusters", "{shard}"
+        ),
+        assignments=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "cluster_assignments", "{shard}"
+        ),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/cluster/{{shard}}.log",
     benchmark:

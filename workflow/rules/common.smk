@@ -196,7 +196,7 @@ def layer_transcoder_files(wildcards):
 def evaluation_files(wildcards):
     """Every FADE evaluation file of {model}: layers x variants x shards."""
     return [
-        f"{RESULTS}/{wildcards.model}/layer{layer}/evaluation/{variant}/{name}.parquet"
+        paths.evaluation_file(RESULTS, wildcards.model, layer, variant, name)
         for layer in model_config(wildcards)["layers"]
         for variant in config["evaluate"]["variants"]
         for name in shard_names(wildcards.model)
@@ -237,9 +237,9 @@ def all_targets():
     Per-shard files are targets too (not only the report), so that deleting one shard's output
     reruns exactly that shard's job (and the gathers after it).
     """
-    targets = [f"{RESULTS}/report/index.html"]
+    targets = [paths.report_index(RESULTS)]
     for model, block in config["models"].items():
-        targets.append(f"{RESULTS}/{model}/summary/metric_table.md")
+        targets.append(paths.summary_file(RESULTS, model, "metric_table.md"))
         for layer in block["layers"]:
             for name in shard_names(model):
                 targets += [
@@ -254,7 +254,7 @@ def all_targets():
                     )
                 ]
                 targets += [
-                    f"{RESULTS}/{model}/layer{layer}/evaluation/{variant}/{name}.parquet"
+                    paths.evaluation_file(RESULTS, model, layer, variant, name)
                     for variant in config["evaluate"]["variants"]
                 ]
             targets.append(paths.layer_table(RESULTS, model, layer, "weightlens"))

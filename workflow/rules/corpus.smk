@@ -6,7 +6,7 @@ rule corpus:
     input:
         model=embedded_model_files,
     output:
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+        tokens=paths.tokens_file(RESULTS, "{model}"),
     log:
         f"{RESULTS}/logs/{{model}}/corpus.log",
     benchmark:

@@ -7,13 +7,23 @@ rule evaluate:
         model=embedded_model_files,
         llm=llm_model_files,
         transcoder=layer_transcoder_files,
-        selection=f"{RESULTS}/{{model}}/layer{{layer}}/features/{{shard}}.parquet",
-        explanations=f"{RESULTS}/{{model}}/layer{{layer}}/explanations/{{shard}}.parquet",
-        heldout=f"{RESULTS}/{{model}}/layer{{layer}}/heldout_activations/{{shard}}.parquet",
-        feature_stats=f"{RESULTS}/{{model}}/layer{{layer}}/feature_stats/{{shard}}.parquet",
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+        selection=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "features", "{shard}"
+        ),
+        explanations=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "explanations", "{shard}"
+        ),
+        heldout=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "heldout_activations", "{shard}"
+        ),
+        feature_stats=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "feature_stats", "{shard}"
+        ),
+        tokens=paths.tokens_file(RESULTS, "{model}"),
     output:
-        evaluation=f"{RESULTS}/{{model}}/layer{{layer}}/evaluation/{{variant}}/{{shard}}.parquet",
+        evaluation=paths.evaluation_file(
+            RESULTS, "{model}", "{layer}", "{variant}", "{shard}"
+        ),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/evaluate/{{variant}}/{{shard}}.log",
     benchmark:

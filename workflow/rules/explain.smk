@@ -6,13 +6,23 @@ rule explain:
     input:
         model=embedded_model_files,
         llm=llm_model_files,
-        selection=f"{RESULTS}/{{model}}/layer{{layer}}/features/{{shard}}.parquet",
-        weightlens=f"{RESULTS}/{{model}}/layer{{layer}}/weightlens/{{shard}}.parquet",
-        clusters=f"{RESULTS}/{{model}}/layer{{layer}}/clusters/{{shard}}.parquet",
-        samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+        selection=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "features", "{shard}"
+        ),
+        weightlens=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "weightlens", "{shard}"
+        ),
+        clusters=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "clusters", "{shard}"
+        ),
+        samples=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "samples", "{shard}"
+        ),
+        tokens=paths.tokens_file(RESULTS, "{model}"),
     output:
-        explanations=f"{RESULTS}/{{model}}/layer{{layer}}/explanations/{{shard}}.parquet",
+        explanations=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "explanations", "{shard}"
+        ),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/explain/{{shard}}.log",
     benchmark:

@@ -3,7 +3,7 @@ rule gather_weightlens:
     input:
         shards=layer_weightlens_shards,
     output:
-        table=f"{RESULTS}/{{model}}/layer{{layer}}/weightlens.parquet",
+        table=paths.layer_table(RESULTS, "{model}", "{layer}", "weightlens"),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/gather_weightlens.log",
     localrule: True

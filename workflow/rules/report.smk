@@ -4,11 +4,12 @@
 rule report:
     input:
         summaries=expand(
-            f"{RESULTS}/{{model}}/summary/summary.parquet", model=config["models"]
+            paths.summary_file(RESULTS, "{model}", "summary.parquet"),
+            model=config["models"],
         ),
         models=all_embedded_model_files,
     output:
-        index=f"{RESULTS}/report/index.html",
+        index=paths.report_index(RESULTS),
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:

@@ -4,10 +4,12 @@
 
 rule sample:
     input:
-        maxima=f"{RESULTS}/{{model}}/layer{{layer}}/maxima/{{shard}}.parquet",
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+        maxima=paths.layer_artifact(RESULTS, "{model}", "{layer}", "maxima", "{shard}"),
+        tokens=paths.tokens_file(RESULTS, "{model}"),
     output:
-        samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
+        samples=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "samples", "{shard}"
+        ),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/sample/{{shard}}.log",
     benchmark:

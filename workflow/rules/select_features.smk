@@ -2,9 +2,13 @@
 # evaluate work on, made once and written down (those stages read the file, not the seed).
 rule select_features:
     input:
-        samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
+        samples=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "samples", "{shard}"
+        ),
     output:
-        selection=f"{RESULTS}/{{model}}/layer{{layer}}/features/{{shard}}.parquet",
+        selection=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "features", "{shard}"
+        ),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/select_features/{{shard}}.log",
     benchmark:

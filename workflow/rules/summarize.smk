@@ -7,9 +7,9 @@ rule summarize:
         evaluation=evaluation_files,
         weightlens=weightlens_files,
     output:
-        summary=f"{RESULTS}/{{model}}/summary/summary.parquet",
-        table=f"{RESULTS}/{{model}}/summary/metric_table.md",
-        shares=f"{RESULTS}/{{model}}/summary/token_based_shares.md",
+        summary=paths.summary_file(RESULTS, "{model}", "summary.parquet"),
+        table=paths.summary_file(RESULTS, "{model}", "metric_table.md"),
+        shares=paths.summary_file(RESULTS, "{model}", "token_based_shares.md"),
     log:
         f"{RESULTS}/logs/{{model}}/summarize.log",
     benchmark:

@@ -5,11 +5,11 @@
 rule train_transcoder:
     input:
         model=embedded_model_files,
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+        tokens=paths.tokens_file(RESULTS, "{model}"),
     output:
-        weights=f"{RESULTS}/{{model}}/layer{{layer}}/transcoder/transcoder.safetensors",
-        config=f"{RESULTS}/{{model}}/layer{{layer}}/transcoder/config.json",
-        report=f"{RESULTS}/{{model}}/layer{{layer}}/transcoder/report.json",
+        weights=paths.transcoder_files(RESULTS, "{model}", "{layer}")[0],
+        config=paths.transcoder_files(RESULTS, "{model}", "{layer}")[1],
+        report=paths.transcoder_report(RESULTS, "{model}", "{layer}"),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/train_transcoder.log",
     benchmark:

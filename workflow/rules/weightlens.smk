@@ -6,11 +6,17 @@ rule weightlens:
     input:
         unpack(weightlens_inputs),
         model=embedded_model_files,
-        samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
-        heldout=f"{RESULTS}/{{model}}/layer{{layer}}/heldout_activations/{{shard}}.parquet",
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+        samples=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "samples", "{shard}"
+        ),
+        heldout=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "heldout_activations", "{shard}"
+        ),
+        tokens=paths.tokens_file(RESULTS, "{model}"),
     output:
-        weightlens=f"{RESULTS}/{{model}}/layer{{layer}}/weightlens/{{shard}}.parquet",
+        weightlens=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "weightlens", "{shard}"
+        ),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/weightlens/{{shard}}.log",
     benchmark:

@@ -67,6 +67,23 @@ def layer_table(results: str, model: str, layer: int | str, kind: str) -> str:
     return f"{results}/{model}/layer{layer}/{kind}.parquet"
 
 
+def evaluation_file(
+    results: str, model: str, layer: int | str, variant: str, shard: str
+) -> str:
+    """FADE scores of one variant's descriptions of one shard."""
+    return f"{results}/{model}/layer{layer}/evaluation/{variant}/{shard}.parquet"
+
+
+def summary_file(results: str, model: str, name: str) -> str:
+    """One of a model's summary outputs, e.g. ``results/m/summary/summary.parquet``."""
+    return f"{results}/{model}/summary/{name}"
+
+
+def report_index(results: str) -> str:
+    """The run's HTML report."""
+    return f"{results}/report/index.html"
+
+
 def shard_of(path: str | Path) -> str:
     """The shard name of a per-shard artifact path."""
     return Path(path).stem
