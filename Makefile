@@ -60,6 +60,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --cores 1
+	$(BIN)/mypy
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES) --configfile $(CONFIG)

@@ -1323,9 +1323,9 @@ def run_weightlens(
         cand = candidate_ids[k]
         acts = act_per[k]
         ok = acts > 0
-        order = np.argsort(-acts[ok], kind="stable")
-        validated_ids = cand[ok][order]
-        validated_acts = acts[ok][order]
+        by_activation = np.argsort(-acts[ok], kind="stable")
+        validated_ids = cand[ok][by_activation]
+        validated_acts = acts[ok][by_activation]
         validated_sources = [candidate_sources[k][i] for i in np.flatnonzero(ok)[order]]
         validated_set = set(validated_ids.tolist())
         upstream = weights.upstream[k]

@@ -215,7 +215,10 @@ class ChatResult:
 class LLMBackend(Protocol):
     """What the explainer and the evaluator need from an LLM."""
 
-    model_name: str
+    @property
+    def model_name(self) -> str:
+        """The model the requests go to (the served name)."""
+        ...
 
     def chat_many(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """One result per request, in the order of ``requests``."""

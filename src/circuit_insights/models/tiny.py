@@ -5,6 +5,8 @@ Used by the tests and the benchmarks; sizes are tiny so that everything runs in 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 FAMILIES = ("gpt2", "gemma2", "gemma3", "llama")
@@ -15,9 +17,9 @@ def tiny_hf_model(family: str, n_layers: int = 3, d_model: int = 32, seed: int =
     """A randomly initialised causal LM of ``family`` with tiny sizes, in eval mode, float32."""
     import transformers as tf
 
-    common = dict(vocab_size=TINY_VOCAB)
+    common: dict[str, Any] = {"vocab_size": TINY_VOCAB}
     if family == "gpt2":
-        config = tf.GPT2Config(
+        config: Any = tf.GPT2Config(
             n_layer=n_layers,
             n_embd=d_model,
             n_head=4,

@@ -787,14 +787,14 @@ def _cluster_views(
         defining: dict[tuple[Any, ...], str] = {}
         for i, kind in enumerate(kinds):
             label = labels[i] if i < len(labels) else kind
-            key = _element_key(
+            element = _element_key(
                 kind,
                 layers[i] if i < len(layers) else None,
                 indices[i] if i < len(indices) else None,
                 deltas[i] if i < len(deltas) else None,
             )
-            if key is not None:
-                defining[key] = label
+            if element is not None:
+                defining[element] = label
             defining_rows.append(
                 {
                     "label": label,
@@ -993,7 +993,9 @@ def _feature_page(
         before=before,
     )
     if plan.frames.clusters is None:
-        clusters_note = "No clustering results for this model (the CircuitLens stages did not run)."
+        clusters_note: str | None = (
+            "No clustering results for this model (the CircuitLens stages did not run)."
+        )
     elif not clusters:
         clusters_note = "No clusters for this feature (it was not clustered)."
     else:
@@ -1180,7 +1182,7 @@ def _descriptions_pages(
     by_key = _grouped(explanations)
     links: dict[int, dict[str, Any]] = {}
     for layer in sorted({layer for layer, _ in by_key}):
-        rows = []
+        rows: list[dict[str, Any]] = []
         for feature in sorted(f for lay, f in by_key if lay == layer):
             cells = _description_view(variants, by_key[(layer, feature)], None, None)
             rows.append(

@@ -33,7 +33,7 @@ def load_layer_transcoder(
     from circuit_insights.transcoders.formats import load_transcoder
 
     settings = model_config["transcoders"]
-    fmt = "native" if settings["kind"] == "train" else settings["format"]
+    fmt: Any = "native" if settings["kind"] == "train" else settings["format"]  # a format name
     transcoder = load_transcoder(path, fmt, layer=layer, d_model=model.d_model)
     if transcoder.n_features != settings["n_features"]:
         raise InputError(
