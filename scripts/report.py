@@ -17,4 +17,5 @@ run_report_stage(
     model_locations=snakemake.params.locations,
     out_index=snakemake.output.index,
     max_features=snakemake.params.max_features,
+    tables=list(snakemake.input.tables),
 )

@@ -221,6 +221,23 @@ def all_embedded_model_files(wildcards):
     ]
 
 
+def report_files(wildcards):
+    """Every per-shard table the report reads, of every model (its declared inputs)."""
+    files = []
+    for model, block in config["models"].items():
+        for layer in block["layers"]:
+            for name in shard_names(model):
+                files += [
+                    paths.layer_artifact(RESULTS, model, layer, stage, name)
+                    for stage in paths.REPORT_STAGES
+                ]
+                files += [
+                    paths.evaluation_file(RESULTS, model, layer, variant, name)
+                    for variant in config["evaluate"]["variants"]
+                ]
+    return files
+
+
 def model_locations(wildcards):
     """Model name -> where its tokenizer is (embedded folder or hub id / folder)."""
     return rule_params.canonical(

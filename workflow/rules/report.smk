@@ -8,6 +8,8 @@ rule report:
             model=config["models"],
         ),
         models=all_embedded_model_files,
+        tables=report_files,
+        tokens=expand(paths.tokens_file(RESULTS, "{model}"), model=config["models"]),
     output:
         index=paths.report_index(RESULTS),
     log:

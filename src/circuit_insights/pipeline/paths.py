@@ -67,6 +67,10 @@ def layer_table(results: str, model: str, layer: int | str, kind: str) -> str:
     return f"{results}/{model}/layer{layer}/{kind}.parquet"
 
 
+REPORT_STAGES = ("weightlens", "explanations", "clusters", "samples", "contributions")
+"""Per-shard artifacts the report reads besides the evaluation files."""
+
+
 def evaluation_file(results: str, model: str, layer: int | str, variant: str, shard: str) -> str:
     """FADE scores of one variant's descriptions of one shard."""
     return f"{results}/{model}/layer{layer}/evaluation/{variant}/{shard}.parquet"

@@ -155,6 +155,7 @@ def read_stage(
     features: Mapping[int, Collection[int]] | None = None,
     columns: Sequence[str] | None = None,
     stage_dirs: Mapping[str, Sequence[str]] | None = None,
+    files: Collection[Path] | None = None,
 ) -> pd.DataFrame | None:
     """All shard files of one stage of a model, concatenated; None when the stage has none.
 
@@ -168,7 +169,7 @@ def read_stage(
         if features is not None and layer not in features:
             continue
         for path in sorted(folder.rglob("*.parquet")):  # evaluation/{variant}/{shard}
-            if path.name.startswith("."):
+            if path.name.startswith(".") or (files is not None and path.resolve() not in files):
                 continue
             names = pq.read_schema(path).names
             wanted = [c for c in columns if c in names] if columns is not None else None
@@ -200,6 +201,7 @@ def load_model_frames(
     stages: Collection[str] | None = None,
     stage_dirs: Mapping[str, Sequence[str]] | None = None,
     tokenizer: object | None = None,
+    files: Collection[Path] | None = None,
 ) -> ModelFrames:
     """The tables of one model from ``results_dir`` (missing stages: None) and its corpus."""
     stages = set(stages) if stages is not None else set(STAGE_DIRS)
@@ -210,7 +212,13 @@ def load_model_frames(
             continue
         columns = _CONTRIBUTION_COLUMNS if stage == "contributions" else None
         tables[stage] = read_stage(
-            results_dir, model, stage, features=features, columns=columns, stage_dirs=stage_dirs
+            results_dir,
+            model,
+            stage,
+            features=features,
+            columns=columns,
+            stage_dirs=stage_dirs,
+            files=files,
         )
     context_ids = tokens = None
     corpus = Path(paths.tokens_file(str(results_dir), model))
@@ -1076,12 +1084,14 @@ def build_report(
     context_tokens: int = 32,
     stage_dirs: Mapping[str, Sequence[str]] | None = None,
     title: str = "circuit-insights report",
+    files: Collection[str | os.PathLike[str]] | None = None,
 ) -> Path:
     """Write the HTML report of a run into ``out_dir``; returns the path of ``index.html``.
 
     ``source``: a results folder (``results/{model}/layer{L}/{stage}/{shard}.parquet``; every
     model found, see :func:`discover_models` and :data:`STAGE_DIRS`) or explicit
-    :class:`ModelFrames`. ``tokenizer``: one for every model, or model -> tokenizer (display
+    :class:`ModelFrames`. ``files``: with a results folder, read only these files (the report
+    rule's declared inputs) and only the models they belong to. ``tokenizer``: one for every model, or model -> tokenizer (display
     only; without one tokens show as ``<id>`` or the tables' stored strings). ``max_features``:
     pages for at most this many features per (model, layer), the lowest ids (the summary still
     covers all). ``context_tokens``: tokens shown before a target.
@@ -1103,17 +1113,27 @@ def build_report(
 
     if from_disk:
         results = Path(source)  # type: ignore[arg-type]
-        for model in discover_models(results):
+        # files: the workflow's declared inputs; only these are read (no stale folder shows up)
+        allowed = None if files is None else {Path(f).resolve() for f in files}
+        models = discover_models(results)
+        if allowed is not None:
+            models = [
+                m for m in models if any((results / m).resolve() in f.parents for f in allowed)
+            ]
+        for model in models:
             light = load_model_frames(
                 results,
                 model,
                 stages=("weightlens", "evaluation", "explanations"),
                 stage_dirs=stage_dirs,
+                files=allowed,
                 tokenizer=_tokenizer_for(tokenizer, model),
             )
             keys = _feature_keys([light.weightlens, light.evaluation, light.explanations])
             if not keys:
-                clusters = read_stage(results, model, "clusters", stage_dirs=stage_dirs)
+                clusters = read_stage(
+                    results, model, "clusters", stage_dirs=stage_dirs, files=allowed
+                )
                 keys = _feature_keys([clusters])
             explained = _feature_keys([light.evaluation, _llm_rows(light.explanations)])
             chosen, hidden = _choose_features(keys, max_features, first=explained)
@@ -1123,6 +1143,7 @@ def build_report(
                 features=chosen,
                 stages=("clusters", "samples", "contributions"),
                 stage_dirs=stage_dirs,
+                files=allowed,
             )
             light.clusters, light.samples, light.contributions = (
                 heavy.clusters,
