@@ -54,12 +54,12 @@ __all__ = [
     "read_stage",
 ]
 
-#: Folder names of each stage under ``results/{model}/layer{L}/``; the first that exists is read
-#: (the evaluation stage is looked up under several names). Override with ``stage_dirs``.
+#: Folder name of each stage under ``results/{model}/layer{L}/`` (the workflow's layout,
+#: ``circuit_insights.pipeline.paths``). Override with ``stage_dirs``.
 STAGE_DIRS: dict[str, tuple[str, ...]] = {
     "weightlens": ("weightlens",),
-    "evaluation": ("evaluation", "fade", "evaluate"),
-    "explanations": ("explanations", "explain"),
+    "evaluation": ("evaluation",),
+    "explanations": ("explanations",),
     "clusters": ("clusters",),
     "samples": ("samples",),
     "contributions": ("contributions",),
