@@ -1326,7 +1326,7 @@ def run_weightlens(
         by_activation = np.argsort(-acts[ok], kind="stable")
         validated_ids = cand[ok][by_activation]
         validated_acts = acts[ok][by_activation]
-        validated_sources = [candidate_sources[k][i] for i in np.flatnonzero(ok)[order]]
+        validated_sources = [candidate_sources[k][i] for i in np.flatnonzero(ok)[by_activation]]
         validated_set = set(validated_ids.tolist())
         upstream = weights.upstream[k]
         inherited = [[int(t) for t in tokens] for tokens in inherited_per_upstream[k]]
