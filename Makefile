@@ -67,6 +67,7 @@ lint: $(STAMP) ## ruff, snakefmt and snakemake --lint
 	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --cores 1
+	$(BIN)/mypy
 
 dry-run: $(STAMP) ## List the jobs a run of CONFIG would run (snakemake -n)
 	$(BIN)/snakemake -n --cores $(CORES) --configfile $(CONFIG)

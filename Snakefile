@@ -10,16 +10,22 @@ if not workflow.config_settings.configfiles:
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/models.smk"
+include: "workflow/rules/build_embedded_model.smk"
+include: "workflow/rules/build_embedded_llm.smk"
 include: "workflow/rules/corpus.smk"
-include: "workflow/rules/transcoders.smk"
-include: "workflow/rules/activations.smk"
-include: "workflow/rules/sampling.smk"
+include: "workflow/rules/clean_loss.smk"
+include: "workflow/rules/train_transcoder.smk"
+include: "workflow/rules/cache.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/select_features.smk"
 include: "workflow/rules/weightlens.smk"
+include: "workflow/rules/gather_weightlens.smk"
 include: "workflow/rules/attribution.smk"
-include: "workflow/rules/clustering.smk"
+include: "workflow/rules/cluster.smk"
 include: "workflow/rules/explain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/evaluate_rules.smk"
+include: "workflow/rules/summarize.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from circuit_insights.data.cache import ARTIFACTS, cache_split
 from circuit_insights.data.shards import make_shards
 from circuit_insights.models.adapters import SubjectModel
-from circuit_insights.pipeline.stages import cache_artifact_paths, cache_split
 from circuit_insights.transcoders.base import Transcoder
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "resources/models/gemma-3-270m"
@@ -171,7 +171,10 @@ def main() -> None:
     for repeat in range(args.repeats):  # interleaved, so drifting machine load hits both
         bare_times.append(bare_forward(model, tokens, layer, args.batch_size))
         with tempfile.TemporaryDirectory() as folder:
-            out_paths = cache_artifact_paths(folder, "bench", layer, shards, "")
+            out_paths = {
+                shard: {kind: f"{folder}/{kind}/{shard.name}.parquet" for kind in ARTIFACTS}
+                for shard in shards
+            }
             result = cache_split(
                 model,
                 transcoder,

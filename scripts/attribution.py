@@ -2,9 +2,11 @@
 
 from typing import TYPE_CHECKING
 
+from circuit_insights.models.loading import set_threads
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.paths import job_model_location
-from circuit_insights.pipeline.stages import run_attribution_stage, set_threads, transcoder_location
+from circuit_insights.pipeline.stages.attribution import run_attribution_stage
+from circuit_insights.transcoders.loading import transcoder_location
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -16,19 +18,18 @@ set_threads(snakemake.threads)
 model_config = snakemake.params.model
 inputs = dict(snakemake.input.items())
 run_attribution_stage(
-    model_config,
-    snakemake.params.attribution,
-    snakemake.params.explain,
-    job_model_location(model_config["source"], snakemake.input.model),
-    int(snakemake.wildcards.layer),
-    snakemake.wildcards.shard,
-    {
+    model_config=model_config,
+    attribution_config=snakemake.params.attribution,
+    location=job_model_location(model_config["source"], snakemake.input.model),
+    layer=int(snakemake.wildcards.layer),
+    transcoder_locations={
         layer: transcoder_location(model_config, inputs.get(f"transcoder_{layer}", []), layer)
         for layer in snakemake.params.layers
     },
-    snakemake.input.samples,
-    snakemake.input.tokens,
-    snakemake.output.contributions,
-    snakemake.output.totals,
-    snakemake.params.model_name,
+    selection_path=inputs.get("selection"),
+    samples_path=snakemake.input.samples,
+    tokens_path=snakemake.input.tokens,
+    contributions_path=snakemake.output.contributions,
+    totals_path=snakemake.output.totals,
+    model_name=snakemake.params.model_name,
 )

@@ -2,9 +2,10 @@
 
 from typing import TYPE_CHECKING
 
+from circuit_insights.models.loading import set_threads
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.paths import job_model_location
-from circuit_insights.pipeline.stages import run_clean_loss, set_threads
+from circuit_insights.pipeline.stages.clean_loss import run_clean_loss
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -14,9 +15,9 @@ if TYPE_CHECKING:
 configure_logging(snakemake.log[0])
 set_threads(snakemake.threads)
 run_clean_loss(
-    snakemake.params.model,
-    snakemake.input.tokens,
-    job_model_location(snakemake.params.model["source"], snakemake.input.model),
-    snakemake.output.loss,
+    model_config=snakemake.params.model,
+    tokens_path=snakemake.input.tokens,
+    location=job_model_location(snakemake.params.model["source"], snakemake.input.model),
+    out_path=snakemake.output.loss,
     model_name=snakemake.params.model_name,
 )

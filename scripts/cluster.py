@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING
 
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.paths import job_model_location
-from circuit_insights.pipeline.stages import run_cluster_stage
+from circuit_insights.pipeline.stages.cluster import run_cluster_stage
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -13,11 +13,11 @@ if TYPE_CHECKING:
 
 configure_logging(snakemake.log[0])
 run_cluster_stage(
-    snakemake.params.clustering,
-    snakemake.input.contributions,
-    snakemake.input.totals,
-    snakemake.input.weightlens,
-    job_model_location(snakemake.params.model["source"], snakemake.input.model),
-    snakemake.output.clusters,
-    snakemake.output.assignments,
+    clustering_config=snakemake.params.clustering,
+    contributions_path=snakemake.input.contributions,
+    totals_path=snakemake.input.totals,
+    weightlens_path=snakemake.input.weightlens,
+    tokenizer_location=job_model_location(snakemake.params.model["source"], snakemake.input.model),
+    clusters_path=snakemake.output.clusters,
+    assignments_path=snakemake.output.assignments,
 )

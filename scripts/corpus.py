@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING
 
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.paths import job_model_location
-from circuit_insights.pipeline.stages import run_corpus
+from circuit_insights.pipeline.stages.corpus import run_corpus
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 configure_logging(snakemake.log[0])
 run_corpus(
-    snakemake.params.model,
-    snakemake.params.corpus,
-    job_model_location(snakemake.params.model["source"], snakemake.input.model),
-    snakemake.output.tokens,
+    model_config=snakemake.params.model,
+    corpus_config=snakemake.params.corpus,
+    location=job_model_location(snakemake.params.model["source"], snakemake.input.model),
+    out_path=snakemake.output.tokens,
 )

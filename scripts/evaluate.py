@@ -2,9 +2,11 @@
 
 from typing import TYPE_CHECKING
 
+from circuit_insights.models.loading import set_threads
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.paths import job_model_location
-from circuit_insights.pipeline.stages import run_evaluate_stage, set_threads, transcoder_location
+from circuit_insights.pipeline.stages.evaluate import run_evaluate_stage
+from circuit_insights.transcoders.loading import transcoder_location
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -17,19 +19,19 @@ model_config = snakemake.params.model
 llm = snakemake.params.llm
 layer = int(snakemake.wildcards.layer)
 run_evaluate_stage(
-    model_config,
-    snakemake.params.evaluate,
-    llm,
-    job_model_location(model_config["source"], snakemake.input.model),
-    job_model_location(llm["model"], snakemake.input.llm),
-    layer,
-    snakemake.wildcards.variant,
-    transcoder_location(model_config, snakemake.input.transcoder, layer),
-    snakemake.input.explanations,
-    snakemake.input.heldout,
-    snakemake.input.feature_stats,
-    snakemake.input.tokens,
-    snakemake.output.evaluation,
-    snakemake.params.llm_files,
-    snakemake.params.model_name,
+    model_config=model_config,
+    evaluate_config=snakemake.params.evaluate,
+    llm_config=llm,
+    model_location=job_model_location(model_config["source"], snakemake.input.model),
+    llm_location=job_model_location(llm["model"], snakemake.input.llm),
+    layer=layer,
+    variant=snakemake.wildcards.variant,
+    transcoder_path=transcoder_location(model_config, snakemake.input.transcoder, layer),
+    selection_path=snakemake.input.selection,
+    explanations_path=snakemake.input.explanations,
+    heldout_path=snakemake.input.heldout,
+    tokens_path=snakemake.input.tokens,
+    out_path=snakemake.output.evaluation,
+    llm_files=snakemake.params.llm_files,
+    model_name=snakemake.params.model_name,
 )

@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING
 
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.paths import job_model_location
-from circuit_insights.pipeline.stages import run_explain_stage
+from circuit_insights.pipeline.stages.explain import run_explain_stage
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -14,18 +14,19 @@ if TYPE_CHECKING:
 configure_logging(snakemake.log[0])
 llm = snakemake.params.llm
 run_explain_stage(
-    snakemake.params.model,
-    snakemake.params.explain,
-    llm,
-    job_model_location(snakemake.params.model["source"], snakemake.input.model),
-    job_model_location(llm["model"], snakemake.input.llm),
-    int(snakemake.wildcards.layer),
-    snakemake.wildcards.shard,
-    snakemake.input.weightlens,
-    snakemake.input.clusters,
-    snakemake.input.samples,
-    snakemake.input.tokens,
-    snakemake.output.explanations,
-    snakemake.params.llm_files,
-    snakemake.params.rules,
+    model_config=snakemake.params.model,
+    explain_config=snakemake.params.explain,
+    llm_config=llm,
+    model_location=job_model_location(snakemake.params.model["source"], snakemake.input.model),
+    llm_location=job_model_location(llm["model"], snakemake.input.llm),
+    layer=int(snakemake.wildcards.layer),
+    shard_name=snakemake.wildcards.shard,
+    selection_path=snakemake.input.selection,
+    weightlens_path=snakemake.input.weightlens,
+    clusters_path=snakemake.input.clusters,
+    samples_path=snakemake.input.samples,
+    tokens_path=snakemake.input.tokens,
+    out_path=snakemake.output.explanations,
+    llm_files=snakemake.params.llm_files,
+    rules_config=snakemake.params.rules,
 )

@@ -1,10 +1,9 @@
 """Rule gather_weightlens: one layer's WeightLens shards as one table."""
 
-import logging
 from typing import TYPE_CHECKING
 
 from circuit_insights.pipeline.logs import configure_logging
-from circuit_insights.weightlens import gather_weightlens
+from circuit_insights.pipeline.stages.gather_weightlens import run_gather_weightlens
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -12,5 +11,4 @@ if TYPE_CHECKING:
     snakemake: Snakemake
 
 configure_logging(snakemake.log[0])
-rows = gather_weightlens(list(snakemake.input.shards), snakemake.output.table)
-logging.getLogger(__name__).info("%d features in %s", rows, snakemake.output.table)
+run_gather_weightlens(shard_files=list(snakemake.input.shards), out_path=snakemake.output.table)

@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING
 
 from circuit_insights.pipeline.logs import configure_logging
-from circuit_insights.pipeline.stages import run_sample
+from circuit_insights.pipeline.stages.sample import run_sample
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -12,9 +12,9 @@ if TYPE_CHECKING:
 
 configure_logging(snakemake.log[0])
 run_sample(
-    snakemake.input.maxima,
-    snakemake.input.tokens,
-    snakemake.wildcards.shard,
-    snakemake.params.sampling,
-    snakemake.output.samples,
+    maxima_path=snakemake.input.maxima,
+    tokens_path=snakemake.input.tokens,
+    shard_name=snakemake.wildcards.shard,
+    sampling_config=snakemake.params.sampling,
+    out_path=snakemake.output.samples,
 )

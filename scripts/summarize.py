@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from circuit_insights.pipeline.logs import configure_logging
-from circuit_insights.pipeline.stages import run_summarize_stage
+from circuit_insights.pipeline.stages.summarize import run_summarize_stage
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -13,10 +13,10 @@ if TYPE_CHECKING:
 
 configure_logging(snakemake.log[0])
 run_summarize_stage(
-    snakemake.params.model,
-    list(snakemake.input.evaluation),
-    list(snakemake.input.weightlens),
-    str(Path(snakemake.output.summary).parent),
-    snakemake.params.model_name,
-    list(snakemake.input.rule_evaluation),
+    model_config=snakemake.params.model,
+    evaluation_files=list(snakemake.input.evaluation),
+    weightlens_files=list(snakemake.input.weightlens),
+    out_dir=str(Path(snakemake.output.summary).parent),
+    model_name=snakemake.params.model_name,
+    rule_evaluation_files=list(snakemake.input.rule_evaluation),
 )

@@ -2,9 +2,10 @@
 
 from typing import TYPE_CHECKING
 
+from circuit_insights.models.loading import set_threads
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.paths import job_model_location
-from circuit_insights.pipeline.stages import run_train_transcoder, set_threads
+from circuit_insights.pipeline.stages.train_transcoder import run_train_transcoder
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -14,12 +15,12 @@ if TYPE_CHECKING:
 configure_logging(snakemake.log[0])
 set_threads(snakemake.threads)
 run_train_transcoder(
-    snakemake.params.model,
-    snakemake.input.tokens,
-    int(snakemake.wildcards.layer),
-    job_model_location(snakemake.params.model["source"], snakemake.input.model),
-    snakemake.output.weights,
-    snakemake.output.report,
+    model_config=snakemake.params.model,
+    tokens_path=snakemake.input.tokens,
+    layer=int(snakemake.wildcards.layer),
+    location=job_model_location(snakemake.params.model["source"], snakemake.input.model),
+    weights_path=snakemake.output.weights,
+    report_path=snakemake.output.report,
     model_name=snakemake.params.model_name,
     clean_loss_path=snakemake.input.clean_loss,
 )

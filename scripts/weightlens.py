@@ -2,9 +2,11 @@
 
 from typing import TYPE_CHECKING
 
+from circuit_insights.models.loading import set_threads
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.paths import job_model_location
-from circuit_insights.pipeline.stages import run_weightlens_stage, set_threads, transcoder_location
+from circuit_insights.pipeline.stages.weightlens import run_weightlens_stage
+from circuit_insights.transcoders.loading import transcoder_location
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -17,19 +19,19 @@ layer = int(snakemake.wildcards.layer)
 model_config = snakemake.params.model
 inputs = dict(snakemake.input.items())
 run_weightlens_stage(
-    model_config,
-    snakemake.params.weightlens,
-    job_model_location(model_config["source"], snakemake.input.model),
-    layer,
-    snakemake.wildcards.shard,
-    {
+    model_config=model_config,
+    weightlens_config=snakemake.params.weightlens,
+    location=job_model_location(model_config["source"], snakemake.input.model),
+    layer=layer,
+    shard_name=snakemake.wildcards.shard,
+    transcoder_locations={
         up: transcoder_location(model_config, inputs.get(f"transcoder_{up}", []), up)
         for up in snakemake.params.layers
     },
-    {up: [inputs[f"upstream_{up}"]] for up in snakemake.params.layers if up < layer},
-    snakemake.input.samples,
-    snakemake.input.heldout,
-    snakemake.input.tokens,
-    snakemake.output.weightlens,
-    snakemake.params.model_name,
+    upstream_files={up: [inputs[f"upstream_{up}"]] for up in snakemake.params.layers if up < layer},
+    samples_path=snakemake.input.samples,
+    heldout_path=snakemake.input.heldout,
+    tokens_path=snakemake.input.tokens,
+    out_path=snakemake.output.weightlens,
+    model_name=snakemake.params.model_name,
 )

@@ -166,3 +166,70 @@ def test_prompt_settings_are_the_explainers_own_fields_and_defaults():
     assert (config.n_maxact, config.max_clusters) == (10, 2)
     with pytest.raises(InputError, match="explain.prompt.n_maxact"):
         validate_config({"explain": {"prompt": {"n_maxact": 0}}}, SCHEMA)
+
+
+# --- narrow params: what each rule reads ----------------------------------------------------------
+
+
+def _reordered(value):
+    """``value`` with the keys of every mapping in reverse order."""
+    if isinstance(value, dict):
+        return {key: _reordered(value[key]) for key in reversed(list(value))}
+    return value
+
+
+def test_rule_params_do_not_depend_on_key_order():
+    from circuit_insights.pipeline import params
+
+    raw = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
+    config, reordered = validate_config(raw, SCHEMA), validate_config(_reordered(raw), SCHEMA)
+    assert list(config["corpus"]) != list(reordered["corpus"])  # the orders really differ
+    model = "gemma-3-270m"
+    for build in (
+        lambda c: params.subject_params(c, model, transcoders="train"),
+        lambda c: params.weightlens_model_params(c, model),
+        lambda c: params.section(c, "explain"),
+        lambda c: params.section(c, "llm"),
+    ):
+        assert repr(build(config)) == repr(build(reordered))
+
+
+def test_a_weightlens_threshold_reaches_only_weightlens_params():
+    from circuit_insights.pipeline import params
+
+    raw = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
+    before = validate_config(raw, SCHEMA)
+    raw["models"]["gemma-3-270m"]["weightlens"] = {"t_tok": 7.5}
+    after = validate_config(raw, SCHEMA)
+    model = "gemma-3-270m"
+    unchanged = (
+        lambda c: params.tokenizer_params(c, model),
+        lambda c: params.subject_params(c, model, transcoders="train"),
+        lambda c: params.subject_params(c, model, transcoders="load"),
+    )
+    for build in unchanged:
+        assert repr(build(before)) == repr(build(after))
+    changed = params.weightlens_model_params(after, model)
+    assert changed["weightlens"]["t_tok"] == 7.5
+    assert repr(changed) != repr(params.weightlens_model_params(before, model))
+
+
+def test_params_name_a_missing_model():
+    from circuit_insights.pipeline import params
+
+    config = validate_config({}, SCHEMA)
+    with pytest.raises(InputError, match="models.gpt2"):
+        params.tokenizer_params(config, "gpt2")
+
+
+def test_config_sections_build_their_dataclasses_and_reject_unknown_keys():
+    from circuit_insights.circuitlens.clustering import ClusteringConfig
+    from circuit_insights.data.sampling import SamplingConfig
+    from circuit_insights.explain import ExplainConfig
+
+    config = validate_config({}, SCHEMA)
+    assert SamplingConfig.from_mapping(config["sampling"]).n_samples == 100
+    assert ClusteringConfig.from_mapping(config["clustering"]).rho == 0.05
+    assert ExplainConfig.from_mapping(config["explain"]["prompt"]).n_maxact == 20
+    with pytest.raises(InputError, match="sampling.n_sample"):
+        SamplingConfig.from_mapping({"n_sample": 3})

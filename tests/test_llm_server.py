@@ -28,7 +28,6 @@ from circuit_insights.llm.client import (
     CachedBackend,
     ChatRequest,
     LLMServerError,
-    OfflineVLLMBackend,
     ResponseCache,
 )
 from circuit_insights.llm.server import (
@@ -252,8 +251,6 @@ def test_a_missing_model_folder_is_an_input_error_naming_it(tmp_path: Path) -> N
     empty.mkdir()
     with pytest.raises(InputError, match="has no config.json"):
         VLLMServer(empty).start()
-    with pytest.raises(InputError, match=str(missing)):
-        OfflineVLLMBackend(missing)
 
 
 def test_shared_server_outlives_its_starter_and_stops_from_the_state_file(
@@ -449,45 +446,3 @@ def test_real_server_structured_output_and_clean_shutdown(
     assert isinstance(results[2].parsed["texts"], list)
     assert all(r.cached for r in again) and backend.sent == 3
     assert "Application startup complete" in (tmp_path / "vllm.log").read_text()
-
-
-OFFLINE_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    from circuit_insights.llm.client import ChatRequest, OfflineVLLMBackend
-
-    if __name__ == "__main__":  # vLLM starts its workers with spawn: the guard is required
-        schema = json.loads(sys.argv[2])
-        backend = OfflineVLLMBackend(sys.argv[1], served_model_name="smollm2")
-        results = backend.chat_many(
-            [ChatRequest.simple("Is a cat an animal? Rate 0, 1 or 2.", json_schema=schema)]
-        )
-        print("RESULT", json.dumps([r.parse_status for r in results] + [results[0].parsed]))
-    """
-)
-
-
-@pytest.mark.slow
-@needs_vllm
-@pytest.mark.skipif(
-    os.environ.get("CIRCUIT_INSIGHTS_TEST_OFFLINE_VLLM") != "1",
-    reason="a second engine start (~2 min); set CIRCUIT_INSIGHTS_TEST_OFFLINE_VLLM=1",
-)
-def test_offline_backend_smoke(smollm2_dir: Path, tmp_path: Path) -> None:
-    script = tmp_path / "offline.py"
-    script.write_text(OFFLINE_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "VLLM_CPU_KVCACHE_SPACE": "1"}
-    start = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, str(script), str(smollm2_dir), json.dumps(RATING_SCHEMA)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
-    statuses = json.loads(line.removeprefix("RESULT "))
-    assert statuses[0] == "ok" and statuses[1]["rating"] in (0, 1, 2)
-    print(f"offline backend: {time.monotonic() - start:.0f} s")

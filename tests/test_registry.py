@@ -343,7 +343,7 @@ def test_release_files_load_with_the_registry_hooks(hub, name: str) -> None:
 
 def test_jobs_resolve_hf_paths_of_pretrained_transcoders(hub, monkeypatch) -> None:
     """The location a job loads from is the downloaded file, not the hf:// text of the config."""
-    from circuit_insights.pipeline.stages import transcoder_location
+    from circuit_insights.transcoders.loading import transcoder_location
 
     release = RELEASES["gpt2-dunefsky"]
     _publish(release, hub, 2, np.random.default_rng(1))
@@ -417,7 +417,7 @@ def test_pinned_llama_file_loads_through_the_preset_and_splices_exactly(hub, mon
 
     from circuit_insights.models.adapters import SubjectModel
     from circuit_insights.models.tiny import tiny_hf_model
-    from circuit_insights.pipeline.stages import load_layer_transcoder, transcoder_location
+    from circuit_insights.transcoders.loading import load_layer_transcoder, transcoder_location
 
     release = RELEASES["llama-3.2-1b-skip"]
     name, block = preset_block(ROOT / "config/presets/llama-3.2-1b-skip.yaml")
@@ -481,7 +481,7 @@ def test_gpt2_preset_contexts_start_with_bos_50256(tmp_path) -> None:
     from transformers import PreTrainedTokenizerFast
 
     from circuit_insights.data.corpus import tokenize_contexts
-    from circuit_insights.pipeline.stages import load_tokenizer_and_bos
+    from circuit_insights.models.loading import load_tokenizer_and_bos
 
     _, block = preset_block(ROOT / "config/presets/gpt2-dunefsky.yaml")
     folder = tmp_path / "gpt2"
@@ -511,9 +511,9 @@ def test_gpt2_preset_leaves_position_0_out_of_maxima(tmp_path) -> None:
     import pyarrow.parquet as pq
     import torch
 
+    from circuit_insights.data.cache import cache_split
     from circuit_insights.data.shards import make_shards
     from circuit_insights.models.adapters import SubjectModel
-    from circuit_insights.pipeline.stages import cache_split
     from circuit_insights.transcoders.base import Transcoder
 
     _, block = preset_block(ROOT / "config/presets/gpt2-dunefsky.yaml")

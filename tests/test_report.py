@@ -351,9 +351,6 @@ def test_discover_and_load(tmp_path):
     assert set(frames.samples["layer"]) == {1}
     assert set(frames.contributions["feature_layer"]) == {1}
     assert frames.tokens.shape == (6, 12) and len(frames.context_ids) == 6
-    # the evaluation stage is also found under its other names
-    layer1 = tmp_path / "results" / MODEL / "layer1"
-    (layer1 / "evaluation").rename(layer1 / "fade")
     frames = load_model_frames(tmp_path / "results", MODEL, stages=["evaluation"])
     assert len(frames.evaluation) == 4 and frames.weightlens is None
     only = load_model_frames(tmp_path / "results", MODEL, features={1: [1]})

@@ -219,7 +219,7 @@ def test_clean_loss_computed_once_gives_the_same_report(tmp_path) -> None:
     import numpy as np
 
     from circuit_insights.data.io import write_json_atomic
-    from circuit_insights.pipeline.stages import mean_next_token_loss, spliced_loss_report
+    from circuit_insights.transcoders.splicing import mean_next_token_loss, spliced_loss_report
     from circuit_insights.transcoders.training import clean_loss_record, read_clean_loss
     from tests.conftest import tiny_subject_model
 

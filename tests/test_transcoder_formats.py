@@ -775,7 +775,7 @@ def test_circuit_tracer_file_without_config_needs_hooks(tmp_path, rng) -> None:
 )
 def test_configured_hooks_of_pretrained_files_are_checked(tmp_path, hooks, message) -> None:
     """A hook set in config for a pretrained file must agree with the file; null takes the file's."""
-    from circuit_insights.pipeline.stages import load_layer_transcoder
+    from circuit_insights.transcoders.loading import load_layer_transcoder
 
     path = write_dunefsky(tmp_path / "tc2.pt", dunefsky_arrays(np.random.default_rng(0)), layer=2)
     config = {

@@ -26,3 +26,29 @@ def test_layer_table_sits_beside_the_shard_folder() -> None:
 
 def test_only_cuda_devices_ask_for_a_gpu() -> None:
     assert [gpus_for_device(d) for d in ("cpu", "cuda", "cuda:3", "mps")] == [0, 1, 1, 0]
+
+
+def test_rules_scripts_and_stages_map_one_to_one() -> None:
+    """Rule X lives in workflow/rules/X.smk, runs scripts/X.py, which calls pipeline/stages/X.py
+    (the embedded-model builds call models.embedded directly: their stage would be one line)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rules = {}
+    for smk in (root / "workflow/rules").glob("*.smk"):  # common.smk: input functions only
+        text = smk.read_text()
+        names = re.findall(r"^rule (\w+):", text, re.MULTILINE)
+        names += re.findall(r'^\s+name:\s+f"(\w+)_\{', text, re.MULTILINE)  # cache_{model}
+        for name in names:
+            rules[name] = smk.stem
+    for rule in ("all", "corpus", "cache", "select_features", "explain", "report"):
+        assert rule == "all" or rule in rules, rule
+    rules.pop("all", None)
+    for rule, smk in rules.items():
+        assert smk == rule, f"rule {rule} is in {smk}.smk"
+        assert (root / f"scripts/{rule}.py").is_file(), rule
+        if not rule.startswith("build_embedded_"):
+            assert (root / f"src/circuit_insights/pipeline/stages/{rule}.py").is_file(), rule
+    stages = {p.stem for p in (root / "src/circuit_insights/pipeline/stages").glob("[a-z]*.py")}
+    assert stages == {r for r in rules if not r.startswith("build_embedded_")}

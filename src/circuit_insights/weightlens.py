@@ -1390,10 +1390,10 @@ def run_weightlens(
         cand = candidate_ids[k]
         acts = act_per[k]
         ok = acts > 0
-        order = np.argsort(-acts[ok], kind="stable")
-        validated_ids = cand[ok][order]
-        validated_acts = acts[ok][order]
-        validated_sources = [candidate_sources[k][i] for i in np.flatnonzero(ok)[order]]
+        by_activation = np.argsort(-acts[ok], kind="stable")
+        validated_ids = cand[ok][by_activation]
+        validated_acts = acts[ok][by_activation]
+        validated_sources = [candidate_sources[k][i] for i in np.flatnonzero(ok)[by_activation]]
         validated_set = set(validated_ids.tolist())
         upstream = weights.upstream[k]
         inherited = [[int(t) for t in tokens] for tokens in inherited_per_upstream[k]]

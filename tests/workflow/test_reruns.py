@@ -1,5 +1,6 @@
 """Rerunning parts of a finished run of the CI config: one shard by name, one shard after deleting
-its output, a job killed mid-write, and independent shards past a failure (``-k``).
+its output, a job killed mid-write, and independent shards past a failure (``-k``); and, under
+Snakemake's default rerun triggers, which jobs an edit of one config key schedules.
 
 One completed run is made per module; every test works on its own copy (mtimes kept, so Snakemake
 with ``--rerun-triggers mtime`` sees the copy as up to date). The run builds the CI config's
@@ -10,6 +11,7 @@ minutes and nothing to what is tested here.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -264,3 +267,128 @@ def test_keep_going_builds_the_other_shard_past_a_failure(results) -> None:
     log = results / "logs" / MODEL / f"layer{LAYER}" / "sample" / f"{broken}.log"
     assert log.is_file() and log.read_text().strip(), "the failed shard's log says why"
     assert not list(layer_dir(results).rglob(".*.partial"))
+
+
+# --- what a config edit reruns, under Snakemake's default rerun triggers --------------------------
+#
+# A finished run is faked: every output of a dry run is created empty, then `--touch` marks every
+# job after the embedded model builds as done, which records each job's params, input and code in
+# .snakemake/metadata as a real run would. Dry runs on an edited config then show what Snakemake's
+# default triggers (mtime, params, input, code, software-env) schedule. Seconds, not minutes.
+
+ALWAYS = {"all"}  # the default target (no output), listed whenever anything is scheduled
+
+
+def default_trigger_command(results: Path, config: Path, *args: str) -> list[str]:
+    return [
+        str(SNAKEMAKE),
+        *args,
+        "--cores",
+        "1",
+        "--configfile",
+        str(config),
+        "--config",
+        f"results_dir={results}",
+    ]
+
+
+def dry_run_rules(results: Path, config: Path) -> set[str]:
+    """Rules of the jobs a dry run schedules, under the default rerun triggers."""
+    done = subprocess.run(
+        default_trigger_command(results, config, "-n"),
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return {rule for rule, _ in planned_jobs(done.stdout)} - ALWAYS
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def reversed_keys(value: Any) -> Any:
+    """``value`` with the keys of every mapping in reverse order."""
+    if isinstance(value, dict):
+        return {key: reversed_keys(value[key]) for key in reversed(list(value))}
+    return value
+
+
+@pytest.fixture(scope="module")
+def touched(tmp_path_factory) -> Path:
+    """A faked finished run of the full CI config (every rule, with metadata); its results_dir."""
+    folder = tmp_path_factory.mktemp("touched")
+    results, config = folder / "results", write_config(folder / "ci.yaml", CI_CONFIG)
+
+    def planned_outputs() -> list[Path]:
+        plan = subprocess.run(
+            default_trigger_command(results, config, "-n"),
+            cwd=ROOT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return [Path(output) for _, outputs in planned_jobs(plan.stdout) for output in outputs]
+
+    # The embedded models (under resources/, shared by every run) are built for real when
+    # missing, never faked: only files under this test's results folder are.
+    missing_models = [path for path in planned_outputs() if results not in path.parents]
+    if missing_models:
+        snakemake(results, *map(str, missing_models))
+    for path in planned_outputs():
+        assert results in path.parents, f"{path}: only results are faked"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    subprocess.run(  # -R corpus: every job from corpus on (not the embedded model builds)
+        default_trigger_command(results, config, "--touch", "-R", "corpus", "--nolock"),
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        check=True,
+    )
+    assert dry_run_rules(results, config) == set(), "the faked run must be up to date"
+    return results
+
+
+def edited(tmp_path: Path, edit) -> Path:
+    """The CI config with ``edit`` applied, written to a file."""
+    config = copy.deepcopy(CI_CONFIG)
+    edit(config)
+    return write_config(tmp_path / "edited.yaml", config)
+
+
+def test_a_weightlens_threshold_reruns_only_weightlens_and_what_follows(touched, tmp_path):
+    def edit(config):
+        config["models"][MODEL]["weightlens"] = {"t_tok": 6.0}
+
+    rules = dry_run_rules(touched, edited(tmp_path, edit))
+    assert "weightlens" in rules
+    downstream = {"gather_weightlens", "cluster", "explain", "evaluate", "summarize", "report"}
+    assert rules <= {"weightlens"} | downstream, rules
+    assert not rules & {"corpus", "train_transcoder", f"cache_{MODEL}", "sample", "attribution"}
+
+
+def test_an_explain_prompt_key_reruns_only_explain_and_what_follows(touched, tmp_path):
+    def edit(config):
+        config["explain"]["prompt"] = {"n_maxact": 3}
+
+    rules = dry_run_rules(touched, edited(tmp_path, edit))
+    assert rules == {"explain", "evaluate", "summarize", "report"}, rules
+
+
+def test_an_evaluate_key_reruns_only_evaluate_summary_and_report(touched, tmp_path):
+    def edit(config):
+        config["evaluate"]["seed"] = 1
+
+    rules = dry_run_rules(touched, edited(tmp_path, edit))
+    assert rules == {"evaluate", "summarize", "report"}, rules
+
+
+def test_the_same_config_with_keys_reordered_reruns_nothing(touched, tmp_path):
+    config = write_config(tmp_path / "reordered.yaml", reversed_keys(CI_CONFIG))
+    assert list(yaml.safe_load(config.read_text())) != list(CI_CONFIG)
+    assert dry_run_rules(touched, config) == set()

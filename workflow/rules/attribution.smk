@@ -6,12 +6,19 @@
 rule attribution:
     input:
         unpack(all_layer_transcoders),
+        unpack(attribution_selection),
         model=embedded_model_files,
-        samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+        samples=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "samples", "{shard}"
+        ),
+        tokens=paths.tokens_file(RESULTS, "{model}"),
     output:
-        contributions=f"{RESULTS}/{{model}}/layer{{layer}}/contributions/{{shard}}.parquet",
-        totals=f"{RESULTS}/{{model}}/layer{{layer}}/attribution_totals/{{shard}}.parquet",
+        contributions=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "contributions", "{shard}"
+        ),
+        totals=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "attribution_totals", "{shard}"
+        ),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/attribution/{{shard}}.log",
     benchmark:
@@ -26,9 +33,8 @@ rule attribution:
         gpu=model_gpus,
     params:
         model_name="{model}",
-        model=model_config,
-        attribution=config["attribution"],
-        explain=config["explain"],
+        model=subject_and_transcoder_params,
+        attribution=config_section("attribution"),
         layers=configured_layers,
     script:
         "../../scripts/attribution.py"

@@ -8,6 +8,13 @@ from circuit_insights.pipeline.config import gpus_for_device  # noqa: E402
 from circuit_insights.pipeline.preflight import start_checks  # noqa: E402
 from circuit_insights.data.shards import make_shards  # noqa: E402
 from circuit_insights.pipeline import paths  # noqa: E402
+from circuit_insights.pipeline import params as rule_params  # noqa: E402
+from circuit_insights.pipeline.params import (  # noqa: E402
+    EVALUATE_RULES_KEYS,
+    EXPLAIN_KEYS,
+    RULES_DERIVATION_KEYS,
+    SELECTION_KEYS,
+)
 from circuit_insights.llm.server import stop_shared_server  # noqa: E402
 
 # Validation and the preflight (models, transcoders, corpus, folders, llm.url), before any job
@@ -34,6 +41,50 @@ wildcard_constraints:
 def model_config(wildcards):
     """The validated config block of the {model} wildcard."""
     return config["models"][wildcards.model]
+
+
+# --- params: only the keys a rule reads, canonical (key order does not matter) -------------------
+
+
+def tokenizer_params(wildcards):
+    """{model}'s keys that loading its tokenizer reads."""
+    return rule_params.tokenizer_params(config, wildcards.model)
+
+
+def subject_params(wildcards):
+    """{model}'s keys that loading the subject model reads."""
+    return rule_params.subject_params(config, wildcards.model)
+
+
+def subject_and_transcoder_params(wildcards):
+    """{model}'s keys that loading the subject model and its transcoders reads."""
+    return rule_params.subject_params(config, wildcards.model, transcoders="load")
+
+
+def training_params(wildcards):
+    """{model}'s keys that training a transcoder reads."""
+    return rule_params.subject_params(config, wildcards.model, transcoders="train")
+
+
+def weightlens_model_params(wildcards):
+    """{model}'s keys that a WeightLens job reads (subject, transcoders, thresholds)."""
+    return rule_params.weightlens_model_params(config, wildcards.model)
+
+
+def config_section(name, keys=None):
+    """The config block ``name`` (only ``keys`` of it when given), canonical, at parse time."""
+    return rule_params.section(config, name, keys)
+
+
+def attribution_selection(wildcards):
+    """The shard's feature selection, unless attribution.all_features attributes every feature."""
+    if config["attribution"]["all_features"]:
+        return {}
+    return {
+        "selection": paths.layer_artifact(
+            RESULTS, wildcards.model, wildcards.layer, "features", wildcards.shard
+        )
+    }
 
 
 def model_gpus(wildcards):
@@ -149,7 +200,7 @@ def layer_transcoder_files(wildcards):
 def evaluation_files(wildcards):
     """Every FADE evaluation file of {model}: layers x variants x shards."""
     return [
-        f"{RESULTS}/{wildcards.model}/layer{layer}/evaluation/{variant}/{name}.parquet"
+        paths.evaluation_file(RESULTS, wildcards.model, layer, variant, name)
         for layer in model_config(wildcards)["layers"]
         for variant in config["evaluate"]["variants"]
         for name in shard_names(wildcards.model)
@@ -162,7 +213,7 @@ def rule_evaluation_files(wildcards):
     if not config["rules"]["variants"]:
         return []
     return [
-        f"{RESULTS}/{wildcards.model}/layer{layer}/evaluation-rules/{name}.parquet"
+        paths.rule_evaluation_file(RESULTS, wildcards.model, layer, name)
         for layer in model_config(wildcards)["layers"]
         for name in shard_names(wildcards.model)
     ]
@@ -186,12 +237,35 @@ def all_embedded_model_files(wildcards):
     ]
 
 
+def report_files(wildcards):
+    """Every per-shard table the report reads, of every model (its declared inputs)."""
+    files = []
+    for model, block in config["models"].items():
+        for layer in block["layers"]:
+            for name in shard_names(model):
+                files += [
+                    paths.layer_artifact(RESULTS, model, layer, stage, name)
+                    for stage in paths.REPORT_STAGES
+                ]
+                files += [
+                    paths.evaluation_file(RESULTS, model, layer, variant, name)
+                    for variant in config["evaluate"]["variants"]
+                ]
+                if config["rules"]["variants"]:
+                    files.append(
+                        paths.rule_evaluation_file(RESULTS, model, layer, name)
+                    )
+    return files
+
+
 def model_locations(wildcards):
     """Model name -> where its tokenizer is (embedded folder or hub id / folder)."""
-    return {
-        model: paths.model_location(RESOURCES, block["source"])
-        for model, block in config["models"].items()
-    }
+    return rule_params.canonical(
+        {
+            model: paths.model_location(RESOURCES, block["source"])
+            for model, block in config["models"].items()
+        }
+    )
 
 
 def all_targets():
@@ -200,15 +274,16 @@ def all_targets():
     Per-shard files are targets too (not only the report), so that deleting one shard's output
     reruns exactly that shard's job (and the gathers after it).
     """
-    targets = [f"{RESULTS}/report/index.html"]
+    targets = [paths.report_index(RESULTS)]
     for model, block in config["models"].items():
-        targets.append(f"{RESULTS}/{model}/summary/metric_table.md")
+        targets.append(paths.summary_file(RESULTS, model, "metric_table.md"))
         for layer in block["layers"]:
             for name in shard_names(model):
                 targets += [
                     paths.layer_artifact(RESULTS, model, layer, stage, name)
                     for stage in (
                         "samples",
+                        "features",
                         "weightlens",
                         "contributions",
                         "clusters",
@@ -216,12 +291,12 @@ def all_targets():
                     )
                 ]
                 targets += [
-                    f"{RESULTS}/{model}/layer{layer}/evaluation/{variant}/{name}.parquet"
+                    paths.evaluation_file(RESULTS, model, layer, variant, name)
                     for variant in config["evaluate"]["variants"]
                 ]
                 if config["rules"]["variants"]:
                     targets.append(
-                        f"{RESULTS}/{model}/layer{layer}/evaluation-rules/{name}.parquet"
+                        paths.rule_evaluation_file(RESULTS, model, layer, name)
                     )
             targets.append(paths.layer_table(RESULTS, model, layer, "weightlens"))
             if block["transcoders"]["kind"] == "train":

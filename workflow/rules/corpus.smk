@@ -6,7 +6,7 @@ rule corpus:
     input:
         model=embedded_model_files,
     output:
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+        tokens=paths.tokens_file(RESULTS, "{model}"),
     log:
         f"{RESULTS}/logs/{{model}}/corpus.log",
     benchmark:
@@ -17,7 +17,7 @@ rule corpus:
         mem_mb=4000,
         runtime=30,
     params:
-        model=model_config,
-        corpus=config["corpus"],
+        model=tokenizer_params,
+        corpus=config_section("corpus"),
     script:
         "../../scripts/corpus.py"

@@ -7,12 +7,20 @@ rule evaluate:
         model=embedded_model_files,
         llm=llm_model_files,
         transcoder=layer_transcoder_files,
-        explanations=f"{RESULTS}/{{model}}/layer{{layer}}/explanations/{{shard}}.parquet",
-        heldout=f"{RESULTS}/{{model}}/layer{{layer}}/heldout_activations/{{shard}}.parquet",
-        feature_stats=f"{RESULTS}/{{model}}/layer{{layer}}/feature_stats/{{shard}}.parquet",
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+        selection=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "features", "{shard}"
+        ),
+        explanations=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "explanations", "{shard}"
+        ),
+        heldout=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "heldout_activations", "{shard}"
+        ),
+        tokens=paths.tokens_file(RESULTS, "{model}"),
     output:
-        evaluation=f"{RESULTS}/{{model}}/layer{{layer}}/evaluation/{{variant}}/{{shard}}.parquet",
+        evaluation=paths.evaluation_file(
+            RESULTS, "{model}", "{layer}", "{variant}", "{shard}"
+        ),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/evaluate/{{variant}}/{{shard}}.log",
     benchmark:
@@ -27,41 +35,9 @@ rule evaluate:
         llm=1,
     params:
         model_name="{model}",
-        model=model_config,
-        evaluate=config["evaluate"],
-        llm=config["llm"],
+        model=subject_and_transcoder_params,
+        evaluate=config_section("evaluate"),
+        llm=config_section("llm"),
         llm_files=(paths.llm_state_file(RESULTS), paths.llm_cache_file(RESULTS)),
     script:
         "../../scripts/evaluate.py"
-
-
-# Per (model, layer, shard): the executable explanations (rules.variants) of every feature,
-# scored by the rule rater (FADE's metrics with the rule in place of the LLM; docs/rules.md).
-# The folder name has a hyphen so that the evaluate rule's {variant} never matches it.
-rule evaluate_rules:
-    input:
-        model=embedded_model_files,
-        transcoder=layer_transcoder_files,
-        explanations=f"{RESULTS}/{{model}}/layer{{layer}}/explanations/{{shard}}.parquet",
-        heldout=f"{RESULTS}/{{model}}/layer{{layer}}/heldout_activations/{{shard}}.parquet",
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
-    output:
-        evaluation=f"{RESULTS}/{{model}}/layer{{layer}}/evaluation-rules/{{shard}}.parquet",
-    log:
-        f"{RESULTS}/logs/{{model}}/layer{{layer}}/evaluate_rules/{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{model}}/layer{{layer}}/evaluate_rules/{{shard}}.tsv"
-    conda:
-        "../../envs/circuit-insights.yaml"
-    threads: config["threads"]
-    resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,  # the subject model, forward passes only
-        runtime=120,
-        gpu=model_gpus,
-    params:
-        model_name="{model}",
-        model=model_config,
-        rules=config["rules"],
-        evaluate=config["evaluate"],
-    script:
-        "../../scripts/evaluate_rules.py"

@@ -6,12 +6,23 @@ rule explain:
     input:
         model=embedded_model_files,
         llm=llm_model_files,
-        weightlens=f"{RESULTS}/{{model}}/layer{{layer}}/weightlens/{{shard}}.parquet",
-        clusters=f"{RESULTS}/{{model}}/layer{{layer}}/clusters/{{shard}}.parquet",
-        samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+        selection=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "features", "{shard}"
+        ),
+        weightlens=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "weightlens", "{shard}"
+        ),
+        clusters=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "clusters", "{shard}"
+        ),
+        samples=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "samples", "{shard}"
+        ),
+        tokens=paths.tokens_file(RESULTS, "{model}"),
     output:
-        explanations=f"{RESULTS}/{{model}}/layer{{layer}}/explanations/{{shard}}.parquet",
+        explanations=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "explanations", "{shard}"
+        ),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/explain/{{shard}}.log",
     benchmark:
@@ -23,10 +34,10 @@ rule explain:
         runtime=240,
         llm=1,  # jobs that talk to the LLM: cap with --resources llm=N
     params:
-        model=model_config,
-        explain=config["explain"],
-        rules=config["rules"],
-        llm=config["llm"],
+        model=tokenizer_params,
+        explain=config_section("explain", EXPLAIN_KEYS),
+        llm=config_section("llm"),
+        rules=config_section("rules", RULES_DERIVATION_KEYS),
         llm_files=(paths.llm_state_file(RESULTS), paths.llm_cache_file(RESULTS)),
     script:
         "../../scripts/explain.py"

@@ -1,40 +1,17 @@
-# Gather: per-model summary (feature x variant x metric), tables in the paper's form with
-# bootstrap confidence intervals, plots; and a static HTML report of the whole run.
-
-
-rule summarize:
-    input:
-        evaluation=evaluation_files,
-        weightlens=weightlens_files,
-        rule_evaluation=rule_evaluation_files,
-    output:
-        summary=f"{RESULTS}/{{model}}/summary/summary.parquet",
-        table=f"{RESULTS}/{{model}}/summary/metric_table.md",
-        shares=f"{RESULTS}/{{model}}/summary/token_based_shares.md",
-    log:
-        f"{RESULTS}/logs/{{model}}/summarize.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{model}}/summarize.tsv"
-    conda:
-        "../../envs/circuit-insights.yaml"
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    params:
-        model_name="{model}",
-        model=model_config,
-    script:
-        "../../scripts/summarize.py"
+# The static HTML report of the whole run.
 
 
 rule report:
     input:
         summaries=expand(
-            f"{RESULTS}/{{model}}/summary/summary.parquet", model=config["models"]
+            paths.summary_file(RESULTS, "{model}", "summary.parquet"),
+            model=config["models"],
         ),
         models=all_embedded_model_files,
+        tables=report_files,
+        tokens=expand(paths.tokens_file(RESULTS, "{model}"), model=config["models"]),
     output:
-        index=f"{RESULTS}/report/index.html",
+        index=paths.report_index(RESULTS),
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:

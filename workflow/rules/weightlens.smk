@@ -6,11 +6,17 @@ rule weightlens:
     input:
         unpack(weightlens_inputs),
         model=embedded_model_files,
-        samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
-        heldout=f"{RESULTS}/{{model}}/layer{{layer}}/heldout_activations/{{shard}}.parquet",
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+        samples=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "samples", "{shard}"
+        ),
+        heldout=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "heldout_activations", "{shard}"
+        ),
+        tokens=paths.tokens_file(RESULTS, "{model}"),
     output:
-        weightlens=f"{RESULTS}/{{model}}/layer{{layer}}/weightlens/{{shard}}.parquet",
+        weightlens=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "weightlens", "{shard}"
+        ),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/weightlens/{{shard}}.log",
     benchmark:
@@ -24,26 +30,8 @@ rule weightlens:
         gpu=model_gpus,
     params:
         model_name="{model}",
-        model=model_config,
-        weightlens=config["weightlens"],
+        model=weightlens_model_params,
+        weightlens=config_section("weightlens"),
         layers=earlier_layers,
     script:
         "../../scripts/weightlens.py"
-
-
-# One table per layer: what later layers' WeightLens jobs read as their upstream results.
-rule gather_weightlens:
-    input:
-        shards=layer_weightlens_shards,
-    output:
-        table=f"{RESULTS}/{{model}}/layer{{layer}}/weightlens.parquet",
-    log:
-        f"{RESULTS}/logs/{{model}}/layer{{layer}}/gather_weightlens.log",
-    localrule: True
-    conda:
-        "../../envs/circuit-insights.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    script:
-        "../../scripts/gather_weightlens.py"

@@ -428,7 +428,7 @@ def _attribute_batch(
             _, bias_layer, part = key
             groups.append(
                 ContributionGroup(
-                    "bias", row_index, grad.sum(dim=1), layer=int(bias_layer), detail=str(part)
+                    "bias", row_index, grad.sum(dim=1), layer=int(str(bias_layer)), detail=str(part)
                 )
             )
     for head_layer in range(layer + 1):

@@ -248,6 +248,9 @@ def contribution_occurrences(
             continue
         delta = _int_column(rows, "delta")
         token = _int_column(rows, "token")
+        # set elements: (kind, layer, source) features, (kind, layer, head, delta) heads,
+        # (kind, token, delta) tokens
+        elements: list[tuple[str | int, ...]]
         if kind == "feature":
             layer, source = _int_column(rows, "layer"), _int_column(rows, "source_feature")
             elements = [("feature", int(a), int(b)) for a, b in zip(layer, source, strict=True)]

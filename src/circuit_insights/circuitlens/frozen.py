@@ -823,7 +823,9 @@ class FrozenReplacement:
             out[:, start:] = (gates[:, start:] * pre) @ W_dec
         b_dec_out = leaves.biases.get((layer, "b_dec_out"))
         if b_dec_out is not None:
-            out = out + b_dec_out[..., None] * self.transcoder_weight(layer, "b_dec_out")
+            weight = self.transcoder_weight(layer, "b_dec_out")
+            assert weight is not None, "b_dec_out has a leaf, so the transcoder has the bias"
+            out = out + b_dec_out[..., None] * weight
         W_skip = self.transcoder_weight(layer, "W_skip")
         if W_skip is not None:
             out = out + x @ W_skip

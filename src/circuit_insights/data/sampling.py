@@ -22,9 +22,9 @@ stream), so a feature's samples do not depend on which shard or batch of feature
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -74,6 +74,15 @@ class SamplingConfig:
             raise InputError(f"sampling.alpha must be a finite number >= 0, got {self.alpha}")
         if self.binning not in ("width", "count"):
             raise InputError(f"sampling.binning must be 'width' or 'count', got {self.binning!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> SamplingConfig:
+        """From the workflow config's ``sampling`` section; unknown keys are an error."""
+        values = dict(values or {})
+        unknown = sorted(set(values) - {item.name for item in fields(cls)})
+        if unknown:
+            raise InputError(f"config key 'sampling.{unknown[0]}' is not a sampling setting")
+        return cls(**values)
 
 
 def feature_rng(seed: int, feature: int, stream: int) -> np.random.Generator:

@@ -96,6 +96,19 @@ SAMPLES_SCHEMA = pa.schema(
     ]
 )
 
+#: The seeded choice of features of one shard that attribution, explanation and evaluation work
+#: on (``circuit_insights.data.selection``), drawn once by rule select_features. One row per
+#: feature with at least ``explain.min_samples`` quantile samples, sorted by ``feature``;
+#: ``selected`` marks the features of the draw (all of them when ``explain.features_per_shard`` is
+#: null); ``n_quantile_samples`` counts the feature's quantile samples.
+FEATURE_SELECTION_SCHEMA = pa.schema(
+    [
+        pa.field("feature", pa.int32(), nullable=False),
+        pa.field("n_quantile_samples", pa.int32(), nullable=False),
+        pa.field("selected", pa.bool_(), nullable=False),
+    ]
+)
+
 # --- weightlens ------------------------------------------------------------------------------
 
 #: One row per explained feature of a (layer, shard) (``circuit_insights.weightlens``; every

@@ -310,7 +310,8 @@ def count_ratings(ratings: np.ndarray | Sequence[float]) -> RatingCounts:
     """Count ratings 0 / 1 / 2; anything else (NaN, -1, 3) counts as missing."""
     values = np.asarray(ratings, dtype=np.float64).reshape(-1)
     counts = [int((values == rating).sum()) for rating in (0, 1, 2)]
-    return RatingCounts(*counts, missing=len(values) - sum(counts))
+    rated_0, rated_1, rated_2 = counts
+    return RatingCounts(rated_0, rated_1, rated_2, missing=len(values) - sum(counts))
 
 
 def responsiveness_and_purity(
@@ -333,8 +334,8 @@ def responsiveness_and_purity(
     concept = values[labels == 2]
     non_concept = values[labels == 0]
     if len(non_concept) == 0 or len(concept) == 0:
-        reason = "no_rated_0" if len(non_concept) == 0 else "no_rated_2"
-        return _missing(reason), _missing(reason)
+        empty = "no_rated_0" if len(non_concept) == 0 else "no_rated_2"
+        return _missing(empty), _missing(empty)
     signed, reason = gini(non_concept, concept)
     if reason is not None:
         return _missing(reason), _missing(reason)

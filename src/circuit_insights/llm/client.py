@@ -14,7 +14,6 @@
   and 5xx. Structured output is requested as
   ``response_format={"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``,
   which vLLM turns into guided decoding.
-- :class:`OfflineVLLMBackend`: ``vllm.LLM`` inside the job process (no server).
 - :class:`ResponseCache` (sqlite3 in WAL mode, several processes may share it) and
   :class:`CachedBackend`: answered requests are never sent again.
 
@@ -216,7 +215,10 @@ class ChatResult:
 class LLMBackend(Protocol):
     """What the explainer and the evaluator need from an LLM."""
 
-    model_name: str
+    @property
+    def model_name(self) -> str:
+        """The model the requests go to (the served name)."""
+        ...
 
     def chat_many(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """One result per request, in the order of ``requests``."""
@@ -634,104 +636,6 @@ class OpenAICompatibleBackend:
         for index, result in self.iter_chat(requests):
             results[index] = result
         return [result for result in results if result is not None]
-
-
-# --------------------------------------------------------------------------------------------
-# Offline vLLM
-
-
-@dataclass
-class OfflineVLLMBackend:
-    """``vllm.LLM`` inside this process: no server, one engine start per process (~70 s).
-
-    The engine starts at the first call. vLLM starts worker processes with ``spawn``: a script
-    that builds this backend at import time must do so under ``if __name__ == "__main__":``, or
-    each worker re-runs the script. Results arrive all at once (no ``iter_chat``).
-    """
-
-    model_dir: str | os.PathLike[str]
-    served_model_name: str | None = None
-    dtype: str = "float32"
-    max_model_len: int = 2048
-    enforce_eager: bool = True
-    kv_cache_space_gib: int | None = 1
-    engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    _llm: Any = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        path = Path(self.model_dir)
-        if not (path / "config.json").is_file():
-            raise InputError(f"LLM model folder {path} does not exist or has no config.json")
-
-    @property
-    def model_name(self) -> str:
-        return self.served_model_name or Path(self.model_dir).name
-
-    def _engine(self) -> Any:
-        if self._llm is None:
-            if self.kv_cache_space_gib is not None:
-                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_space_gib))
-            from vllm import LLM
-
-            start = time.perf_counter()
-            self._llm = LLM(
-                model=str(self.model_dir),
-                dtype=self.dtype,
-                max_model_len=self.max_model_len,
-                enforce_eager=self.enforce_eager,
-                **dict(self.engine_kwargs),
-            )
-            log.info("vLLM engine ready in %.0f s", time.perf_counter() - start)
-        return self._llm
-
-    def sampling_params(self, request: ChatRequest) -> Any:
-        """vLLM ``SamplingParams`` for ``request`` (guided JSON when it has a schema)."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        structured = (
-            StructuredOutputsParams(json=dict(request.json_schema))
-            if request.json_schema is not None
-            else None
-        )
-        return SamplingParams(
-            temperature=request.temperature,
-            max_tokens=request.max_tokens,
-            seed=request.seed,
-            repetition_penalty=request.repetition_penalty,
-            structured_outputs=structured,
-        )
-
-    def chat_many(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
-        """Generate all answers in one batch."""
-        if not requests:
-            return []
-        llm = self._engine()
-        start = time.perf_counter()
-        outputs = llm.chat(
-            [request.openai_messages() for request in requests],
-            [self.sampling_params(request) for request in requests],
-            use_tqdm=False,
-        )
-        latency = (time.perf_counter() - start) / len(requests)
-        results = []
-        for request, output in zip(requests, outputs, strict=True):
-            completion = output.outputs[0]
-            results.append(
-                result_from_text(
-                    request,
-                    completion.text,
-                    tokens_in=len(output.prompt_token_ids or ()),
-                    tokens_out=len(completion.token_ids or ()),
-                    latency_s=latency,
-                    finish_reason=completion.finish_reason,
-                )
-            )
-        return results
-
-    def close(self) -> None:
-        """Drop the engine (its worker processes end with it)."""
-        self._llm = None
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -145,7 +145,7 @@ def adapter_for(model_type: str) -> ArchitectureAdapter:
         ) from None
 
 
-def get_path(root: object, path: str) -> object:
+def get_path(root: object, path: str) -> Any:
     """Follow a dotted attribute path (``model.layers``) from ``root``."""
     node = root
     for part in path.split("."):
@@ -174,7 +174,7 @@ def norm_scale(norm: nn.Module, kind: NormKind, x: Tensor) -> Tensor:
 
 def norm_gain(norm: nn.Module, kind: NormKind) -> Tensor:
     """The effective elementwise weight of a norm (Gemma's RMSNorm multiplies by 1 + weight). (d_model,)"""
-    weight = norm.weight.detach().float()
+    weight: Tensor = norm.weight.detach().float()  # type: ignore[operator]
     return 1.0 + weight if kind == "gemma_rmsnorm" else weight
 
 
@@ -224,8 +224,9 @@ class SubjectModel:
         self.hf_model = hf_model.eval()
         self.tokenizer = tokenizer
         self.name = name
-        self.config = hf_model.config
-        self.adapter = adapter_for(self.config.model_type)
+        config: Any = hf_model.config
+        self.config = config
+        self.adapter = adapter_for(config.model_type)
         self.prepend_bos = self.adapter.uses_bos if prepend_bos is None else prepend_bos
         if bos_token_id is None:
             bos_token_id = getattr(self.config, "bos_token_id", None)
@@ -267,9 +268,10 @@ class SubjectModel:
         except (OSError, ValueError) as exc:
             raise InputError(f"unknown model {source!r}: {exc}") from exc
         adapter_for(config.model_type)  # fail before loading weights
-        hf_model = AutoModelForCausalLM.from_pretrained(
+        hf_model: Any = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, local_files_only=local_files_only
-        ).to(device)
+        )
+        hf_model = hf_model.to(device)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
         return cls(hf_model, tokenizer, name=name or Path(source).name, prepend_bos=prepend_bos)
 

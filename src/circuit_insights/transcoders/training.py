@@ -443,19 +443,21 @@ def _remove_parallel_decoder_gradient(transcoder: Transcoder) -> None:
 
 @torch.no_grad()
 def _normalise_decoder_rows(transcoder: Transcoder) -> None:
-    transcoder.W_dec /= transcoder.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    W_dec: torch.Tensor = transcoder.W_dec  # (d_transcoder, d_model), a parameter
+    W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 @torch.no_grad()
 def _fold_scales(transcoder: Transcoder, scale_x: float, scale_y: float) -> None:
     """Make the transcoder trained on ``x / scale_x -> y / scale_y`` work on raw ``x -> y``."""
-    transcoder.W_enc /= scale_x
-    if transcoder.b_dec_in is not None:
-        transcoder.b_dec_in *= scale_x
-    transcoder.W_dec *= scale_y
-    transcoder.b_dec_out *= scale_y
-    if transcoder.W_skip is not None:
-        transcoder.W_skip *= scale_y / scale_x
+    tc: Any = transcoder  # parameters updated in place (nn.Module attribute types are loose)
+    tc.W_enc /= scale_x
+    if tc.b_dec_in is not None:
+        tc.b_dec_in *= scale_x
+    tc.W_dec *= scale_y
+    tc.b_dec_out *= scale_y
+    if tc.W_skip is not None:
+        tc.W_skip *= scale_y / scale_x
 
 
 def _check_training_args(

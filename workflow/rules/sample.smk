@@ -4,10 +4,12 @@
 
 rule sample:
     input:
-        maxima=f"{RESULTS}/{{model}}/layer{{layer}}/maxima/{{shard}}.parquet",
-        tokens=f"{RESULTS}/{{model}}/corpus/tokens.parquet",
+        maxima=paths.layer_artifact(RESULTS, "{model}", "{layer}", "maxima", "{shard}"),
+        tokens=paths.tokens_file(RESULTS, "{model}"),
     output:
-        samples=f"{RESULTS}/{{model}}/layer{{layer}}/samples/{{shard}}.parquet",
+        samples=paths.layer_artifact(
+            RESULTS, "{model}", "{layer}", "samples", "{shard}"
+        ),
     log:
         f"{RESULTS}/logs/{{model}}/layer{{layer}}/sample/{{shard}}.log",
     benchmark:
@@ -18,6 +20,6 @@ rule sample:
         mem_mb=2000,
         runtime=10,
     params:
-        sampling=config["sampling"],
+        sampling=config_section("sampling"),
     script:
         "../../scripts/sample.py"

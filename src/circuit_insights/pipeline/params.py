@@ -1,0 +1,116 @@
+"""What each rule reads from the config: narrow ``params`` in a canonical form.
+
+Snakemake reruns a job when the ``repr`` of one of its params changes (the default rerun
+triggers). A rule that received a whole config block would rerun when any key of that block
+changes, and a dict's ``repr`` follows its key order, so the same config written in another
+order would rerun everything. Each function here therefore returns only the keys one rule
+reads, with every mapping's keys sorted (:func:`canonical`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from circuit_insights.errors import InputError
+
+SUBJECT_KEYS = ("source", "dtype", "device", "prepend_bos")
+"""Keys of a model block that loading the subject model reads."""
+
+TOKENIZER_KEYS = ("source", "prepend_bos")
+"""Keys of a model block that loading only its tokenizer (and BOS convention) reads."""
+
+TRANSCODER_LOAD_KEYS = ("kind", "format", "path", "n_features", "input_hook", "output_hook")
+"""Keys of ``models.<m>.transcoders`` that loading a transcoder reads (training keys change the
+trained files, which the loading jobs have as inputs)."""
+
+SELECTION_KEYS = ("features_per_shard", "min_samples", "seed")
+"""Keys of ``explain`` that the seeded feature draw (rule select_features) reads."""
+
+EXPLAIN_KEYS = (
+    "features_per_shard",
+    "min_samples",
+    "prompt",
+    "rule_variants_for_every_feature",
+    "variants",
+)
+"""Keys of ``explain`` that the explain jobs read (the draw itself comes from its file)."""
+
+EVALUATE_RULES_KEYS = ("preset", "seed", "top_selection")
+"""Keys of ``evaluate`` that the rule rater reads (its sample selection is FADE's)."""
+
+RULES_DERIVATION_KEYS = (
+    "cl_max_conditions",
+    "cl_min_frequency",
+    "cl_min_token_share",
+    "maxact_min_share",
+    "maxact_top_k",
+    "variants",
+)
+"""Keys of ``rules`` that the explain jobs read (deriving the executable rules); the rater's
+keys reach only rule evaluate_rules."""
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with the keys of every mapping sorted, recursively (lists keep their order).
+
+    Two configs that differ only in key order give equal ``repr``s.
+    """
+    if isinstance(value, Mapping):
+        return {str(key): canonical(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, list | tuple):
+        return [canonical(item) for item in value]
+    return value
+
+
+def pick(block: Mapping[str, Any], keys: Iterable[str], where: str) -> dict[str, Any]:
+    """The ``keys`` of a config ``block`` (at config key ``where``), canonical."""
+    missing = [key for key in keys if key not in block]
+    if missing:
+        raise InputError(f"config key '{where}' lacks {missing} (was the config validated?)")
+    return canonical({key: block[key] for key in keys})
+
+
+def model_block(config: Mapping[str, Any], model: str) -> Mapping[str, Any]:
+    """The validated block ``models.<model>``."""
+    try:
+        return config["models"][model]
+    except KeyError:
+        raise InputError(f"config key 'models.{model}' does not exist") from None
+
+
+def tokenizer_params(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """Model keys of a job that loads only the tokenizer (corpus, cluster, explain, summarize)."""
+    return pick(model_block(config, model), TOKENIZER_KEYS, f"models.{model}")
+
+
+def subject_params(
+    config: Mapping[str, Any], model: str, *, transcoders: str | None = None
+) -> dict[str, Any]:
+    """Model keys of a job that loads the subject model; with ``transcoders="load"`` also the
+    keys that loading its transcoders reads, with ``"train"`` the whole transcoders block."""
+    block = model_block(config, model)
+    params = pick(block, SUBJECT_KEYS, f"models.{model}")
+    if transcoders == "load":
+        keys = TRANSCODER_LOAD_KEYS
+        params["transcoders"] = pick(block["transcoders"], keys, f"models.{model}.transcoders")
+    elif transcoders == "train":
+        params["transcoders"] = canonical(block["transcoders"])
+    elif transcoders is not None:
+        raise ValueError(f"transcoders must be 'load', 'train' or None, not {transcoders!r}")
+    return params
+
+
+def weightlens_model_params(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """Model keys of a WeightLens job: the subject, its transcoders and its thresholds."""
+    params = subject_params(config, model, transcoders="load")
+    params["weightlens"] = canonical(model_block(config, model)["weightlens"])
+    return params
+
+
+def section(config: Mapping[str, Any], name: str, keys: Iterable[str] | None = None) -> Any:
+    """The top-level config block ``name`` (only ``keys`` of it when given), canonical."""
+    if name not in config:
+        raise InputError(f"config key '{name}' does not exist")
+    block = config[name]
+    return canonical(block) if keys is None else pick(block, keys, name)

@@ -1,0 +1,45 @@
+"""Rule cluster: one shard's samples clustered by their circuits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def run_cluster_stage(
+    clustering_config: Mapping[str, Any],
+    contributions_path: str,
+    totals_path: str,
+    weightlens_path: str,
+    tokenizer_location: str,
+    clusters_path: str,
+    assignments_path: str,
+) -> None:
+    """Rule cluster: each feature's samples clustered by their circuits (contribution sets)."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from circuit_insights.circuitlens.clustering import (
+        ClusteringConfig,
+        cluster_shard,
+        write_clusters,
+    )
+
+    clusters, assignments = cluster_shard(
+        pd.read_parquet(contributions_path),
+        pd.read_parquet(totals_path),
+        pd.read_parquet(weightlens_path),
+        AutoTokenizer.from_pretrained(tokenizer_location),
+        ClusteringConfig.from_mapping(clustering_config),
+    )
+    write_clusters(clusters, assignments, clusters_path, assignments_path)
+    real = clusters[clusters["cluster"] >= 0]
+    per_feature = real.groupby("feature").size()
+    log.info(
+        "%d features clustered, %.2f clusters per feature on average",
+        assignments["feature"].nunique(),
+        per_feature.mean() if len(per_feature) else 0.0,
+    )

@@ -1,0 +1,80 @@
+"""Rule evaluate: FADE scores of one variant's descriptions of one shard."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from circuit_insights.llm.backends import llm_backend
+from circuit_insights.models.loading import load_subject_model
+from circuit_insights.transcoders.loading import (
+    load_layer_transcoder,
+)
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluate_stage(
+    model_config: Mapping[str, Any],
+    evaluate_config: Mapping[str, Any],
+    llm_config: Mapping[str, Any],
+    model_location: str,
+    llm_location: str,
+    layer: int,
+    variant: str,
+    transcoder_path: str,
+    selection_path: str,
+    explanations_path: str,
+    heldout_path: str,
+    tokens_path: str,
+    out_path: str,
+    llm_files: tuple[str, str],
+    model_name: str,
+) -> None:
+    """Rule evaluate: FADE scores of one variant's descriptions of one shard.
+
+    Steering multiplies FADE's reference (the largest |activation| over the held-out samples
+    evaluated), not the cache split's maximum, so the feature statistics are not read.
+    """
+    import pandas as pd
+
+    from circuit_insights.data.corpus import load_contexts
+    from circuit_insights.data.selection import selected_features
+    from circuit_insights.evaluation.fade import (
+        evaluate_descriptions,
+        preset_from_config,
+        write_fade_evaluation,
+    )
+    from circuit_insights.explain import features_with_every_variant, final_descriptions
+
+    final = final_descriptions(pd.read_parquet(explanations_path))
+    final = final[final["feature"].isin(selected_features(selection_path))]
+    compared = features_with_every_variant(
+        final, evaluate_config["variants"], evaluate_config["features_per_shard"]
+    )
+    descriptions = final[(final["variant"] == variant) & final["feature"].isin(compared)]
+    descriptions = descriptions.sort_values("feature")
+    model = load_subject_model(model_config, model_location, model_name, [layer])
+    transcoder = load_layer_transcoder(model_config, model, layer, transcoder_path, model_name)
+    backend = llm_backend(llm_config, llm_location, *llm_files)
+    started = time.perf_counter()
+    frame = evaluate_descriptions(
+        model,
+        transcoder,
+        descriptions,
+        pd.read_parquet(heldout_path),
+        load_contexts(tokens_path, "eval"),
+        backend,
+        preset_from_config(evaluate_config),
+        evaluate_config["seed"],
+    )
+    write_fade_evaluation(frame, out_path)
+    log.info(
+        "layer %d variant %s: %d features scored in %.0f s",
+        layer,
+        variant,
+        len(frame),
+        time.perf_counter() - started,
+    )

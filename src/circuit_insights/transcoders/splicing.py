@@ -1,0 +1,89 @@
+"""MLP input/output pairs a transcoder is trained on, and how well a trained transcoder stands in
+for the MLP: next-token loss with the transcoder spliced in, against the clean model and against
+the MLP zeroed (the spliced-loss report of rule train_transcoder)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.models.loading import iter_context_batches
+from circuit_insights.pipeline.logs import Progress
+from circuit_insights.transcoders.base import Transcoder
+
+log = logging.getLogger(__name__)
+
+
+def mlp_pairs(
+    model: SubjectModel,
+    tokens: np.ndarray,
+    layer: int,
+    input_hook: str,
+    output_hook: str,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(transcoder input, MLP output) pairs at every non-BOS position: two (n_tokens, d_model)."""
+    skip_first = 1 if model.bos_token_id is not None else 0
+    inputs, outputs = [], []
+    for _, ids in iter_context_batches(tokens, np.arange(len(tokens)), batch_size):
+        values = model.hook_values(ids, {layer: [input_hook, output_hook]})
+        inputs.append(values[(layer, input_hook)][:, skip_first:].reshape(-1, model.d_model))
+        outputs.append(values[(layer, output_hook)][:, skip_first:].reshape(-1, model.d_model))
+    return torch.cat(inputs), torch.cat(outputs)
+
+
+def mean_next_token_loss(
+    model: SubjectModel, tokens: np.ndarray, batch_size: int, progress: Progress | None = None
+) -> float:
+    """Mean cross-entropy of next-token prediction over ``tokens`` (n, pos), BOS not predicted;
+    ``progress`` counts the contexts done."""
+    total, count = 0.0, 0
+    for batch_ids, ids in iter_context_batches(tokens, np.arange(len(tokens)), batch_size):
+        logits = model.logits(ids)  # (batch, pos, vocab)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+        )
+        total += float(loss)
+        count += ids[:, 1:].numel()
+        if progress is not None:
+            progress.update(len(batch_ids))
+    return total / count
+
+
+def spliced_loss_report(
+    model: SubjectModel,
+    transcoder: Transcoder,
+    layer: int,
+    tokens: np.ndarray,
+    batch_size: int,
+    clean: float | None = None,
+) -> dict[str, float]:
+    """Next-token loss of the model, with the transcoder spliced in, and with the MLP zeroed.
+
+    ``clean``: the model's own loss over ``tokens`` when already known (rule clean_loss)."""
+    passes = 2 if clean is not None else 3
+    with Progress(
+        f"spliced-loss report layer {layer}", passes * len(tokens), unit="contexts", logger=log
+    ) as progress:
+        if clean is None:
+            clean = mean_next_token_loss(model, tokens, batch_size, progress)
+        with model.splice({layer: transcoder}):
+            spliced = mean_next_token_loss(model, tokens, batch_size, progress)
+        mlp = model.block_part(layer, "mlp")
+        handle = mlp.register_forward_hook(lambda _m, _a, output: torch.zeros_like(output))
+        try:
+            ablated = mean_next_token_loss(model, tokens, batch_size, progress)
+        finally:
+            handle.remove()
+    recovered = (ablated - spliced) / (ablated - clean) if ablated != clean else math.nan
+    return {
+        "loss_clean": clean,
+        "loss_spliced": spliced,
+        "loss_increase": spliced - clean,
+        "loss_mlp_zero_ablated": ablated,
+        "fraction_of_loss_recovered": recovered,
+    }
