@@ -62,7 +62,7 @@ run: $(STAMP) $(LLM_STAMP) ## Create the environments if missing, then run the w
 test: $(STAMP) $(LLM_STAMP) $(APT_STAMP) ## Create the environments if missing, then run the test suite
 	$(BIN)/pytest -ra
 
-lint: $(STAMP) ## ruff, snakefmt and snakemake --lint
+lint: $(STAMP) ## ruff, snakefmt, snakemake --lint and mypy
 	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/snakefmt --check Snakefile workflow/rules

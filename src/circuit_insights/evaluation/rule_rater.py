@@ -20,6 +20,7 @@ feature without the variant's input gets NaN everywhere with ``missing_input``.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -291,7 +292,7 @@ def score_rules(
                 rule,
                 by_feature.get(rule.feature, own.iloc[:0]),
                 corpus,
-                lambda sequences, feature=rule.feature: cached(feature, sequences),
+                functools.partial(cached, rule.feature),
                 bos_token_id=bos_token_id,
                 preset=preset,
                 seed=feature_seed(seed, rule.feature),

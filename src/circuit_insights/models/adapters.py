@@ -357,7 +357,7 @@ class SubjectModel:
         return get_path(self.hf_model, self.adapter.unembed).weight.detach().float().T  # type: ignore[union-attr]
 
     @property
-    def nnsight(self) -> object:
+    def nnsight(self) -> Any:
         """An nnsight view of the Hugging Face model (built once)."""
         if self._nnsight is None:
             from nnsight import NNsight
@@ -507,14 +507,17 @@ class SubjectModel:
         if step.read_mlp_out:
             output = step.mlp.output
             if splice is not None and not step.splice_writes_post_norm:
+                assert x is not None  # read above whenever a splice is active
                 new = self._spliced_output(splice, x, output)
                 if new is not None:
                     step.mlp.output = new
                     output = new
             saved[(layer, "mlp_out")] = save_value(output)
         if step.read_post_norm:
+            assert step.post_norm is not None  # read only where the block has the norm
             output = step.post_norm.output
             if step.splice_writes_post_norm:
+                assert splice is not None and x is not None
                 new = self._spliced_output(splice, x, output)
                 if new is not None:
                     step.post_norm.output = new

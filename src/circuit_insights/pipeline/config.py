@@ -50,7 +50,9 @@ def _fill_defaults(instance: Any, schema: Mapping[str, Any]) -> Any:
 def _key_of(error: jsonschema.ValidationError) -> str:
     path = ".".join(str(part) for part in error.absolute_path)
     if error.validator == "additionalProperties":
-        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        schema = error.schema if isinstance(error.schema, Mapping) else {}
+        instance = error.instance if isinstance(error.instance, Mapping) else {}
+        unknown = sorted(set(instance) - set(schema.get("properties", {})))
         name = ".".join(filter(None, [path, unknown[0] if unknown else ""]))
         return name or "<top level>"
     return path or "<top level>"

@@ -36,7 +36,7 @@ def load_layer_transcoder(
     settings = model_config["transcoders"]
     fmt: Any = "native" if settings["kind"] == "train" else settings["format"]  # a format name
     # A published layer file without its own config.yaml takes the registry's hooks.
-    fallback = None if settings["kind"] == "train" else fallback_hooks(settings)
+    fallback: Any = None if settings["kind"] == "train" else fallback_hooks(settings)  # hook names
     transcoder = load_transcoder(
         path, fmt, layer=layer, d_model=model.d_model, fallback_hooks=fallback
     )
