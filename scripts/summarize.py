@@ -19,4 +19,5 @@ run_summarize_stage(
     out_dir=str(Path(snakemake.output.summary).parent),
     model_name=snakemake.params.model_name,
     rule_evaluation_files=list(snakemake.input.rule_evaluation),
+    cluster_files=list(snakemake.input.clusters),
 )

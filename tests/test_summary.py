@@ -599,3 +599,39 @@ def test_cluster_coverage_per_layer():
     assert coverage.loc[3, "noise_share"] == pytest.approx(12 / 20)
     assert coverage.loc[3, "share_all_noise"] == pytest.approx(0.5)
     assert coverage.loc[5, "noise_share"] == 0
+
+
+def test_write_summary_reports_cluster_coverage_per_layer(tmp_path):
+    """With cluster tables, the summary writes clusters per feature and the noise share per
+    layer (what the README compares with the paper's 4.5 / 2.8 clusters per feature)."""
+
+    def row(layer, feature, cluster, n_samples, n_clusters, status="clustered"):
+        return {
+            "layer": layer,
+            "feature": feature,
+            "cluster": cluster,
+            "n_samples": n_samples,
+            "n_clusters": n_clusters,
+            "status": status,
+        }
+
+    clusters = [
+        pd.DataFrame([row(0, 0, 0, 60, 2), row(0, 0, 1, 30, 2), row(0, 0, -1, 10, 2)]),
+        pd.DataFrame([row(0, 1, -1, 100, 0, "all_noise")]),
+    ]
+    written = write_summary(
+        fixture_evaluation(),
+        fixture_weightlens(),
+        tmp_path / "summary",
+        model="gpt2",
+        n_boot=50,
+        clusters_frames=clusters,
+    )
+    coverage = pq.read_table(written["cluster_coverage"]).to_pandas().set_index("layer")
+    assert coverage.loc[0, "clusters_per_feature"] == pytest.approx(1.0)  # (2 + 0) / 2
+    assert coverage.loc[0, "noise_share"] == pytest.approx(110 / 200)
+    assert coverage.loc[0, "share_all_noise"] == pytest.approx(0.5)
+    markdown = written["cluster_coverage_md"].read_text()
+    assert (
+        "| 0 |" in markdown and "| 55.0% |" in markdown and "4.5 clusters per feature" in markdown
+    )

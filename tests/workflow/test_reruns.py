@@ -367,7 +367,15 @@ def test_a_weightlens_threshold_reruns_only_weightlens_and_what_follows(touched,
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
     assert "weightlens" in rules
-    downstream = {"gather_weightlens", "cluster", "explain", "evaluate", "summarize", "report"}
+    downstream = {
+        "gather_weightlens",
+        "cluster",
+        "explain",
+        "evaluate",
+        "evaluate_rules",
+        "summarize",
+        "report",
+    }
     assert rules <= {"weightlens"} | downstream, rules
     assert not rules & {"corpus", "train_transcoder", f"cache_{MODEL}", "sample", "attribution"}
 
@@ -377,15 +385,31 @@ def test_an_explain_prompt_key_reruns_only_explain_and_what_follows(touched, tmp
         config["explain"]["prompt"] = {"n_maxact": 3}
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
-    assert rules == {"explain", "evaluate", "summarize", "report"}, rules
+    assert rules == {"explain", "evaluate", "evaluate_rules", "summarize", "report"}, rules
 
 
 def test_an_evaluate_key_reruns_only_evaluate_summary_and_report(touched, tmp_path):
     def edit(config):
-        config["evaluate"]["seed"] = 1
+        config["evaluate"]["features_per_shard"] = 2
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
     assert rules == {"evaluate", "summarize", "report"}, rules
+
+
+def test_the_shared_evaluate_seed_reruns_both_raters_and_nothing_before(touched, tmp_path):
+    def edit(config):
+        config["evaluate"]["seed"] = 1
+
+    rules = dry_run_rules(touched, edited(tmp_path, edit))
+    assert rules == {"evaluate", "evaluate_rules", "summarize", "report"}, rules
+
+
+def test_a_rule_rater_key_reruns_only_the_rule_rater_summary_and_report(touched, tmp_path):
+    def edit(config):
+        config["rules"]["n_synthetic"] = 5
+
+    rules = dry_run_rules(touched, edited(tmp_path, edit))
+    assert rules == {"evaluate_rules", "summarize", "report"}, rules
 
 
 def test_the_same_config_with_keys_reordered_reruns_nothing(touched, tmp_path):

@@ -219,6 +219,15 @@ def rule_evaluation_files(wildcards):
     ]
 
 
+def cluster_files(wildcards):
+    """Every circuit-cluster table of {model}: layers x shards."""
+    return [
+        paths.layer_artifact(RESULTS, wildcards.model, layer, "clusters", name)
+        for layer in model_config(wildcards)["layers"]
+        for name in shard_names(wildcards.model)
+    ]
+
+
 def weightlens_files(wildcards):
     """The gathered WeightLens table of every layer of {model}."""
     return [

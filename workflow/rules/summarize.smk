@@ -7,6 +7,7 @@ rule summarize:
         evaluation=evaluation_files,
         weightlens=weightlens_files,
         rule_evaluation=rule_evaluation_files,
+        clusters=cluster_files,
     output:
         summary=paths.summary_file(RESULTS, "{model}", "summary.parquet"),
         table=paths.summary_file(RESULTS, "{model}", "metric_table.md"),

@@ -902,9 +902,15 @@ def cluster_coverage(clusters: pd.DataFrame) -> pd.DataFrame:
     return clustering.cluster_coverage(clusters)
 
 
-def coverage_html(coverage: pd.DataFrame, n_features: Mapping[int, int] | None = None) -> Markup:
-    """:func:`cluster_coverage` as an HTML table; ``n_features``: layer -> features of the layer
-    (the WeightLens rows), to show how many of them were clustered at all."""
+#: The paper's clusters per feature (Gemma-2-2B transcoders), for the coverage tables.
+PAPER_CLUSTERS_PER_FEATURE = (
+    "the paper: about 4.5 clusters per feature at layer 7 and 2.8 at layer 12 of Gemma-2-2B"
+)
+
+
+def _coverage_rows(
+    coverage: pd.DataFrame, n_features: Mapping[int, int] | None
+) -> tuple[list[str], list[list[str]]]:
     header = [
         "layer",
         "features of the layer",
@@ -933,7 +939,20 @@ def coverage_html(coverage: pd.DataFrame, n_features: Mapping[int, int] | None =
                 _percent(row["share_all_noise"]),
             ]
         )
+    return header, rows
+
+
+def coverage_html(coverage: pd.DataFrame, n_features: Mapping[int, int] | None = None) -> Markup:
+    """:func:`cluster_coverage` as an HTML table; ``n_features``: layer -> features of the layer
+    (the WeightLens rows), to show how many of them were clustered at all."""
+    header, rows = _coverage_rows(coverage, n_features)
     return html_table(header, rows, css_class="table coverage-table")
+
+
+def coverage_markdown(coverage: pd.DataFrame, n_features: Mapping[int, int] | None = None) -> str:
+    """:func:`cluster_coverage` as a markdown table (columns as :func:`coverage_html`)."""
+    header, rows = _coverage_rows(coverage, n_features)
+    return markdown_table(header, rows, ["r", "r", "r", "r", "r", "r", "r", "r"])
 
 
 # --- plots ---------------------------------------------------------------------------------------
@@ -1119,6 +1138,7 @@ def write_summary(
     n_boot: int = 1000,
     seed: int = 0,
     rule_evaluation_frames: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
+    clusters_frames: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
 ) -> dict[str, Path]:
     """Write the summary of one model into ``out_dir``, every file atomically.
 
@@ -1127,8 +1147,9 @@ def write_summary(
     values by reason, the paper's figures), ``token_based_shares.parquet`` / ``.md`` / ``.html``,
     ``plots/{metric}.png``; with rule-rated evaluations (``rule_evaluation_frames``, or rows of
     the evaluation frames with ``rater`` = ``rule``): ``rule_comparison.parquet`` / ``.md`` /
-    ``.html`` and ``plots/rule_comparison.png``. Returns name -> path (``plot_<metric>`` for
-    plots).
+    ``.html`` and ``plots/rule_comparison.png``; with cluster tables (``clusters_frames``):
+    ``cluster_coverage.parquet`` / ``.md`` (clusters per feature and noise share per layer,
+    :func:`cluster_coverage`). Returns name -> path (``plot_<metric>`` for plots).
     """
     out = Path(out_dir)
     evaluation = _concat(evaluation_frames, "evaluation frames")
@@ -1220,6 +1241,24 @@ def write_summary(
         )
         written["plot_rule_comparison"] = plot_rule_comparison(
             comparison, out / "plots" / "rule_comparison.png"
+        )
+    clusters = _concat(clusters_frames, "cluster frames")
+    if len(clusters):
+        coverage = cluster_coverage(clusters)
+        written["cluster_coverage"] = out / "cluster_coverage.parquet"
+        write_parquet_atomic(coverage, written["cluster_coverage"])
+        n_features = (
+            weightlens.groupby("layer")["feature"].nunique().astype(int).to_dict()
+            if {"layer", "feature"} <= set(weightlens.columns)
+            else None
+        )
+        coverage_title = f"Circuit clusters of {model}" if model else "Circuit clusters"
+        written["cluster_coverage_md"] = _write_text(
+            out / "cluster_coverage.md",
+            f"# {coverage_title}\n\nPer layer: features clustered (the attributed draw), those "
+            "with at least one cluster, clusters per feature (mean over the attributed features), the share of samples "
+            f"labelled noise. Compare with {PAPER_CLUSTERS_PER_FEATURE}.\n\n"
+            + coverage_markdown(coverage, n_features),
         )
     return written
 

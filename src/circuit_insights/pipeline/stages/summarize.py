@@ -16,6 +16,7 @@ def run_summarize_stage(
     out_dir: str,
     model_name: str,
     rule_evaluation_files: Sequence[str] = (),
+    cluster_files: Sequence[str] = (),
 ) -> None:
     """Rule summarize: per-model summary parquet, tables in the paper's form, plots."""
     import pandas as pd
@@ -29,5 +30,6 @@ def run_summarize_stage(
         model=model_name,
         family=paper_family(model_config["source"]) or paper_family(model_name),
         rule_evaluation_frames=[pd.read_parquet(path) for path in rule_evaluation_files],
+        clusters_frames=[pd.read_parquet(path) for path in cluster_files],
     )
     log.info("summary of %s: %s", model_name, ", ".join(sorted(written)))
