@@ -759,6 +759,27 @@ def _set_metric(row: dict[str, Any], name: str, value: metrics.MetricValue) -> N
     row[name], row[f"{name}_reason"] = float(value[0]), value[1]
 
 
+def record_ratings(
+    row: dict[str, Any], rated_activations: np.ndarray, ratings: np.ndarray, preset: FadePreset
+) -> None:
+    """Write the rating counts, Responsiveness and Purity of rated samples into a result row
+    (``rated_activations`` and ``ratings`` aligned, one per rated sample); shared by the LLM
+    rater and the rule rater."""
+    counts = metrics.count_ratings(ratings)
+    row.update(
+        n_rated=len(ratings),
+        n_rated_0=counts.rated_0,
+        n_rated_1=counts.rated_1,
+        n_rated_2=counts.rated_2,
+        n_rating_missing=counts.missing,
+    )
+    responsiveness, purity = metrics.responsiveness_and_purity(
+        rated_activations, ratings, flip_negative=preset.flip_purity
+    )
+    _set_metric(row, "responsiveness", responsiveness)
+    _set_metric(row, "purity", purity)
+
+
 def rating_rounds(
     natural: np.ndarray,
     preset: FadePreset,
@@ -914,19 +935,7 @@ def evaluate_feature(
         )
         details["rated_contexts"] = corpus.context_ids[rated_index]
         details["ratings"] = ratings
-        counts = metrics.count_ratings(ratings)
-        row.update(
-            n_rated=len(ratings),
-            n_rated_0=counts.rated_0,
-            n_rated_1=counts.rated_1,
-            n_rated_2=counts.rated_2,
-            n_rating_missing=counts.missing,
-        )
-        responsiveness, purity = metrics.responsiveness_and_purity(
-            natural[rated_index], ratings, flip_negative=preset.flip_purity
-        )
-        _set_metric(row, "responsiveness", responsiveness)
-        _set_metric(row, "purity", purity)
+        record_ratings(row, natural[rated_index], ratings, preset)
 
     # Faithfulness.
     gate = metrics.faithfulness_gate(row["clarity"], row["responsiveness"], preset.gate)

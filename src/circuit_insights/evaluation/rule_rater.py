@@ -44,6 +44,7 @@ from circuit_insights.evaluation.fade import (
     feature_seed,
     natural_sample_activations,
     rating_rounds,
+    record_ratings,
     text_activations,
 )
 from circuit_insights.rules import EXECUTABLE_VARIANTS, Rule, RuleConfig
@@ -196,19 +197,7 @@ def evaluate_rule(
         return _finish(row, LLMUsage(), started)
     rated_index, ratings = rating_rounds(natural, preset, seed, lambda index: all_ratings[index])
     details["rated_contexts"], details["ratings"] = corpus.context_ids[rated_index], ratings
-    counts = metrics.count_ratings(ratings)
-    row.update(
-        n_rated=len(ratings),
-        n_rated_0=counts.rated_0,
-        n_rated_1=counts.rated_1,
-        n_rated_2=counts.rated_2,
-        n_rating_missing=counts.missing,
-    )
-    responsiveness, purity = metrics.responsiveness_and_purity(
-        natural[rated_index], ratings, flip_negative=preset.flip_purity
-    )
-    _set_metric(row, "responsiveness", responsiveness)
-    _set_metric(row, "purity", purity)
+    record_ratings(row, natural[rated_index], ratings, preset)
     return _finish(row, LLMUsage(), started)
 
 
