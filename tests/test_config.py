@@ -233,3 +233,16 @@ def test_config_sections_build_their_dataclasses_and_reject_unknown_keys():
     assert ExplainConfig.from_mapping(config["explain"]["prompt"]).n_maxact == 20
     with pytest.raises(InputError, match="sampling.n_sample"):
         SamplingConfig.from_mapping({"n_sample": 3})
+
+
+def test_weightlens_section_builds_the_documented_default_options():
+    """The schema's ``weightlens`` defaults are WeightLensOptions' own defaults, one way to build
+    them (``from_mapping``), and an unknown key is named."""
+    from circuit_insights.weightlens import WeightLensOptions
+
+    config = validate_config({}, SCHEMA)
+    assert WeightLensOptions.from_mapping(config["weightlens"]) == WeightLensOptions()
+    bounded = WeightLensOptions.from_mapping({**config["weightlens"], "max_inherited_tokens": 8})
+    assert bounded.max_inherited_tokens == 8
+    with pytest.raises(InputError, match="weightlens.t_tok"):
+        WeightLensOptions.from_mapping({"t_tok": 4.0})

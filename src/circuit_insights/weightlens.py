@@ -200,6 +200,15 @@ class WeightLensOptions:
         if self.feature_chunk is not None and int(self.feature_chunk) < 1:
             raise InputError(f"weightlens feature_chunk must be >= 1, got {self.feature_chunk}")
 
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> WeightLensOptions:
+        """From the workflow config's ``weightlens`` section; unknown keys are an error."""
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise InputError(f"config key 'weightlens.{unknown[0]}' is not a WeightLens option")
+        return cls(**values)
+
 
 # --- activation data from the cache -------------------------------------------------------------
 

@@ -65,13 +65,7 @@ def run_weightlens_stage(
         thresholds,
         top_contexts=TopContexts(samples[samples["kind"] == "top"], cache_corpus),
         heldout=HeldOut(pd.read_parquet(heldout_path), eval_corpus),
-        options=WeightLensOptions(
-            projection=weightlens_config["projection"],
-            min_token_share=weightlens_config["min_token_share"],
-            batch_size=weightlens_config["batch_size"],
-            max_inherited_tokens=weightlens_config["max_inherited_tokens"],
-            heldout_positive_fraction=weightlens_config["heldout_positive_fraction"],
-        ),
+        options=WeightLensOptions.from_mapping(weightlens_config),
     )
     write_weightlens(frame, out_path)
     token_based = int((frame["classification"] == "token_based").sum()) if len(frame) else 0
