@@ -23,6 +23,7 @@ from circuit_insights.data.schemas import (
     FADE_EVALUATION_SCHEMA,
     SAMPLES_SCHEMA,
     WEIGHTLENS_SCHEMA,
+    WEIGHTLENS_TWERA_SCHEMA,
 )
 from circuit_insights.errors import InputError
 from circuit_insights.report.html import (
@@ -102,6 +103,21 @@ def write_fixture_run(root: Path) -> None:
         weightlens_row(1, 3, validated=[14]),
     ]
     _write(root, 1, "weightlens", schema_frame(WEIGHTLENS_SCHEMA, weightlens), WEIGHTLENS_SCHEMA)
+    twera = [  # feature 1#0: L0#2 (also WeightLens's weight-only upstream) and L0#5 (not)
+        {
+            "target_layer": 1,
+            "target_feature": 0,
+            "rank": rank,
+            "source_layer": 0,
+            "source_feature": source,
+            "coactivation": 0.4,
+            "virtual_weight": value / 0.4,
+            "twera": value,
+            "n_coactive": 7,
+        }
+        for rank, (source, value) in enumerate([(5, -0.9), (2, 0.25)])
+    ]
+    _write(root, 1, "twera", schema_frame(WEIGHTLENS_TWERA_SCHEMA, twera), WEIGHTLENS_TWERA_SCHEMA)
 
     samples = [
         {
@@ -424,6 +440,21 @@ def test_feature_page_content(report):
     assert any("val" in classes for classes, p in targets if p == "5")  # validated target token
     assert "sample not in the samples table" in page  # example sample 9 has no sample row
     assert "Top activating contexts" in page and "top 1" in page
+
+
+def test_feature_page_shows_the_twera_ranking_beside_the_weight_only_one(report):
+    page = _page(report, 1, 0).read_text(encoding="utf-8")
+    assert "Upstream features by co-activation (TWERA, 2)" in page
+    section = page.split("by co-activation")[1].split('<h2 id="output">')[0]
+    rows = re.findall(r"<tr><td>(.*?)</td>.*?<td>(yes|no)</td>", section, re.S)
+    assert [(re.sub(r"<[^>]+>", "", label), mark) for label, mark in rows] == [
+        ("L0#5", "no"),  # largest |TWERA| first; not kept by the weight-only ranking
+        ("L0#2", "yes"),
+    ]
+    assert 'href="../layer0/feature000002.html"' in section
+    assert "&lt;13&gt;" in section  # L0#2's validated token
+    other = _page(report, 1, 1).read_text(encoding="utf-8")
+    assert "No earlier-layer feature co-activates" in other
 
 
 def test_missing_pieces_are_shown(report):

@@ -39,6 +39,7 @@ from circuit_insights.weightlens import (
     single_token_inputs,
     thresholds_for,
     twera,
+    twera_upstream,
     write_directions,
     write_weightlens,
     zscore_stats,
@@ -769,3 +770,105 @@ def test_twera_matches_a_dense_computation():
     np.testing.assert_allclose(first, best.loc[first.index])
     with pytest.raises(InputError, match="before"):
         twera(model, (2, target, target_table), (0, source, source_table))
+
+
+def _sparse_activations(rng: np.random.Generator, density: float) -> pd.DataFrame:
+    """Random sparse activations of N_FEATURES features over 6 contexts x 8 positions."""
+    dense = rng.random((6, 8, N_FEATURES)) * (rng.random((6, 8, N_FEATURES)) < density)
+    context, position, feature = np.nonzero(dense)
+    return pd.DataFrame(
+        {
+            "context": context,
+            "position": position,
+            "feature": feature,
+            "activation": dense[context, position, feature],
+            "excluded": position == 0,
+        }
+    )
+
+
+def test_twera_upstream_ranks_every_earlier_layer_together():
+    model = tiny_subject_model("gemma2")
+    transcoders = {layer: _transcoder(model, layer) for layer in (0, 1, 2)}
+    rng = np.random.default_rng(3)
+    acts = {layer: _sparse_activations(rng, 0.25) for layer in (0, 1, 2)}
+    every = pd.concat(
+        [
+            twera(model, (up, transcoders[up], acts[up]), (2, transcoders[2], acts[2]), top_k=None)
+            for up in (0, 1)
+        ],
+        ignore_index=True,
+    )
+    top = twera_upstream(model, transcoders, 2, acts, target_features=[0, 5, 9], top_k=4)
+    assert list(top.columns) == WEIGHTLENS_TWERA_SCHEMA.names
+    assert set(top["target_feature"]) <= {0, 5, 9}
+    assert set(top["source_layer"]) == {0, 1}  # both earlier layers compete for the top 4
+    for feature, rows in top.groupby("target_feature"):
+        assert rows["rank"].tolist() == list(range(len(rows)))
+        assert len(rows) == 4
+        pool = every[every["target_feature"] == feature]["twera"].abs().sort_values(ascending=False)
+        # The global top 4 over both layers, in order (ties do not occur with random values).
+        np.testing.assert_allclose(rows["twera"].abs().to_numpy(), pool.to_numpy()[:4])
+    # The first configured layer has no earlier layer: an empty table with the schema's columns.
+    first = twera_upstream(model, transcoders, 0, {0: acts[0]})
+    assert first.empty and list(first.columns) == WEIGHTLENS_TWERA_SCHEMA.names
+    with pytest.raises(InputError, match="target layer 1"):
+        twera_upstream(model, transcoders, 1, {0: acts[0]})
+
+
+def test_twera_stage_writes_the_shards_ranking_from_the_cache_files(tmp_path):
+    from circuit_insights.models.tiny import tiny_hf_model
+    from circuit_insights.pipeline.stages.twera import run_twera_stage
+    from circuit_insights.transcoders.loading import save_transcoder_files
+
+    hf = tiny_hf_model("gemma2")
+    hf.save_pretrained(tmp_path / "model")
+    model = SubjectModel(hf, None, name="tiny")
+    rng = np.random.default_rng(4)
+    locations, files, acts = {}, {}, {}
+    for layer in (0, 2):
+        folder = tmp_path / f"layer{layer}"
+        folder.mkdir()
+        save_transcoder_files(_transcoder(model, layer), str(folder / "weights.safetensors"))
+        locations[layer] = str(folder)
+        acts[layer] = _sparse_activations(rng, 0.3)
+        path = folder / "activations.parquet"
+        acts[layer].to_parquet(path)
+        files[layer] = [str(path)]
+    model_config = {
+        "source": str(tmp_path / "model"),
+        "dtype": "float32",
+        "device": "cpu",
+        "prepend_bos": True,
+        "transcoders": {
+            "kind": "train",
+            "n_features": N_FEATURES,
+            "format": None,
+            "path": None,
+            "input_hook": None,
+            "output_hook": None,
+        },
+    }
+    out = tmp_path / "twera" / "f000008-000016.parquet"
+    run_twera_stage(
+        model_config=model_config,
+        twera_config={"enabled": True, "top_k": 3},
+        projection="folded",
+        location=str(tmp_path / "model"),
+        layer=2,
+        shard_name=out.stem,
+        transcoder_locations=locations,
+        activation_files=files,
+        out_path=str(out),
+        model_name="tiny",
+    )
+    written = pq.read_table(out)
+    assert written.schema.names == WEIGHTLENS_TWERA_SCHEMA.names
+    frame = written.to_pandas()
+    assert len(frame) and frame["target_feature"].between(8, 15).all()
+    assert (frame["source_layer"] == 0).all() and (frame["target_layer"] == 2).all()
+    assert frame.groupby("target_feature")["rank"].max().max() <= 2
+    transcoders = {layer: _transcoder(model, layer) for layer in (0, 2)}
+    expected = twera_upstream(model, transcoders, 2, acts, target_features=range(8, 16), top_k=3)
+    np.testing.assert_allclose(frame["twera"], expected["twera"], rtol=1e-5)
+    assert frame["source_feature"].tolist() == expected["source_feature"].tolist()

@@ -1622,3 +1622,57 @@ def twera(
     pairs["source_layer"] = source_layer
     pairs["target_layer"] = target_layer
     return pairs[WEIGHTLENS_TWERA_SCHEMA.names].reset_index(drop=True)
+
+
+def twera_upstream(
+    model: SubjectModel,
+    transcoders: Mapping[int, Transcoder],
+    layer: int,
+    activations: Mapping[int, pd.DataFrame],
+    *,
+    target_features: Sequence[int] | np.ndarray | None = None,
+    projection: Projection = "folded",
+    top_k: int | None = 20,
+) -> pd.DataFrame:
+    """TWERA of every earlier layer's features onto ``layer``'s, ranked over all earlier layers.
+
+    ``activations``: layer -> sparse activations (as :func:`twera` reads them) of ``layer`` and
+    of each earlier layer to rank, over the same contexts. Per target feature the ``top_k``
+    sources by |TWERA| across the earlier layers together (``rank`` from 0; ties: lower layer,
+    lower feature); the global top k is a subset of the per-layer top k, so each layer is
+    ranked with ``top_k`` first. No earlier layer: an empty table. Columns:
+    ``WEIGHTLENS_TWERA_SCHEMA``.
+    """
+    if layer not in activations:
+        raise InputError(f"TWERA: no activations of the target layer {layer}")
+    parts = [
+        twera(
+            model,
+            (up, transcoders[up], activations[up]),
+            (layer, transcoders[layer], activations[layer]),
+            target_features=target_features,
+            projection=projection,
+            top_k=top_k,
+        )
+        for up in sorted(activations)
+        if up < layer
+    ]
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        return WEIGHTLENS_TWERA_SCHEMA.empty_table().to_pandas()
+    pairs = pd.concat(parts, ignore_index=True)
+    pairs["abs"] = pairs["twera"].abs()
+    pairs = pairs.sort_values(
+        ["target_feature", "abs", "source_layer", "source_feature"],
+        ascending=[True, False, True, True],
+        kind="stable",
+    )
+    pairs["rank"] = pairs.groupby("target_feature").cumcount()
+    if top_k is not None:
+        pairs = pairs[pairs["rank"] < int(top_k)]
+    return pairs[WEIGHTLENS_TWERA_SCHEMA.names].reset_index(drop=True)
+
+
+def write_twera(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write a TWERA table (``WEIGHTLENS_TWERA_SCHEMA``) atomically."""
+    write_parquet_atomic(frame, path, WEIGHTLENS_TWERA_SCHEMA)

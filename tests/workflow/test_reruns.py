@@ -321,7 +321,26 @@ def reversed_keys(value: Any) -> Any:
 def touched(tmp_path_factory) -> Path:
     """A faked finished run of the full CI config (every rule, with metadata); its results_dir."""
     folder = tmp_path_factory.mktemp("touched")
-    results, config = folder / "results", write_config(folder / "ci.yaml", CI_CONFIG)
+    return touched_run(folder / "results", write_config(folder / "ci.yaml", CI_CONFIG))
+
+
+def two_layer_config() -> dict[str, Any]:
+    """The CI config with a second layer and the optional twera rule on."""
+    config = copy.deepcopy(CI_CONFIG)
+    config["models"][MODEL]["layers"] = [LAYER, LAYER + 1]
+    config["twera"] = {"enabled": True}
+    return config
+
+
+@pytest.fixture(scope="module")
+def touched_two_layers(tmp_path_factory) -> Path:
+    """A faked finished run of :func:`two_layer_config`; its results_dir."""
+    folder = tmp_path_factory.mktemp("touched2")
+    return touched_run(folder / "results", write_config(folder / "ci.yaml", two_layer_config()))
+
+
+def touched_run(results: Path, config: Path) -> Path:
+    """Fake a finished run of ``config`` into ``results`` (every rule, with metadata)."""
 
     def planned_outputs() -> list[Path]:
         plan = subprocess.run(
@@ -416,3 +435,17 @@ def test_the_same_config_with_keys_reordered_reruns_nothing(touched, tmp_path):
     config = write_config(tmp_path / "reordered.yaml", reversed_keys(CI_CONFIG))
     assert list(yaml.safe_load(config.read_text())) != list(CI_CONFIG)
     assert dry_run_rules(touched, config) == set()
+
+
+def test_a_twera_key_reruns_only_twera_and_the_report(touched_two_layers, tmp_path):
+    config = two_layer_config()
+    config["twera"]["top_k"] = 5
+    rules = dry_run_rules(touched_two_layers, write_config(tmp_path / "top_k.yaml", config))
+    assert rules == {"twera", "report"}, rules
+
+
+def test_a_weightlens_threshold_does_not_rerun_twera(touched_two_layers, tmp_path):
+    config = two_layer_config()
+    config["models"][MODEL]["weightlens"] = {"t_tok": 6.0}
+    rules = dry_run_rules(touched_two_layers, write_config(tmp_path / "t_tok.yaml", config))
+    assert "weightlens" in rules and "twera" not in rules, rules

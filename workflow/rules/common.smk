@@ -157,6 +157,36 @@ def weightlens_inputs(wildcards):
     return inputs
 
 
+def twera_inputs(wildcards):
+    """Transcoders of {layer} and every earlier configured layer (transcoder_{L}), the cache's
+    activations of {shard} at {layer} and of every shard of each earlier layer
+    (activations_{L}), for unpack()."""
+    inputs = {}
+    for up in earlier_layers(wildcards):
+        if model_config(wildcards)["transcoders"]["kind"] == "train":
+            inputs[f"transcoder_{up}"] = paths.transcoder_files(
+                RESULTS, wildcards.model, up
+            )
+        names = (
+            [wildcards.shard]
+            if up == int(wildcards.layer)
+            else shard_names(wildcards.model)
+        )
+        inputs[f"activations_{up}"] = [
+            paths.layer_artifact(RESULTS, wildcards.model, up, "activations", name)
+            for name in names
+        ]
+    return inputs
+
+
+def twera_layers(model):
+    """The configured layers of ``model`` that get a twera job: none unless twera.enabled,
+    else every layer with an earlier configured layer."""
+    if not config["twera"]["enabled"]:
+        return []
+    return sorted(config["models"][model]["layers"])[1:]
+
+
 def layer_weightlens_shards(wildcards):
     """The WeightLens shard files of {model} {layer}."""
     return [
@@ -264,6 +294,10 @@ def report_files(wildcards):
                     files.append(
                         paths.rule_evaluation_file(RESULTS, model, layer, name)
                     )
+                if layer in twera_layers(model):
+                    files.append(
+                        paths.layer_artifact(RESULTS, model, layer, "twera", name)
+                    )
     return files
 
 
@@ -306,6 +340,10 @@ def all_targets():
                 if config["rules"]["variants"]:
                     targets.append(
                         paths.rule_evaluation_file(RESULTS, model, layer, name)
+                    )
+                if layer in twera_layers(model):
+                    targets.append(
+                        paths.layer_artifact(RESULTS, model, layer, "twera", name)
                     )
             targets.append(paths.layer_table(RESULTS, model, layer, "weightlens"))
             if block["transcoders"]["kind"] == "train":

@@ -64,7 +64,12 @@ STAGE_DIRS: dict[str, tuple[str, ...]] = {
     "clusters": ("clusters",),
     "samples": ("samples",),
     "contributions": ("contributions",),
+    "twera": ("twera",),
 }
+
+#: Stages keyed by other columns than ``layer`` / ``feature``: renamed to those on reading
+#: (TWERA rows belong to their target feature).
+_KEY_COLUMNS = {"twera": ("target_layer", "target_feature")}
 
 #: Stages whose tables have no ``layer`` column of the explained feature: the loader adds it
 #: under this name, from the file's path.
@@ -117,6 +122,9 @@ class ModelFrames:
     tokenizer: object | None = None
     rule_evaluation: pd.DataFrame | None = None
     """Rule-rated scores of the executable explanations (``rater`` = ``rule``)."""
+    twera: pd.DataFrame | None = None
+    """Optional TWERA ranking of upstream connections (``WEIGHTLENS_TWERA_SCHEMA`` with
+    ``target_layer`` / ``target_feature`` renamed ``layer`` / ``feature``)."""
 
 
 def discover_models(results_dir: str | os.PathLike[str]) -> list[str]:
@@ -179,16 +187,19 @@ def read_stage(
             names = pq.read_schema(path).names
             wanted = [c for c in columns if c in names] if columns is not None else None
             filters = None
+            layer_column, feature_column = _KEY_COLUMNS.get(stage, ("layer", "feature"))
             if features is not None:
                 keep = sorted(int(f) for f in features[layer])
                 if not keep:
                     continue
-                filters = [("feature", "in", keep)]
+                filters = [(feature_column, "in", keep)]
             try:
                 table = pq.read_table(path, columns=wanted, filters=filters)
             except Exception as exc:  # noqa: BLE001 - name the file at fault
                 raise InputError(f"cannot read {stage} file {path}: {exc}") from exc
-            frame = table.to_pandas()
+            frame = table.to_pandas().rename(
+                columns={layer_column: "layer", feature_column: "feature"}
+            )
             added = _ADDED_LAYER_COLUMN.get(stage, "layer")
             if added not in frame.columns:
                 frame[added] = layer
@@ -632,6 +643,60 @@ def _weightlens_view(
     }
 
 
+def _source_tokens(
+    weightlens: pd.DataFrame | None, twera: pd.DataFrame | None, limit: int = 6
+) -> dict[tuple[int, int], list[str]]:
+    """(layer, feature) -> up to ``limit`` validated WeightLens tokens of each TWERA source."""
+    if weightlens is None or twera is None or twera.empty:
+        return {}
+    sources = pd.MultiIndex.from_arrays(
+        [twera["source_layer"].astype(int), twera["source_feature"].astype(int)]
+    ).unique()
+    keys = pd.MultiIndex.from_arrays(
+        [weightlens["layer"].astype(int), weightlens["feature"].astype(int)]
+    )
+    rows = weightlens[keys.isin(sources)]
+    return {
+        (int(r["layer"]), int(r["feature"])): [str(t) for t in _list(r["validated_tokens"])][:limit]
+        for r in rows[["layer", "feature", "validated_tokens"]].to_dict("records")
+    }
+
+
+def _twera_view(
+    rows: pd.DataFrame | None,
+    weightlens: Mapping[str, Any] | None,
+    validated_tokens: Mapping[tuple[int, int], list[str]],
+    page_exists: Collection[tuple[int, int]],
+    link_prefix: str,
+) -> list[dict[str, Any]]:
+    """The feature's TWERA sources, largest |TWERA| first, each marked when WeightLens's
+    weight-only ranking also keeps it as an upstream feature."""
+    if rows is None or rows.empty:
+        return []
+    by_weights = {
+        (int(label[1:].split("#")[0]), int(label.split("#")[1]))
+        for label in (u["label"] for u in (weightlens or {}).get("upstream", []))
+    }
+    view = []
+    for row in rows.sort_values("rank").to_dict("records"):
+        key = (int(row["source_layer"]), int(row["source_feature"]))
+        view.append(
+            {
+                "label": f"L{key[0]}#{key[1]}",
+                "href": link_prefix + f"layer{key[0]}/feature{key[1]:06d}.html"
+                if key in page_exists
+                else None,
+                "twera": _float(row.get("twera")),
+                "coactivation": _float(row.get("coactivation")),
+                "virtual_weight": _float(row.get("virtual_weight")),
+                "n_coactive": _opt_int(row.get("n_coactive")),
+                "in_weightlens": key in by_weights,
+                "tokens": validated_tokens.get(key, []),
+            }
+        )
+    return view
+
+
 def _flags_text(flags: Sequence[str]) -> str:
     return "flags: " + ", ".join(flags) if flags else "no quality flag raised"
 
@@ -939,6 +1004,8 @@ class _ModelPlan:
     all_clusters: pd.DataFrame | None = None
     #: (layer, feature) -> variant -> quality flags of the final description.
     flags: dict[tuple[int, int], dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    #: (layer, feature) -> the WeightLens validated token strings of each TWERA source feature.
+    validated_tokens: dict[tuple[int, int], list[str]] = field(default_factory=dict)
 
 
 def _as_frames(source: Any) -> list[ModelFrames]:
@@ -991,6 +1058,7 @@ def _feature_page(
     wl_rows = tables["weightlens"].get(key)
     wl_row = wl_rows.iloc[0].to_dict() if wl_rows is not None and len(wl_rows) else None
     wl = _weightlens_view(wl_row, display, page_exists, "../")
+    twera = _twera_view(tables["twera"].get(key), wl, plan.validated_tokens, page_exists, "../")
     evaluation = tables["evaluation"].get(key)
     explanations = tables["explanations"].get(key)
     samples = tables["samples"].get(key)
@@ -1049,6 +1117,8 @@ def _feature_page(
         "feature": feature,
         "title": f"{plan.frames.model} · layer {layer} · feature {feature}",
         "weightlens": wl,
+        "twera": twera,
+        "twera_ran": plan.frames.twera is not None,
         "descriptions": descriptions,
         "score_rows": _score_rows(scores, variants, evaluation),
         "metrics": list(summ.METRICS),
@@ -1163,14 +1233,15 @@ def build_report(
                 results,
                 model,
                 features=chosen,
-                stages=("clusters", "samples", "contributions"),
+                stages=("clusters", "samples", "contributions", "twera"),
                 stage_dirs=stage_dirs,
                 files=allowed,
             )
-            light.clusters, light.samples, light.contributions = (
+            light.clusters, light.samples, light.contributions, light.twera = (
                 heavy.clusters,
                 heavy.samples,
                 heavy.contributions,
+                heavy.twera,
             )
             plan = new_plan(light)
             plan.chosen, plan.hidden = chosen, hidden
@@ -1364,7 +1435,9 @@ def _render_model(
         "clusters": _grouped(frames.clusters, keep=page_exists),
         "samples": _grouped(frames.samples, keep=page_exists),
         "contributions": _grouped(frames.contributions, "feature_layer", keep=page_exists),
+        "twera": _grouped(frames.twera, keep=page_exists),
     }
+    plan.validated_tokens = _source_tokens(frames.weightlens, frames.twera)
     for layer, features in plan.chosen.items():
         for feature in features:
             context = _feature_page(

@@ -1,0 +1,75 @@
+"""Rule twera: the data-aware (TWERA) ranking of one shard's upstream connections."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from circuit_insights.models.loading import load_subject_model
+from circuit_insights.transcoders.loading import load_transcoders
+
+log = logging.getLogger(__name__)
+
+#: Columns of the cache's activation tables that TWERA reads.
+ACTIVATION_COLUMNS = ["context", "position", "feature", "activation", "excluded"]
+
+
+def read_activations(paths: Sequence[str]) -> Any:
+    """One layer's sparse cache activations (:data:`ACTIVATION_COLUMNS`) from its shard files."""
+    import pandas as pd
+
+    from circuit_insights.errors import InputError
+
+    frames = []
+    for path in paths:
+        try:
+            frames.append(pd.read_parquet(path, columns=ACTIVATION_COLUMNS))
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"cannot read cache activations {path}: {exc}") from exc
+    if not frames:
+        raise InputError("TWERA: no activation files given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_twera_stage(
+    model_config: Mapping[str, Any],
+    twera_config: Mapping[str, Any],
+    projection: str,
+    location: str,
+    layer: int,
+    shard_name: str,
+    transcoder_locations: Mapping[int, str],
+    activation_files: Mapping[int, Sequence[str]],
+    out_path: str,
+    model_name: str,
+) -> None:
+    """Rule twera: per feature of the shard, the earlier layers' features that co-activate with
+    it, by |TWERA| (``weightlens.twera_upstream``). ``activation_files``: layer -> the cache's
+    activation shard files: the shard's own file for ``layer``, every shard of each earlier one.
+    """
+    from circuit_insights.data.shards import parse_shard
+    from circuit_insights.weightlens import twera_upstream, write_twera
+
+    model = load_subject_model(model_config, location, model_name, sorted(transcoder_locations))
+    transcoders = load_transcoders(model_config, model, transcoder_locations, model_name)
+    activations = {up: read_activations(files) for up, files in sorted(activation_files.items())}
+    shard = parse_shard(shard_name)
+    frame = twera_upstream(
+        model,
+        transcoders,
+        layer,
+        activations,
+        target_features=range(shard.start, shard.stop),
+        projection=projection,  # type: ignore[arg-type]  # validated by the config schema
+        top_k=twera_config["top_k"],
+    )
+    write_twera(frame, out_path)
+    log.info(
+        "layer %d shard %s: %d source rows for %d features from layers %s",
+        layer,
+        shard_name,
+        len(frame),
+        frame["target_feature"].nunique(),
+        [up for up in sorted(activations) if up < layer],
+    )
