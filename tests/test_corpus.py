@@ -313,9 +313,9 @@ def test_local_file_errors(tmp_path):
         ({"source": "web"}, "corpus.source 'web'"),
         ({"source": "files"}, "corpus.paths is empty"),
         ({"source": "huggingface"}, "corpus.dataset is not set"),
-        ({"gensim_sources": ["wikipedia", "bible"]}, "corpus.gensim_sources"),
+        ({"gensim_parts": ["wikipedia", "bible"]}, "corpus.gensim_parts"),
         ({"max_documents": 0}, "corpus.max_documents"),
-        ({"txt_documents": "line"}, "corpus.txt_documents"),
+        ({"txt_documents": "line"}, "CorpusSpec.txt_documents"),
         ({"path": "a.txt"}, r"unknown keys \['path'\]"),
     ],
 )

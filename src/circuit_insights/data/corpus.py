@@ -195,7 +195,7 @@ def gensim_documents(which: Sequence[str] = ("wikipedia", "lee")) -> Iterator[st
     unknown = [name for name in which if name not in GENSIM_FILES]
     if unknown or not which:
         raise InputError(
-            f"corpus.gensim_sources {list(which)!r}: choose from {sorted(GENSIM_FILES)}"
+            f"corpus.gensim_parts {list(which)!r}: choose from {sorted(GENSIM_FILES)}"
         )
     for name in which:
         yield from (wikipedia_documents() if name == "wikipedia" else lee_documents())
@@ -280,7 +280,7 @@ def txt_documents(path: Path, mode: TxtDocuments = "file") -> Iterator[str]:
     elif mode == "paragraph":
         yield from (block.strip() for block in re.split(r"\n[ \t\r\f\v]*\n", text))
     else:
-        raise InputError(f"corpus.txt_documents {mode!r}: choose 'file' or 'paragraph'")
+        raise InputError(f"CorpusSpec.txt_documents {mode!r}: choose 'file' or 'paragraph'")
 
 
 def jsonl_documents(path: Path, text_field: str = "text") -> Iterator[str]:
@@ -369,7 +369,7 @@ class CorpusSpec:
     """
 
     source: SourceKind = "gensim"
-    gensim_sources: tuple[str, ...] = ("wikipedia", "lee")
+    gensim_parts: tuple[str, ...] = ("wikipedia", "lee")
     paths: tuple[str, ...] = ()
     txt_documents: TxtDocuments = "file"
     dataset: str | None = None
@@ -382,10 +382,10 @@ class CorpusSpec:
         if self.source not in SOURCE_KINDS:
             raise InputError(f"corpus.source {self.source!r}: choose from {list(SOURCE_KINDS)}")
         if self.source == "gensim":
-            unknown = [name for name in self.gensim_sources if name not in GENSIM_FILES]
-            if unknown or not self.gensim_sources:
+            unknown = [name for name in self.gensim_parts if name not in GENSIM_FILES]
+            if unknown or not self.gensim_parts:
                 raise InputError(
-                    f"corpus.gensim_sources {list(self.gensim_sources)!r}: "
+                    f"corpus.gensim_parts {list(self.gensim_parts)!r}: "
                     f"choose from {sorted(GENSIM_FILES)}"
                 )
         if self.source == "files" and not self.paths:
@@ -394,7 +394,7 @@ class CorpusSpec:
             raise InputError("corpus.dataset is not set: source 'huggingface' needs a name")
         if self.txt_documents not in ("file", "paragraph"):
             raise InputError(
-                f"corpus.txt_documents {self.txt_documents!r}: choose 'file' or 'paragraph'"
+                f"CorpusSpec.txt_documents {self.txt_documents!r}: choose 'file' or 'paragraph'"
             )
         if self.max_documents is not None and self.max_documents <= 0:
             raise InputError(f"corpus.max_documents must be positive, got {self.max_documents}")
@@ -407,7 +407,7 @@ class CorpusSpec:
         if unknown:
             raise InputError(f"corpus config has unknown keys {unknown}: known {sorted(known)}")
         values = dict(config)
-        for key in ("gensim_sources", "paths"):
+        for key in ("gensim_parts", "paths"):
             if key in values:
                 raw = values[key]
                 values[key] = (raw,) if isinstance(raw, str) else tuple(str(v) for v in raw)
@@ -416,7 +416,7 @@ class CorpusSpec:
     def describe(self) -> str:
         """A short name of the source for logs and error messages."""
         if self.source == "gensim":
-            return "gensim:" + "+".join(self.gensim_sources)
+            return "gensim:" + "+".join(self.gensim_parts)
         if self.source == "files":
             return "files:" + ",".join(self.paths)
         config = f"/{self.dataset_config}" if self.dataset_config else ""
@@ -426,7 +426,7 @@ class CorpusSpec:
 def iter_documents(spec: CorpusSpec) -> Iterator[str]:
     """Yield the non-blank documents of ``spec``'s source, at most ``spec.max_documents``."""
     if spec.source == "gensim":
-        documents: Iterator[str] = gensim_documents(spec.gensim_sources)
+        documents: Iterator[str] = gensim_documents(spec.gensim_parts)
     elif spec.source == "files":
         documents = file_documents(spec.paths, spec.text_field, spec.txt_documents)
     else:

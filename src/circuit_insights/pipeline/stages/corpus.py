@@ -20,7 +20,7 @@ def run_corpus(
     tokenizer, bos = load_tokenizer_and_bos(model_config, location)
     spec = CorpusSpec(
         source=corpus_config["source"],
-        gensim_sources=tuple(corpus_config["gensim_parts"]),
+        gensim_parts=tuple(corpus_config["gensim_parts"]),
         paths=tuple(corpus_config["paths"]),
         dataset=corpus_config["dataset"] or None,
         dataset_split=corpus_config["dataset_split"],
