@@ -194,9 +194,7 @@ def gensim_documents(which: Sequence[str] = ("wikipedia", "lee")) -> Iterator[st
     """Yield the documents of the named gensim test-data sources, in the order given."""
     unknown = [name for name in which if name not in GENSIM_FILES]
     if unknown or not which:
-        raise InputError(
-            f"corpus.gensim_parts {list(which)!r}: choose from {sorted(GENSIM_FILES)}"
-        )
+        raise InputError(f"corpus.gensim_parts {list(which)!r}: choose from {sorted(GENSIM_FILES)}")
     for name in which:
         yield from (wikipedia_documents() if name == "wikipedia" else lee_documents())
 
