@@ -772,3 +772,26 @@ def test_worth_report_in_headless_chromium_at_1400px(worth_report, tmp_path):
             assert "embedded SmolLM2-135M" in dom.stdout
         if name == "feature":
             assert "placeholder" in dom.stdout and "feature_fire(s)" in dom.stdout
+
+
+def test_index_shows_the_rule_comparison_and_the_claims(tmp_path):
+    root = tmp_path / "results"
+    write_fixture_run(root)
+    rows = []
+    for feature, gain in ((0, 0.2), (1, 0.1), (3, 0.3)):
+        for variant, clarity in (("maxact_rule", 0.5), ("weightlens_rule", 0.5 + gain)):
+            row = evaluation_row(1, feature, variant, clarity=clarity)
+            row["rater"] = "rule"
+            rows.append(row)
+    _write(
+        root,
+        1,
+        "evaluation-rules",
+        schema_frame(FADE_EVALUATION_SCHEMA, rows),
+        FADE_EVALUATION_SCHEMA,
+    )
+    index = build_report(root, tmp_path / "report", n_boot=50).read_text(encoding="utf-8")
+    assert "Executable explanations, rule-rated" in index
+    assert "The paper's claims, checked on these scores" in index
+    # Feature 0 is the fixture's only token-based feature of layer 1: one pair, no verdict.
+    assert "too few features (n=1)" in index

@@ -40,6 +40,7 @@ from circuit_insights.data.corpus import load_contexts
 from circuit_insights.data.io import atomic_path
 from circuit_insights.errors import InputError
 from circuit_insights.pipeline import paths
+from circuit_insights.report import claims
 from circuit_insights.report import summary as summ
 from circuit_insights.weightlens import TokenDisplay
 
@@ -1472,6 +1473,10 @@ def _render_model(
         "rule_comparison": summ.rule_comparison_html(pd.read_parquet(written["rule_comparison"]))
         if "rule_comparison" in written
         else None,
+        "claims": claims.claims_html(pd.read_parquet(written["paper_claims"]))
+        if "paper_claims" in written
+        else None,
+        "claims_note": claims.CLAIMS_NOTE,
         "shares": summ.shares_html(shares) if len(shares) else None,
         "missing": summ.missing_html(missing) if len(missing) else None,
         "plots": [

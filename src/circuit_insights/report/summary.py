@@ -1147,7 +1147,8 @@ def write_summary(
     values by reason, the paper's figures), ``token_based_shares.parquet`` / ``.md`` / ``.html``,
     ``plots/{metric}.png``; with rule-rated evaluations (``rule_evaluation_frames``, or rows of
     the evaluation frames with ``rater`` = ``rule``): ``rule_comparison.parquet`` / ``.md`` /
-    ``.html`` and ``plots/rule_comparison.png``; with cluster tables (``clusters_frames``):
+    ``.html``, ``plots/rule_comparison.png`` and ``paper_claims.parquet`` / ``.md`` (paired
+    differences between methods, ``circuit_insights.report.claims``); with cluster tables (``clusters_frames``):
     ``cluster_coverage.parquet`` / ``.md`` (clusters per feature and noise share per layer,
     :func:`cluster_coverage`). Returns name -> path (``plot_<metric>`` for plots).
     """
@@ -1241,6 +1242,17 @@ def write_summary(
         )
         written["plot_rule_comparison"] = plot_rule_comparison(
             comparison, out / "plots" / "rule_comparison.png"
+        )
+        from circuit_insights.report import claims  # claims builds on this module
+
+        checks = claims.claim_checks(rule_rated, weightlens, n_boot=n_boot, seed=seed)
+        written["paper_claims"] = out / "paper_claims.parquet"
+        write_parquet_atomic(checks, written["paper_claims"])
+        claims_title = f"The paper's claims on {model}" if model else "The paper's claims"
+        written["paper_claims_md"] = _write_text(
+            out / "paper_claims.md",
+            f"# {claims_title}, rule-rated\n\n{claims.CLAIMS_NOTE}\n\n"
+            + claims.claims_markdown(checks),
         )
     clusters = _concat(clusters_frames, "cluster frames")
     if len(clusters):
