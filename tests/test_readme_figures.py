@@ -529,3 +529,18 @@ def test_script_names_a_missing_input_without_a_trace(run_results: Path, tmp_pat
         check=False,
     )
     assert done.returncode == 1 and "marks none of the blocks; available: run-time" in done.stderr
+
+
+def test_script_model_option_leaves_other_models_blocks(run_results: Path, tmp_path: Path) -> None:
+    from scripts.readme_figures import main
+
+    path = tmp_path / "README.md"
+    path.write_text(marked_readme([f"{MODEL}/transcoders", "other-model/transcoders"]))
+    assert main(["--results", str(run_results), "--readme", str(path), "--model", MODEL]) == 0
+    text = path.read_text()
+    assert text.split("<!-- generated:other-model/transcoders -->\n")[1].startswith(
+        "typed by hand\n<!-- /generated:other-model/transcoders -->"
+    )
+    assert "| 8 | 0.506 | 16.9 | 1.6% |" in text.split("<!-- generated:other-model")[0]
+    # Without --model, every marked block is written, so the other model's missing report stops it.
+    assert main(["--results", str(run_results), "--readme", str(path)]) == 1

@@ -555,11 +555,6 @@ def models_with_summary(results_dir: str | os.PathLike[str]) -> list[str]:
     return sorted(p.parent.name for p in results.glob("*/summary") if p.is_dir())
 
 
-def block_names(models: Iterable[str]) -> list[str]:
-    """Every block name :func:`build_block` knows for ``models``."""
-    return [RUN_TIME] + [f"{model}/{kind}" for model in models for kind in MODEL_BLOCKS]
-
-
 def available_blocks(results_dir: str | os.PathLike[str], models: Iterable[str]) -> list[str]:
     """The blocks of ``models`` (and ``run-time``) whose input files exist in ``results_dir``."""
     results = Path(results_dir)
