@@ -22,7 +22,7 @@ LLM_STAMP := $(LLM_VENV)/.installed
 APT_PACKAGES := slurmctld slurmd slurm-client munge chromium
 APT_STAMP := .apt-installed
 
-.PHONY: help run test lint dry-run clean-results system-packages
+.PHONY: help run test lint dry-run clean-results system-packages readme-figures
 .DEFAULT_GOAL := help
 
 help: ## List the targets (plain `make` prints this and builds nothing)
@@ -71,6 +71,11 @@ lint: $(STAMP) ## ruff, snakefmt, snakemake --lint and mypy
 
 dry-run: $(STAMP) ## List the jobs a run of CONFIG would run (snakemake -n)
 	$(BIN)/snakemake -n --cores $(CORES) --configfile $(CONFIG)
+
+# WALL_SECONDS=N gives the run's wall-clock time (else: from the run's last Snakemake log).
+readme-figures: $(STAMP) ## Rewrite README.md's generated blocks from the last run's results
+	$(BIN)/python scripts/readme_figures.py --results results --readme README.md \
+		$(if $(WALL_SECONDS),--wall-seconds $(WALL_SECONDS))
 
 clean-results: ## Delete results/ and Snakemake's incomplete markers
 	rm -rf results .snakemake/incomplete
