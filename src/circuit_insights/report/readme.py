@@ -49,6 +49,7 @@ SUMMARY_BLOCKS: dict[str, str] = {
     "token-based-shares": "token_based_shares.md",
     "cluster-coverage": "cluster_coverage.md",
     "rule-comparison": "rule_comparison.md",
+    "paper-claims": "paper_claims.md",
     "metric-table": "metric_table.md",
 }
 """Per-model block kind -> the summary file (``{results}/{model}/summary/``) shown as it is."""
