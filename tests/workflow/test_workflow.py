@@ -426,7 +426,11 @@ def test_rule_rater_scores_every_feature_and_the_summary_compares_the_four_rules
     enough = table[table["n"] >= 3]
     assert len(enough) and (enough["ci_low"] <= enough["mean"]).all()
     assert (summary_dir / "plots" / "rule_comparison.png").is_file()
-    assert "rule-rated" in (results / "report" / "index.html").read_text()
+    claims = pd.read_parquet(summary_dir / "paper_claims.parquet")
+    assert {"weightlens_rule", "wl_cl_rule", "cl_rule"} <= set(claims["method"])
+    assert claims["verdict"].str.len().gt(0).all()
+    index = (results / "report" / "index.html").read_text()
+    assert "rule-rated" in index and "The paper's claims, checked on these scores" in index
 
 
 def test_a_rerun_sends_nothing_already_answered(results):
