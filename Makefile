@@ -74,7 +74,7 @@ dry-run: $(STAMP) ## List the jobs a run of CONFIG would run (snakemake -n)
 
 # WALL_SECONDS=N gives the run's wall-clock time (else: from the run's last Snakemake log).
 readme-figures: $(STAMP) ## Rewrite README.md's generated blocks from the last run's results
-	$(BIN)/python scripts/readme_figures.py --results results --readme README.md \
+	$(BIN)/python scripts/readme_figures.py --results results --readme README.md --image-dir docs/img \
 		$(if $(WALL_SECONDS),--wall-seconds $(WALL_SECONDS))
 
 clean-results: ## Delete results/ and Snakemake's incomplete markers

@@ -37,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rules", default=str(ROOT / "workflow" / "rules"), help="the workflow's rule files"
     )
+    parser.add_argument(
+        "--image-dir",
+        help="also copy the summary plots the README shows (rule_comparison.png) of the first "
+        "model here (e.g. docs/img)",
+    )
     return parser.parse_args(argv)
 
 
@@ -62,11 +67,16 @@ def main(argv: list[str] | None = None) -> int:
             log_dir=args.log_dir,
         )
         changed = readme.update_readme(readme_path, blocks)
+        images = (
+            readme.copy_plots(args.results, models[0], args.image_dir) if args.image_dir else []
+        )
     except (InputError, OSError) as error:
         print(f"readme_figures: {error}", file=sys.stderr)
         return 1
     unmarked = [name for name in available if name not in names]
     print(f"{readme_path}: {'rewrote' if changed else 'unchanged'} {', '.join(names)}")
+    for image in images:
+        print(f"copied {image}")
     if unmarked:
         print(f"not in {readme_path} (no markers): {', '.join(unmarked)}")
     return 0

@@ -545,3 +545,12 @@ def test_script_model_option_leaves_other_models_blocks(run_results: Path, tmp_p
     assert "| 8 | 0.506 | 16.9 | 1.6% |" in text.split("<!-- generated:other-model")[0]
     # Without --model, every marked block is written, so the other model's missing report stops it.
     assert main(["--results", str(run_results), "--readme", str(path)]) == 1
+
+
+def test_the_readmes_plot_is_copied_from_the_summary(run_results: Path, tmp_path: Path) -> None:
+    images = readme.copy_plots(run_results, MODEL, tmp_path / "img")
+    source = Path(paths.summary_file(str(run_results), MODEL, "plots")) / "rule_comparison.png"
+    assert images == [tmp_path / "img" / "rule_comparison.png"]
+    assert images[0].read_bytes() == source.read_bytes()
+    with pytest.raises(InputError, match="other/summary/plots/rule_comparison.png"):
+        readme.copy_plots(run_results, "other", tmp_path / "img")

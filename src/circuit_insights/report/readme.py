@@ -628,3 +628,27 @@ def blocks_to_write(
     marked = marked_blocks(readme_text, where)
     ordered = sorted(marked, key=lambda name: marked[name][0])
     return [name for name in ordered if is_block_name(name, models)]
+
+
+README_PLOTS: dict[str, str] = {"rule_comparison.png": "rule_comparison.png"}
+"""Summary plot (``{results}/{model}/summary/plots/``) -> the image the README shows."""
+
+
+def copy_plots(
+    results_dir: str | os.PathLike[str],
+    model: str,
+    image_dir: str | os.PathLike[str],
+    plots: Mapping[str, str] = README_PLOTS,
+) -> list[Path]:
+    """Copy the summary plots the README shows into ``image_dir`` (atomically); a missing
+    plot is an :class:`InputError` naming it. Returns the written images."""
+    written = []
+    for plot, image in plots.items():
+        source = _require_file(
+            Path(paths.summary_file(str(results_dir), model, "plots")) / plot, "summary plot"
+        )
+        target = Path(image_dir) / image
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(source.read_bytes())
+        written.append(target)
+    return written
