@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -100,3 +102,15 @@ def test_write_summary_writes_the_claims_table(tmp_path):
     text = written["paper_claims_md"].read_text()
     assert "weightlens_rule higher" in text and "+0.20 [" in text
     assert len(pd.read_parquet(written["paper_claims"])) > 0
+
+
+def test_the_markdown_puts_the_pooled_rows_first():
+    from circuit_insights.report.claims import claims_markdown
+
+    rated, weightlens = _fixture()
+    text = claims_markdown(claim_checks(rated, weightlens, n_boot=100))
+    pooled, per_layer = text.split("## Per layer")
+    assert pooled.startswith("## Over all layers")
+    layer_3 = re.compile(r"\| (clarity|responsiveness|purity) \| 3 \|")
+    assert "| all |" in pooled and not layer_3.search(pooled)
+    assert layer_3.search(per_layer) and "| all |" not in per_layer

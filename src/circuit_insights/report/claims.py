@@ -192,11 +192,17 @@ CLAIMS_NOTE = (
 
 
 def claims_markdown(checks: pd.DataFrame) -> str:
-    """:func:`claim_checks` as one markdown table."""
+    """:func:`claim_checks` as markdown: the rows over all layers first, then per layer."""
     if len(checks) == 0:
         return "No rule-rated scores.\n"
-    header, rows = _rows(checks)
-    return summ.markdown_table(header, rows, ["l", "l", "r", "r", "r", "l"])
+    parts = []
+    pooled = checks["layer"] == ALL_LAYERS
+    for title, part in (("Over all layers", checks[pooled]), ("Per layer", checks[~pooled])):
+        if len(part):
+            header, rows = _rows(part)
+            table = summ.markdown_table(header, rows, ["l", "l", "r", "r", "r", "l"])
+            parts += [f"## {title}", "", table]
+    return "\n".join(parts) + "\n"
 
 
 def claims_html(checks: pd.DataFrame) -> Markup:
