@@ -795,3 +795,10 @@ def test_index_shows_the_rule_comparison_and_the_claims(tmp_path):
     assert "The paper's claims, checked on these scores" in index
     # Feature 0 is the fixture's only token-based feature of layer 1: one pair, no verdict.
     assert "too few features (n=1)" in index
+    page = (tmp_path / "report" / feature_page_path(MODEL, 1, 0)).read_text(encoding="utf-8")
+    section = page.split("Rule-rated scores (LLM-free)")[1].split('<h2 id="weightlens">')[0]
+    cells = re.findall(
+        r'<span class="variant">(\w+)</span></td>\s*<td class="num">([^<]+)<', section
+    )
+    assert cells == [("maxact_rule", "0.50"), ("weightlens_rule", "0.70")]
+    assert "no_rated_0" in section  # a missing rule-rated metric shows its reason

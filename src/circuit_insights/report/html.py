@@ -663,6 +663,29 @@ def _source_tokens(
     }
 
 
+def _rule_score_rows(rows: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """The feature's rule-rated scores (``rater`` = ``rule``), one row per rule variant in the
+    comparison's order, each metric with the reason when it is missing."""
+    if rows is None or rows.empty or "rater" not in rows.columns:
+        return []
+    rows = rows[rows["rater"] == "rule"]
+    out = []
+    rank = {name: i for i, name in enumerate(summ.RULE_METHODS)}
+    variants = sorted({str(v) for v in rows["variant"]}, key=lambda v: (rank.get(v, len(rank)), v))
+    for variant in variants:
+        row = rows[rows["variant"] == variant].iloc[0].to_dict()
+        out.append(
+            {
+                "variant": variant,
+                "cells": [
+                    {"value": _float(row.get(m)), "reason": _text(row.get(f"{m}_reason"))}
+                    for m in summ.RULE_METRICS
+                ],
+            }
+        )
+    return out
+
+
 def _twera_view(
     rows: pd.DataFrame | None,
     weightlens: Mapping[str, Any] | None,
@@ -1122,6 +1145,8 @@ def _feature_page(
         "twera_ran": plan.frames.twera is not None,
         "descriptions": descriptions,
         "score_rows": _score_rows(scores, variants, evaluation),
+        "rule_score_rows": _rule_score_rows(tables["rule_evaluation"].get(key)),
+        "rule_metrics": list(summ.RULE_METRICS),
         "metrics": list(summ.METRICS),
         "clusters": clusters,
         "clusters_note": clusters_note,
@@ -1437,6 +1462,7 @@ def _render_model(
         "samples": _grouped(frames.samples, keep=page_exists),
         "contributions": _grouped(frames.contributions, "feature_layer", keep=page_exists),
         "twera": _grouped(frames.twera, keep=page_exists),
+        "rule_evaluation": _grouped(frames.rule_evaluation, keep=page_exists),
     }
     plan.validated_tokens = _source_tokens(frames.weightlens, frames.twera)
     for layer, features in plan.chosen.items():

@@ -650,5 +650,6 @@ def copy_plots(
         target = Path(image_dir) / image
         with atomic_path(target) as tmp:
             tmp.write_bytes(source.read_bytes())
+            tmp.chmod(0o644)  # an image in the repository, readable by all like its neighbours
         written.append(target)
     return written
