@@ -817,6 +817,8 @@ def test_twera_upstream_ranks_every_earlier_layer_together():
 
 
 def test_twera_stage_writes_the_shards_ranking_from_the_cache_files(tmp_path):
+    from circuit_insights.data.io import write_parquet_atomic
+    from circuit_insights.data.schemas import ACTIVATIONS_SCHEMA
     from circuit_insights.models.tiny import tiny_hf_model
     from circuit_insights.pipeline.stages.twera import run_twera_stage
     from circuit_insights.transcoders.loading import save_transcoder_files
@@ -833,7 +835,7 @@ def test_twera_stage_writes_the_shards_ranking_from_the_cache_files(tmp_path):
         locations[layer] = str(folder)
         acts[layer] = _sparse_activations(rng, 0.3)
         path = folder / "activations.parquet"
-        acts[layer].to_parquet(path)
+        write_parquet_atomic(acts[layer], path, ACTIVATIONS_SCHEMA)  # as the cache writes it
         files[layer] = [str(path)]
     model_config = {
         "source": str(tmp_path / "model"),

@@ -597,6 +597,7 @@ def _weightlens_view(
         ids = [int(t) for t in _list(inherited[i])] if i < len(inherited) else []
         upstream.append(
             {
+                "key": key,
                 "label": f"L{key[0]}#{key[1]}",
                 "href": link_prefix + f"layer{key[0]}/feature{key[1]:06d}.html"
                 if key in page_exists
@@ -697,10 +698,7 @@ def _twera_view(
     weight-only ranking also keeps it as an upstream feature."""
     if rows is None or rows.empty:
         return []
-    by_weights = {
-        (int(label[1:].split("#")[0]), int(label.split("#")[1]))
-        for label in (u["label"] for u in (weightlens or {}).get("upstream", []))
-    }
+    by_weights = {u["key"] for u in (weightlens or {}).get("upstream", [])}
     view = []
     for row in rows.sort_values("rank").to_dict("records"):
         key = (int(row["source_layer"]), int(row["source_feature"]))

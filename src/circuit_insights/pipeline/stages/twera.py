@@ -11,24 +11,22 @@ from circuit_insights.transcoders.loading import load_transcoders
 
 log = logging.getLogger(__name__)
 
-#: Columns of the cache's activation tables that TWERA reads.
-ACTIVATION_COLUMNS = ["context", "position", "feature", "activation", "excluded"]
-
-
 def read_activations(paths: Sequence[str]) -> Any:
-    """One layer's sparse cache activations (:data:`ACTIVATION_COLUMNS`) from its shard files."""
+    """One layer's sparse cache activations from its shard files (``read_feature_activations``);
+    a file that cannot be read is an ``InputError`` naming it."""
     import pandas as pd
 
+    from circuit_insights.data.cache import read_feature_activations
     from circuit_insights.errors import InputError
 
+    if not paths:
+        raise InputError("TWERA: no activation files given")
     frames = []
     for path in paths:
         try:
-            frames.append(pd.read_parquet(path, columns=ACTIVATION_COLUMNS))
+            frames.append(read_feature_activations(path))
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"cannot read cache activations {path}: {exc}") from exc
-    if not frames:
-        raise InputError("TWERA: no activation files given")
     return pd.concat(frames, ignore_index=True)
 
 
