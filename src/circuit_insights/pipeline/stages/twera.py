@@ -11,6 +11,7 @@ from circuit_insights.transcoders.loading import load_transcoders
 
 log = logging.getLogger(__name__)
 
+
 def read_activations(paths: Sequence[str]) -> Any:
     """One layer's sparse cache activations from its shard files (``read_feature_activations``);
     a file that cannot be read is an ``InputError`` naming it."""
