@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 from circuit_insights.circuitlens.attribution import AttributionRequest, attribute  # noqa: E402
 from circuit_insights.models.adapters import SubjectModel  # noqa: E402
+from circuit_insights.models.shapes import benchmark_model  # noqa: E402
 from circuit_insights.transcoders.base import Transcoder  # noqa: E402
 
 
@@ -164,7 +165,9 @@ def _synchronize(model: SubjectModel) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="Hugging Face folder (default: a tiny random model)")
+    parser.add_argument(
+        "--model", help="HF folder or random:NAME (published shape, models/shapes.py); default tiny"
+    )
     parser.add_argument("--family", default="gemma2", choices=["gpt2", "gemma2", "llama"])
     parser.add_argument("--tiny-layers", type=int, default=6)
     parser.add_argument("--tiny-d-model", type=int, default=128)
@@ -177,13 +180,14 @@ def main() -> None:
     parser.add_argument("--output-k", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=2, help="timed runs (after one warm-up)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     if args.model:
-        model = SubjectModel.from_pretrained(args.model, local_files_only=True, device=args.device)
+        model = benchmark_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     else:
         model = tiny_model(args.family, args.tiny_layers, args.tiny_d_model)
         model.hf_model.to(args.device)

@@ -32,19 +32,20 @@ import torch
 from circuit_insights.data.cache import ARTIFACTS, cache_split
 from circuit_insights.data.shards import make_shards
 from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.models.shapes import benchmark_model
 from circuit_insights.transcoders.base import Transcoder
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "resources/models/gemma-3-270m"
 
 
-def load_model(name: str, device: str) -> SubjectModel:
+def load_model(name: str, device: str, dtype: torch.dtype = torch.float32) -> SubjectModel:
     if name.startswith("tiny-"):
         from circuit_insights.models.tiny import tiny_subject_model
 
         model = tiny_subject_model(name.removeprefix("tiny-"), n_layers=4, d_model=64)
         model.hf_model.to(device)
         return model
-    return SubjectModel.from_pretrained(name, local_files_only=True, device=device)
+    return benchmark_model(name, device=device, dtype=dtype)
 
 
 def corpus_tokens(model: SubjectModel, n_contexts: int, context_length: int) -> np.ndarray:
@@ -95,7 +96,9 @@ def calibrated_transcoder(
         transcoder.W_dec.mul_(n_features**-0.5)
         transcoder.b_enc.zero_()
         pre = transcoder.pre_activation(inputs)  # (n, n_features)
-        transcoder.b_enc.copy_(-torch.quantile(pre, 1.0 - density, dim=0))
+        # torch.quantile takes at most 2**24 elements: per block of features
+        cutoffs = [torch.quantile(block, 1.0 - density, dim=0) for block in pre.split(1024, dim=1)]
+        transcoder.b_enc.copy_(-torch.cat(cutoffs))
     return transcoder.to(model.device)
 
 
@@ -126,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(EMBEDDED) if EMBEDDED.is_dir() else "tiny-llama")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--layer", type=int, default=None, help="default: two thirds of depth")
     parser.add_argument("--features", type=int, default=2048)
     parser.add_argument("--density", type=float, default=0.02, help="calibrated firing density")
@@ -141,7 +145,7 @@ def main() -> None:
         parser.error(f"--density must be in (0, 1), got {args.density}")
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, getattr(torch, args.dtype))
     layer = args.layer if args.layer is not None else (2 * model.n_layers) // 3
     all_tokens = corpus_tokens(
         model, args.calibration_contexts + args.contexts, args.context_length

@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 
 from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.models.shapes import benchmark_model
 from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.weightlens import (
     WeightLensOptions,
@@ -183,7 +184,10 @@ def synchronize(model: SubjectModel) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="Hugging Face model folder (default: random GPT-2 shape)")
+    parser.add_argument(
+        "--model",
+        help="HF folder or random:NAME (published shape, models/shapes.py); default small",
+    )
     parser.add_argument("--transcoder", help="native transcoder folder for --layer")
     parser.add_argument("--layer", type=int, default=2)
     parser.add_argument("--features", type=int, default=2048, help="features of random transcoders")
@@ -192,6 +196,7 @@ def main() -> None:
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--layers", type=int, default=1, help=">= 2: the depth run (see above)")
     parser.add_argument("--density", type=float, default=0.02, help="depth run: firing density")
     parser.add_argument("--calibration-contexts", type=int, default=16, help="depth run")
@@ -204,7 +209,7 @@ def main() -> None:
 
     started = time.perf_counter()
     if args.model:
-        model = SubjectModel.from_pretrained(args.model, local_files_only=True, device=args.device)
+        model = benchmark_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     else:
         model = random_model(50257, 512, 4)
         model.hf_model.to(args.device)
@@ -251,10 +256,18 @@ def main() -> None:
     looped = analyze_weights(model, transcoders, layer, features[:n_loop], thresholds, loop_options)
     loop_subset_s = time.perf_counter() - t0
     loop_s = loop_subset_s * len(features) / n_loop
+    identical = 0
     for k in range(n_loop):
-        assert np.array_equal(chunked.candidates[k], looped.candidates[k]), k
-        assert np.array_equal(chunked.promoted[k], looped.promoted[k]), k
-        assert chunked.upstream[k]["feature"].tolist() == looped.upstream[k]["feature"].tolist()
+        same = (
+            np.array_equal(chunked.candidates[k], looped.candidates[k])
+            and np.array_equal(chunked.promoted[k], looped.promoted[k])
+            and chunked.upstream[k]["feature"].tolist() == looped.upstream[k]["feature"].tolist()
+        )
+        identical += same
+        if not same and model.device.type == "cpu":
+            raise AssertionError(f"feature {k}: the chunked and the looped analysis differ")
+        # On CUDA, cuBLAS picks kernels by shape, so products of 1 and of 4096 columns round
+        # differently and near-ties may swap: the count of identical features is printed.
 
     t0 = time.perf_counter()
     frame = run_weightlens(model, transcoders, layer, features, upstream_results, thresholds)
@@ -269,7 +282,10 @@ def main() -> None:
         f"per-feature loop:        {loop_s:8.2f} s  {len(features) / loop_s:10.1f} features/s "
         f"(measured on {n_loop} features: {loop_subset_s:.2f} s, extrapolated x{len(features) / n_loop:.0f})"
     )
-    print(f"speed-up chunked / loop: {loop_s / chunked_s:8.1f}x (outputs identical on the subset)")
+    print(
+        f"speed-up chunked / loop: {loop_s / chunked_s:8.1f}x (outputs identical on {identical} of "
+        f"{n_loop} features; CPU runs require all)"
+    )
     print(
         f"full run_weightlens:     {full_s:8.2f} s  {len(features) / full_s:10.1f} features/s "
         f"({n_pairs} candidate pairs, {n_unique} unique tokens validated, "
