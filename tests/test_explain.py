@@ -381,12 +381,37 @@ def test_prompt_hashes_are_stable(inputs):
     assert {r.repetition_penalty for r in requests} == {1.2}
 
 
+def test_cluster_prompts_share_their_evidence_as_a_prefix(inputs):
+    """cl_full's prompt starts with cl_input's evidence, wl_cl_full's with cl_full's: a server
+    with prefix caching (vLLM) computes the shared part once per cluster, if the shorter variant
+    is sent first (the first round sends variant by variant, in LLM_VARIANTS order)."""
+    by_variant = {
+        variant: {key.cluster: request for key, request in build_requests(inputs, variant)}
+        for variant in CLUSTER_VARIANTS
+    }
+    assert set(by_variant["cl_input"]) == set(by_variant["wl_cl_full"]) != set()
+    for cluster, short in by_variant["cl_input"].items():
+        full, weights = by_variant["cl_full"][cluster], by_variant["wl_cl_full"][cluster]
+        assert short.messages[0] == full.messages[0] == weights.messages[0]  # system message
+        for shorter, longer in ((short, full), (full, weights)):
+            evidence = shorter.messages[-1][1].rstrip().rsplit("\n\n", 1)[0]  # minus the question
+            assert longer.messages[-1][1].startswith(evidence + "\n\n")
+            assert len(longer.messages[-1][1]) > len(evidence) + 40
+    # Whatever order the config names them in, the shorter prompts go first.
+    backend = FakeBackend(echo_answer)
+    explain_shard(backend, inputs, ["wl_cl_full", "maxact", "cl_full", "cl_input"])
+    sent = [r for r in backend.requests if r in set(by_variant["cl_input"].values())]
+    first_full = backend.requests.index(by_variant["cl_full"][min(by_variant["cl_full"])])
+    first_weights = backend.requests.index(by_variant["wl_cl_full"][min(by_variant["wl_cl_full"])])
+    assert all(backend.requests.index(r) < first_full < first_weights for r in sent)
+
+
 def test_templates_are_packaged_and_versioned():
-    assert PROMPT_VERSION == "explain_v1"
+    assert PROMPT_VERSION == "explain_v2"
     for name in ("system", "maxact", "weightlens", "weightlens_out", "merge", *LLM_VARIANTS):
-        assert load_template(f"explain_{name}_v1").template.strip()
+        assert load_template(f"explain_{name}_v2").template.strip()
     with pytest.raises(InputError, match="not packaged"):
-        load_template("explain_nothing_v1")
+        load_template("explain_nothing_v2")
 
 
 # --- running with a fake LLM ----------------------------------------------------------------------

@@ -258,7 +258,7 @@ def write_fixture_run(root: Path) -> None:
             "step": step,
             "n_clusters": 1,
             "description": description,
-            "prompt_version": "explain_v1",
+            "prompt_version": "explain_v2",
             "llm_model": "fixture",
             "parse_status": status,
             "error": error,
@@ -643,7 +643,7 @@ def _worth_frames() -> ModelFrames:
             "step": "describe",
             "n_clusters": 0,
             "description": "feature_fire(s)" if layer == 0 else f"words about topic {layer}",
-            "prompt_version": "explain_v1",
+            "prompt_version": "explain_v2",
             "llm_model": "smollm2",
             "parse_status": "ok",
         }

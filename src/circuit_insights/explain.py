@@ -5,7 +5,7 @@ Variants (the ``variant`` column, also the FADE variant names):
 - ``maxact`` (MaxAct*): the LLM sees the feature's top contexts with the max token marked
   ``<<like this>>``.
 - ``weightlens``, ``weightlens_out``: LLM-free, rendered from the WeightLens facts with the
-  templates ``explain_weightlens_v1.txt`` / ``explain_weightlens_out_v1.txt`` (validated tokens;
+  templates ``explain_weightlens_v2.txt`` / ``explain_weightlens_out_v2.txt`` (validated tokens;
   plus promoted / suppressed output tokens), as in the paper, where WeightLens needs no LLM.
 - ``weightlens_rule``: LLM-free, the WeightLens table's own ``description`` column verbatim.
 - ``maxact_rule``, ``cl_rule``, ``wl_cl_rule``: LLM-free, the readable text of the executable
@@ -20,7 +20,7 @@ Variants (the ``variant`` column, also the FADE variant names):
   combining the cluster descriptions.
 
 Every answer is requested as JSON ``{"description": str}`` (:data:`ANSWER_SCHEMA`, structured
-output) at temperature 0. Prompts are versioned templates ``prompts/explain_*_v1.txt``
+output) at temperature 0. Prompts are versioned templates ``prompts/explain_*_v2.txt``
 (:data:`PROMPT_VERSION`). An empty or unparseable answer is a row with its raw text and
 ``parse_status``, never an exception. Conventions (``cluster`` -1 is the final row, ...) are in
 ``docs/clustering_and_explanations.md``.
@@ -77,9 +77,9 @@ __all__ = [
     "write_explanations",
 ]
 
-#: Version of the templates ``prompts/explain_*_v1.txt``; recorded with every row.
-PROMPT_VERSION = "explain_v1"
-_TEMPLATE_VERSION = "v1"
+#: Version of the templates ``prompts/explain_*_v2.txt``; recorded with every row.
+PROMPT_VERSION = "explain_v2"
+_TEMPLATE_VERSION = "v2"
 
 #: Variants the LLM writes.
 LLM_VARIANTS: tuple[str, ...] = (
@@ -1039,8 +1039,11 @@ def explain_shard(
                 )
 
     # First round: every describe request of every LLM variant.
+    # In LLM_VARIANTS order, whatever the caller's: cl_input's prompts before cl_full's before
+    # wl_cl_full's, each starting with the one before's evidence, so that a server with prefix
+    # caching has the shared part cached when the longer prompt arrives.
     first: list[tuple[RequestKey, ChatRequest]] = []
-    for variant in needs_llm:
+    for variant in sorted(needs_llm, key=LLM_VARIANTS.index):
         first.extend(build_requests(feature_inputs, variant, config))
     answers: dict[tuple[int, str], dict[int, tuple[ChatRequest, ChatResult, str | None]]] = {}
     for key, request, result in _ask(backend, first, config, model):

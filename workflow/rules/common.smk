@@ -10,6 +10,7 @@ from circuit_insights.data.shards import make_shards  # noqa: E402
 from circuit_insights.pipeline import paths  # noqa: E402
 from circuit_insights.pipeline import params as rule_params  # noqa: E402
 from circuit_insights.pipeline.params import (  # noqa: E402
+    EVALUATE_KEYS,
     EVALUATE_RULES_KEYS,
     EXPLAIN_KEYS,
     RULES_DERIVATION_KEYS,

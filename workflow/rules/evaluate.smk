@@ -27,7 +27,7 @@ rule evaluate:
         f"{RESULTS}/benchmarks/{{model}}/layer{{layer}}/evaluate/{{variant}}/{{shard}}.tsv"
     conda:
         "../../envs/circuit-insights.yaml"
-    threads: config["threads"]
+    threads: config["evaluate"]["threads"]
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,  # the subject model generating
         runtime=240,
@@ -36,7 +36,7 @@ rule evaluate:
     params:
         model_name="{model}",
         model=subject_and_transcoder_params,
-        evaluate=config_section("evaluate"),
+        evaluate=config_section("evaluate", EVALUATE_KEYS),
         llm=config_section("llm"),
         llm_files=(paths.llm_state_file(RESULTS), paths.llm_cache_file(RESULTS)),
     script:

@@ -36,6 +36,9 @@ EXPLAIN_KEYS = (
 )
 """Keys of ``explain`` that the explain jobs read (the draw itself comes from its file)."""
 
+EVALUATE_KEYS = ("features_per_shard", "preset", "seed", "top_selection", "variants")
+"""Keys of ``evaluate`` that the FADE jobs read (``evaluate.threads`` is their resource only)."""
+
 EVALUATE_RULES_KEYS = ("preset", "seed", "top_selection")
 """Keys of ``evaluate`` that the rule rater reads (its sample selection is FADE's)."""
 
