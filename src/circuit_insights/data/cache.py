@@ -582,21 +582,28 @@ def _sparse_by_feature(
     """Non-zero entries of (batch, pos, n_features) ``activations``, sorted by feature.
 
     Within a feature, entries stay in (batch, position) order (stable sort). Finding the
-    non-zeros runs in torch on the tensor's device (``on_device``; the default for CUDA tensors)
-    or in numpy (the default for CPU tensors, where ``np.nonzero`` and its gathers are faster);
-    either way only the non-zeros are copied, and numpy's stable sort (a radix sort for 16-bit
-    keys) orders them by feature.
+    non-zeros runs in torch on the tensor's device (``on_device``; the default for CUDA tensors),
+    where the non-zeros of the (feature, batch, position) view come out in that order, or in
+    numpy (the default for CPU tensors, where ``np.flatnonzero`` and its gathers are faster),
+    where numpy's stable sort (a radix sort for 16-bit keys) orders them by feature. Either way
+    only the non-zeros are copied to the host.
     """
     if on_device is None:
         on_device = activations.device.type != "cpu"
     if on_device:
-        index = torch.nonzero(activations)  # (nnz, 3): batch, position, feature
-        values = activations[index[:, 0], index[:, 1], index[:, 2]]  # (nnz,)
-        row_excluded = excluded[index[:, 0], index[:, 1]]  # (nnz,)
-        index_np = index.to("cpu").numpy()
-        batch_index, position, feature = index_np[:, 0], index_np[:, 1], index_np[:, 2]
-        value_np = values.detach().to(device="cpu", dtype=torch.float32).numpy()
-        excluded_np = row_excluded.to("cpu").numpy()
+        # nonzero of the (feature, batch, position) view lists the entries in that lexicographic
+        # order: already the stable sort by feature, done on the device, no sort on the host.
+        index = torch.nonzero(activations.permute(2, 0, 1))  # (nnz, 3): feature, batch, position
+        values = activations[index[:, 1], index[:, 2], index[:, 0]]  # (nnz,)
+        row_excluded = excluded[index[:, 1], index[:, 2]]  # (nnz,)
+        index_np = index.to(device="cpu", dtype=torch.int32).numpy()
+        return _SparseBatch(
+            feature=index_np[:, 0].astype(np.int64),
+            batch_index=index_np[:, 1].astype(np.int64),
+            position=index_np[:, 2],
+            activation=values.detach().to(device="cpu", dtype=torch.float32).numpy(),
+            excluded=row_excluded.to("cpu").numpy(),
+        )
     else:
         dense = activations.detach()
         if dense.dtype not in (torch.float32, torch.float64, torch.float16):
