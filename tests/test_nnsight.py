@@ -226,6 +226,33 @@ def test_steering_moves_the_logits_as_computed_by_hand(tiny_model):
     assert torch.equal(continuations[:, 0], steered[:, -1].argmax(-1))
 
 
+def test_kv_cached_steered_generation_matches_the_full_reruns(tiny_model):
+    """Under steering, the KV-cached step (prompt once, then one position per step) gives the
+    logits of rerunning the whole sequence, at every step, and the same greedy tokens."""
+    ids = _ids(tiny_model, length=6)
+    output_hook = "mlp_out_post_norm" if tiny_model.adapter.post_mlp_norm else "mlp_out"
+    transcoder = _transcoder(tiny_model, 1, "mlp_in", output_hook)
+    x = tiny_model.hook_values(ids, {1: ["mlp_in"]})[(1, "mlp_in")]
+    with torch.no_grad():
+        feature = int((transcoder.encode(x) > 0).float().sum((0, 1)).argmax())
+    forced = torch.randint(3, TINY_VOCAB - 1, (ids.shape[0], 4), generator=torch.Generator())
+    for value in (None, 6.0):
+        with steering(tiny_model, transcoder, feature, value):
+            logits, cache = tiny_model.next_token_logits(ids)
+            sequence = ids
+            for step in range(forced.shape[1]):
+                full = tiny_model.logits(sequence)[:, -1]  # (batch, vocab)
+                torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-4)
+                sequence = torch.cat([sequence, forced[:, step : step + 1]], dim=1)
+                logits, cache = tiny_model.next_token_logits(forced[:, step : step + 1], cache)
+            cached = greedy_continuations(tiny_model, ids, 4, kv_cache=True)
+            rerun = greedy_continuations(tiny_model, ids, 4, kv_cache=False)
+        assert torch.equal(cached, rerun)
+    with steering(tiny_model, transcoder, feature, 6.0):
+        steered = greedy_continuations(tiny_model, ids, 4)
+    assert not torch.equal(steered, greedy_continuations(tiny_model, ids, 4))
+
+
 def test_splice_errors_name_the_layer():
     from circuit_insights.errors import InputError
     from circuit_insights.models.tiny import tiny_subject_model

@@ -641,21 +641,32 @@ def greedy_continuations(
     n_tokens: int,
     *,
     batch_size: int = 16,
+    kv_cache: bool = True,
 ) -> Tensor:
     """Greedy continuations of equal-length ``prompts`` (P, L): (P, n_tokens) token ids.
 
-    Plain forward passes over the whole growing sequence (no KV cache), last-position logits
-    only; exactly ``n_tokens`` tokens, no stopping at EOS. Runs under whatever
-    :meth:`SubjectModel.splice` is active (applied in :meth:`SubjectModel.logits`' nnsight trace).
+    Exactly ``n_tokens`` tokens, no stopping at EOS. ``kv_cache`` (the default): the prompt
+    once, then one position per step with the model's KV cache
+    (:meth:`SubjectModel.next_token_logits`); else the whole growing sequence at every step.
+    Both run under whatever :meth:`SubjectModel.splice` is active (steering applies at every
+    position either way) and give the same logits up to rounding.
     """
     out = []
     for start in range(0, len(prompts), batch_size):
         ids = prompts[start : start + batch_size].to(model.device, torch.long)  # (b, L)
+        new: list[Tensor] = []
+        cache: object | None = None
+        step_ids = ids
         for _ in range(n_tokens):
-            logits = model.logits(ids, logits_to_keep=1)  # (b, 1, vocab)
-            next_token = logits[:, -1].argmax(dim=-1, keepdim=True)  # (b, 1)
+            if kv_cache:
+                logits, cache = model.next_token_logits(step_ids, cache)  # (b, vocab)
+            else:
+                logits = model.logits(ids, logits_to_keep=1)[:, -1]  # (b, vocab)
+            next_token = logits.argmax(dim=-1, keepdim=True)  # (b, 1)
+            new.append(next_token)
             ids = torch.cat([ids, next_token], dim=1)
-        out.append(ids[:, prompts.shape[1] :].cpu())
+            step_ids = next_token
+        out.append(torch.cat(new, dim=1).cpu() if new else ids[:, :0].cpu())
     return torch.cat(out) if out else torch.zeros((0, n_tokens), dtype=torch.long)
 
 

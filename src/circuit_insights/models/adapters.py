@@ -414,7 +414,7 @@ class SubjectModel:
     ) -> dict[tuple[int, str], Tensor]:
         """Read module values in one nnsight trace (active splices applied), stopped after the
         deepest requested layer."""
-        saved, _ = self._trace(input_ids, attention_mask, requests, want_logits=False)
+        saved, _, _ = self._trace(input_ids, attention_mask, requests, want_logits=False)
         for layer, hooks in requests.items():
             if "mlp_out_post_norm" in hooks and not self.adapter.post_mlp_norm:
                 saved[(layer, "mlp_out_post_norm")] = saved[(layer, "mlp_out")]
@@ -428,10 +428,13 @@ class SubjectModel:
         *,
         want_logits: bool,
         logits_to_keep: int = 0,
-    ) -> tuple[dict[tuple[int, str], Tensor], Tensor | None]:
+        past_key_values: object | None = None,
+        use_cache: bool = False,
+    ) -> tuple[dict[tuple[int, str], Tensor], Tensor | None, object | None]:
         """One nnsight trace over ``input_ids`` (batch, pos): the active splices are applied at
         their layers, the requested module values are read, and the run stops after the deepest
-        requested layer unless the logits are wanted. Returns (saved values, logits or None).
+        requested layer unless the logits are wanted. Returns (saved values, logits or None,
+        the KV cache when ``use_cache``; ``past_key_values`` continues an earlier one).
 
         Saved names: ``resid_mid`` (the pre-MLP norm's input), ``mlp_in`` (its output),
         ``mlp_out`` (the MLP's output), ``mlp_out_post_norm`` (the post-MLP norm's output, in
@@ -447,7 +450,9 @@ class SubjectModel:
             self._layer_step(layer, set(requests.get(layer, ())), splices.get(layer))
             for layer in sorted(set(requests) | set(splices))
         ]
-        kwargs: dict[str, object] = {"input_ids": input_ids.to(self.device), "use_cache": False}
+        kwargs: dict[str, object] = {"input_ids": input_ids.to(self.device), "use_cache": use_cache}
+        if past_key_values is not None:
+            kwargs["past_key_values"] = past_key_values
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask.to(self.device)
         if want_logits:
@@ -463,7 +468,9 @@ class SubjectModel:
                 output = save_value(self.nnsight.output)
             else:
                 tracer.stop()
-        return saved, None if output is None else output.logits
+        if output is None:
+            return saved, None, None
+        return saved, output.logits, output.past_key_values if use_cache else None
 
     def _layer_step(self, layer: int, reads: set[str], splice: _Splice | None) -> _LayerStep:
         """What one layer's part of a trace reads and writes, with the envoys it touches."""
@@ -598,7 +605,7 @@ class SubjectModel:
         """Forward pass, active splices applied. (batch, pos) -> (batch, pos, vocab) float32;
         ``logits_to_keep`` > 0: only the last that many positions."""
         if self._splices:
-            _, logits = self._trace(
+            _, logits, _ = self._trace(
                 input_ids, attention_mask, {}, want_logits=True, logits_to_keep=logits_to_keep
             )
             assert logits is not None
@@ -611,3 +618,33 @@ class SubjectModel:
                 logits_to_keep=logits_to_keep,
             )
         return out.logits.float()
+
+    def next_token_logits(
+        self, input_ids: Tensor, past_key_values: object | None = None
+    ) -> tuple[Tensor, object]:
+        """Logits of the next token, (batch, vocab) float32, and the KV cache to continue from.
+
+        ``input_ids`` (batch, new) are the tokens after those ``past_key_values`` holds (all of
+        them when it is None); no padding. Active splices apply to the new positions: the keys
+        and values of earlier positions were computed under the same splices when they were new.
+        """
+        if self._splices:
+            _, logits, cache = self._trace(
+                input_ids,
+                None,
+                {},
+                want_logits=True,
+                logits_to_keep=1,
+                past_key_values=past_key_values,
+                use_cache=True,
+            )
+            assert logits is not None and cache is not None
+            return logits[:, -1].float(), cache
+        with torch.no_grad():
+            out = self.hf_model(
+                input_ids=input_ids.to(self.device),
+                past_key_values=past_key_values,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return out.logits[:, -1].float(), out.past_key_values
