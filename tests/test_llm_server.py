@@ -36,6 +36,7 @@ from circuit_insights.llm.server import (
     ensure_shared_server,
     main,
     read_state,
+    server_environment,
     start_shared_server,
     stop_shared_server,
 )
@@ -446,3 +447,16 @@ def test_real_server_structured_output_and_clean_shutdown(
     assert isinstance(results[2].parsed["texts"], list)
     assert all(r.cached for r in again) and backend.sent == 3
     assert "Application startup complete" in (tmp_path / "vllm.log").read_text()
+
+
+def test_server_environment_sets_the_cpu_servers_cache_and_cores():
+    env = server_environment({"PATH": "/bin"}, 2, 0, {"EXTRA": "1"})
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"  # 0 is a value, not "unset"
+    assert env["PATH"] == "/bin" and env["EXTRA"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
+    default = server_environment({"PATH": "/bin"}, None, None, {})
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in default
+    assert "VLLM_CPU_KVCACHE_SPACE" not in default
+    # A value the user exported stays when the config leaves it to vLLM.
+    exported = server_environment({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, None, None, {})
+    assert exported["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"

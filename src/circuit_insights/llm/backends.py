@@ -44,6 +44,7 @@ def llm_backend(
             state_file,
             served_model_name=llm_config["served_model_name"],
             kv_cache_space_gib=llm_config["kv_cache_gib"],
+            reserved_cpus=llm_config["reserved_cpus"],
             startup_timeout_s=llm_config["startup_timeout_s"],
             python=server_python(llm_config),
             log_path=str(Path(state_file).with_suffix(".log")),

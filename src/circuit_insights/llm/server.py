@@ -197,6 +197,27 @@ def _install_cleanup_hooks() -> None:
 # The server
 
 
+def server_environment(
+    base: Mapping[str, str],
+    kv_cache_space_gib: int | None,
+    reserved_cpus: int | None,
+    extra: Mapping[str, str],
+) -> dict[str, str]:
+    """The environment of the vLLM CPU server process: ``base`` with the KV cache size
+    (``VLLM_CPU_KVCACHE_SPACE``, GiB) and the cores kept from its compute threads
+    (``VLLM_CPU_NUM_OF_RESERVED_CPU``; None leaves vLLM's default of one per worker, for its
+    scheduler), usage statistics off, then ``extra`` on top."""
+    env = dict(base)
+    if kv_cache_space_gib is not None:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_space_gib)
+    if reserved_cpus is not None:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved_cpus)
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.update(extra)
+    return env
+
+
 class VLLMServer:
     """A vLLM OpenAI-compatible server serving ``model_dir`` (a Hugging Face folder).
 
@@ -219,6 +240,7 @@ class VLLMServer:
         max_model_len: int = 2048,
         enforce_eager: bool = True,
         kv_cache_space_gib: int | None = 1,
+        reserved_cpus: int | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
@@ -236,6 +258,7 @@ class VLLMServer:
         self.max_model_len = max_model_len
         self.enforce_eager = enforce_eager
         self.kv_cache_space_gib = kv_cache_space_gib
+        self.reserved_cpus = reserved_cpus
         self.extra_args = tuple(extra_args)
         self.env = dict(env or {})
         self.log_path = Path(log_path) if log_path is not None else None
@@ -323,12 +346,7 @@ class VLLMServer:
             os.close(fd)
             self.log_path = Path(name)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        if self.kv_cache_space_gib is not None:
-            env["VLLM_CPU_KVCACHE_SPACE"] = str(self.kv_cache_space_gib)
-        env.setdefault("VLLM_NO_USAGE_STATS", "1")
-        env.setdefault("DO_NOT_TRACK", "1")
-        env.update(self.env)
+        env = server_environment(os.environ, self.kv_cache_space_gib, self.reserved_cpus, self.env)
         _install_cleanup_hooks()
         log.info(
             "starting vLLM server for %s at http://%s:%d/v1 (log: %s)",
@@ -587,6 +605,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--max-model-len", type=int, default=2048)
     start.add_argument("--no-enforce-eager", action="store_true", help="compile (slower start)")
     start.add_argument("--kv-cache-space-gib", type=int, default=1)
+    start.add_argument(
+        "--reserved-cpus", type=int, default=None, help="cores kept from vLLM's compute threads"
+    )
     start.add_argument("--log-file", default=None, help="default: the state file with .log")
     start.add_argument("--startup-timeout-s", type=float, default=900.0)
     start.add_argument(
@@ -613,6 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "max_model_len": args.max_model_len,
                 "enforce_eager": not args.no_enforce_eager,
                 "kv_cache_space_gib": args.kv_cache_space_gib,
+                "reserved_cpus": args.reserved_cpus,
                 "startup_timeout_s": args.startup_timeout_s,
                 "python": args.python,
             }
