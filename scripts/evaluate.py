@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 from circuit_insights.models.loading import set_threads
 from circuit_insights.pipeline.logs import configure_logging
+from circuit_insights.pipeline.params import llm_job_config
 from circuit_insights.pipeline.paths import job_model_location
 from circuit_insights.pipeline.stages.evaluate import run_evaluate_stage
 from circuit_insights.transcoders.loading import transcoder_location
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 configure_logging(snakemake.log[0])
 set_threads(snakemake.threads)
 model_config = snakemake.params.model
-llm = snakemake.params.llm
+llm = llm_job_config(snakemake.params.llm, snakemake.config)
 layer = int(snakemake.wildcards.layer)
 run_evaluate_stage(
     model_config=model_config,

@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING
 
 from circuit_insights.pipeline.logs import configure_logging
+from circuit_insights.pipeline.params import llm_job_config
 from circuit_insights.pipeline.paths import job_model_location
 from circuit_insights.pipeline.stages.explain import run_explain_stage
 
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     snakemake: Snakemake
 
 configure_logging(snakemake.log[0])
-llm = snakemake.params.llm
+llm = llm_job_config(snakemake.params.llm, snakemake.config)
 run_explain_stage(
     model_config=snakemake.params.model,
     explain_config=snakemake.params.explain,

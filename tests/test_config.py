@@ -214,6 +214,36 @@ def test_a_weightlens_threshold_reaches_only_weightlens_params():
     assert repr(changed) != repr(params.weightlens_model_params(before, model))
 
 
+def test_llm_keys_are_either_answer_params_or_connection_settings():
+    """Every ``llm`` key is a rerun trigger of the LLM jobs (it changes what is answered) or a
+    connection setting read from the config at run time, never both, never neither."""
+    from circuit_insights.pipeline import params
+
+    schema_keys = set(SCHEMA["properties"]["llm"]["properties"])
+    answer = set(params.LLM_EXPLAIN_KEYS) | set(params.LLM_MODEL_KEYS)
+    connection = set(params.LLM_CONNECTION_KEYS)
+    assert answer | connection == schema_keys
+    assert not answer & connection
+    assert set(params.LLM_MODEL_KEYS) <= set(params.LLM_EXPLAIN_KEYS)
+
+
+def test_llm_job_config_joins_the_params_with_the_connection_settings():
+    from circuit_insights.pipeline import params
+
+    raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config = validate_config(raw, SCHEMA)
+    explain = params.section(config, "llm", params.LLM_EXPLAIN_KEYS)
+    assert "concurrency" not in explain and "reserved_cpus" not in explain
+    job = params.llm_job_config(explain, config)
+    assert job == params.section(config, "llm")  # the explain job sees the whole block
+    raw["llm"]["concurrency"] = 3
+    edited = validate_config(raw, SCHEMA)
+    assert params.section(edited, "llm", params.LLM_EXPLAIN_KEYS) == explain
+    assert params.llm_job_config(explain, edited)["concurrency"] == 3
+    with pytest.raises(InputError, match="'llm'"):
+        params.llm_job_config(explain, {})
+
+
 def test_params_name_a_missing_model():
     from circuit_insights.pipeline import params
 

@@ -431,6 +431,31 @@ def test_a_rule_rater_key_reruns_only_the_rule_rater_summary_and_report(touched,
     assert rules == {"evaluate_rules", "summarize", "report"}, rules
 
 
+def test_server_and_resource_keys_rerun_nothing(touched, tmp_path):
+    """How the LLM server runs and how many threads a job gets change no answer: no rerun."""
+
+    def edit(config):
+        config["llm"] = {
+            "concurrency": 3,
+            "kv_cache_gib": 1,
+            "reserved_cpus": 1,
+            "timeout_s": 77,
+            "max_retries": 1,
+            "startup_timeout_s": 99,
+        }
+        config["evaluate"]["threads"] = 2
+
+    assert dry_run_rules(touched, edited(tmp_path, edit)) == set()
+
+
+def test_an_llm_answer_key_reruns_the_explanations_and_what_follows(touched, tmp_path):
+    def edit(config):
+        config["llm"] = {"max_tokens": 123}
+
+    rules = dry_run_rules(touched, edited(tmp_path, edit))
+    assert rules == {"explain", "evaluate", "evaluate_rules", "summarize", "report"}, rules
+
+
 def test_the_same_config_with_keys_reordered_reruns_nothing(touched, tmp_path):
     config = write_config(tmp_path / "reordered.yaml", reversed_keys(CI_CONFIG))
     assert list(yaml.safe_load(config.read_text())) != list(CI_CONFIG)

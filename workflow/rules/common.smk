@@ -13,6 +13,8 @@ from circuit_insights.pipeline.params import (  # noqa: E402
     EVALUATE_KEYS,
     EVALUATE_RULES_KEYS,
     EXPLAIN_KEYS,
+    LLM_EXPLAIN_KEYS,
+    LLM_MODEL_KEYS,
     RULES_DERIVATION_KEYS,
     SELECTION_KEYS,
 )

@@ -37,7 +37,7 @@ rule evaluate:
         model_name="{model}",
         model=subject_and_transcoder_params,
         evaluate=config_section("evaluate", EVALUATE_KEYS),
-        llm=config_section("llm"),
+        llm=config_section("llm", LLM_MODEL_KEYS),
         llm_files=(paths.llm_state_file(RESULTS), paths.llm_cache_file(RESULTS)),
     script:
         "../../scripts/evaluate.py"

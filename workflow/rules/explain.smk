@@ -36,7 +36,7 @@ rule explain:
     params:
         model=tokenizer_params,
         explain=config_section("explain", EXPLAIN_KEYS),
-        llm=config_section("llm"),
+        llm=config_section("llm", LLM_EXPLAIN_KEYS),
         rules=config_section("rules", RULES_DERIVATION_KEYS),
         llm_files=(paths.llm_state_file(RESULTS), paths.llm_cache_file(RESULTS)),
     script:

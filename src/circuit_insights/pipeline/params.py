@@ -42,6 +42,26 @@ EVALUATE_KEYS = ("features_per_shard", "preset", "seed", "top_selection", "varia
 EVALUATE_RULES_KEYS = ("preset", "seed", "top_selection")
 """Keys of ``evaluate`` that the rule rater reads (its sample selection is FADE's)."""
 
+LLM_MODEL_KEYS = ("model", "served_model_name", "url")
+"""Keys of ``llm`` naming the model that answers: params of every job that asks the LLM."""
+
+LLM_EXPLAIN_KEYS = (*LLM_MODEL_KEYS, "max_tokens", "repetition_penalty", "retry_max_tokens")
+"""Keys of ``llm`` that change the explain jobs' answers (FADE's requests set their own)."""
+
+LLM_CONNECTION_KEYS = (
+    "api_key_env",
+    "concurrency",
+    "kv_cache_gib",
+    "max_retries",
+    "reserved_cpus",
+    "server_python",
+    "startup_timeout_s",
+    "timeout_s",
+)
+"""Keys of ``llm`` that say how the server is run and reached, not what it answers. They are no
+params (Snakemake would rerun the LLM jobs when one changes): the scripts read them from the
+workflow's config with :func:`llm_job_config`."""
+
 RULES_DERIVATION_KEYS = (
     "cl_max_conditions",
     "cl_min_frequency",
@@ -117,3 +137,11 @@ def section(config: Mapping[str, Any], name: str, keys: Iterable[str] | None = N
         raise InputError(f"config key '{name}' does not exist")
     block = config[name]
     return canonical(block) if keys is None else pick(block, keys, name)
+
+
+def llm_job_config(llm_params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """An LLM job's whole ``llm`` settings: its params (the keys that change answers) with the
+    :data:`LLM_CONNECTION_KEYS` of the workflow's validated ``config``."""
+    if "llm" not in config:
+        raise InputError("config key 'llm' does not exist")
+    return {**llm_params, **pick(config["llm"], LLM_CONNECTION_KEYS, "llm")}
