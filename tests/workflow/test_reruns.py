@@ -443,7 +443,7 @@ def test_server_and_resource_keys_rerun_nothing(touched, tmp_path):
             "max_retries": 1,
             "startup_timeout_s": 99,
         }
-        config["evaluate"]["threads"] = 2
+        config["evaluate"]["threads"] = 0
 
     assert dry_run_rules(touched, edited(tmp_path, edit)) == set()
 

@@ -39,7 +39,8 @@ TINY = {
     "cache": {"shard_size": 64},  # two shards: the per-shard rules go out as job arrays
     "attribution": {"samples_per_feature": 4},
     "explain": {"variants": ["maxact", "weightlens_rule"]},
-    "evaluate": {"variants": ["weightlens_rule"]},
+    # threads 0: the job counts for no core here, and still asks SLURM for one CPU
+    "evaluate": {"variants": ["weightlens_rule"], "threads": 0},
 }
 """The CI config made smaller still: every rule runs as a SLURM job, the LLM ones included."""
 TIMEOUT_S = 1500

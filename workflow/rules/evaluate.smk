@@ -33,6 +33,7 @@ rule evaluate:
         runtime=240,
         gpu=model_gpus,
         llm=1,
+        cpus_per_task=lambda wildcards, threads: max(1, threads),  # threads may be 0
     params:
         model_name="{model}",
         model=subject_and_transcoder_params,
