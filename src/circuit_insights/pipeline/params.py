@@ -142,6 +142,4 @@ def section(config: Mapping[str, Any], name: str, keys: Iterable[str] | None = N
 def llm_job_config(llm_params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """An LLM job's whole ``llm`` settings: its params (the keys that change answers) with the
     :data:`LLM_CONNECTION_KEYS` of the workflow's validated ``config``."""
-    if "llm" not in config:
-        raise InputError("config key 'llm' does not exist")
-    return {**llm_params, **pick(config["llm"], LLM_CONNECTION_KEYS, "llm")}
+    return {**llm_params, **section(config, "llm", LLM_CONNECTION_KEYS)}
