@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.report import readme
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from circuit_insights.core.errors import InputError
 from circuit_insights.data.cache import (
     ARTIFACTS,
     ActivationCacheWriter,
@@ -24,7 +25,6 @@ from circuit_insights.data.cache import (
 )
 from circuit_insights.data.schemas import ACTIVATIONS_SCHEMA, FEATURE_STATS_SCHEMA, MAXIMA_SCHEMA
 from circuit_insights.data.shards import Shard, make_shards
-from circuit_insights.errors import InputError
 
 N_POS = 16
 

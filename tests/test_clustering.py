@@ -26,13 +26,13 @@ from circuit_insights.circuitlens.clustering import (
     top_occurrences,
     write_clusters,
 )
+from circuit_insights.core.errors import InputError
 from circuit_insights.data.schemas import (
     ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
     ATTRIBUTION_TOTALS_SCHEMA,
     CLUSTER_ASSIGNMENTS_SCHEMA,
     CLUSTERS_SCHEMA,
 )
-from circuit_insights.errors import InputError
 
 TARGET = 40  # target position of every synthetic sample
 

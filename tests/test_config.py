@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.pipeline.config import (
-    check_models_at_start,
     load_config,
     load_schema,
     validate_config,
 )
+from circuit_insights.pipeline.preflight import check_models
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
@@ -115,30 +115,30 @@ def _with_model(**block):
 def test_layer_out_of_range_of_the_embedded_model_fails_at_start():
     config = _with_model(layers=[3, 18])
     with pytest.raises(InputError, match=r"'models.m.layers': layer 18 is out of range"):
-        check_models_at_start(config, "resources")
+        check_models(config, network=False)
 
 
 def test_layer_out_of_range_of_a_local_model_fails_at_start(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 2}')
     with pytest.raises(InputError, match=f"model folder {tmp_path} has no weights"):
-        check_models_at_start(_with_model(source=str(tmp_path), layers=[1]), "resources")
+        check_models(_with_model(source=str(tmp_path), layers=[1]), network=False)
     (tmp_path / "model.safetensors").write_bytes(b"")
     config = _with_model(source=str(tmp_path), layers=[2])
     with pytest.raises(InputError, match="layer 2 is out of range"):
-        check_models_at_start(config, "resources")
-    check_models_at_start(_with_model(source=str(tmp_path), layers=[1]), "resources")
+        check_models(config, network=False)
+    check_models(_with_model(source=str(tmp_path), layers=[1]), network=False)
 
 
 @pytest.mark.parametrize("source", ["/no/such/model", "embedded:gpt-5", "not a model id"])
 def test_unknown_model_fails_at_start(source):
     with pytest.raises(InputError, match=f"'models.m.source': unknown model {source!r}"):
-        check_models_at_start(_with_model(source=source), "resources")
+        check_models(_with_model(source=source), network=False)
 
 
 @pytest.mark.parametrize("source", ["openai-community/gpt2", "gpt2"])
 def test_hub_ids_pass_the_offline_check(source):
     """Not in the (empty) hub cache: the layers are left to the preflight or the jobs."""
-    check_models_at_start(_with_model(source=source, layers=[40]), "resources")
+    check_models(_with_model(source=source, layers=[40]), network=False)
 
 
 def test_a_config_error_ends_the_workflow_with_one_line_and_no_traceback(capsys):

@@ -15,6 +15,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from circuit_insights.core.errors import InputError
 from circuit_insights.data.corpus import (
     CorpusSpec,
     build_token_table,
@@ -28,7 +29,6 @@ from circuit_insights.data.corpus import (
     tokenize_contexts,
 )
 from circuit_insights.data.schemas import CORPUS_TOKENS_SCHEMA
-from circuit_insights.errors import InputError
 
 WORDS = (
     "the cat sat on a mat and the dog ran to the park while birds sang in tall green trees "

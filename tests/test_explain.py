@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from circuit_insights.core.errors import InputError
 from circuit_insights.data.schemas import EXPLANATIONS_SCHEMA
-from circuit_insights.errors import InputError
 from circuit_insights.explain import (
     ANSWER_SCHEMA,
     CLUSTER_VARIANTS,

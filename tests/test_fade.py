@@ -14,6 +14,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from circuit_insights.core.contexts import ContextTokens
 from circuit_insights.data.schemas import FADE_EVALUATION_SCHEMA
 from circuit_insights.evaluation import fade as fade_module
 from circuit_insights.evaluation import metrics as fm
@@ -43,7 +44,6 @@ from circuit_insights.evaluation.fade import (
 from circuit_insights.llm.client import ChatRequest, ChatResult, result_from_text
 from circuit_insights.models.adapters import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
-from circuit_insights.weightlens import ContextTokens
 from tests.conftest import FAMILIES, tiny_subject_model
 
 nan = float("nan")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.llm.client import (
     CachedBackend,
     ChatRequest,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.models.adapters import (
     SubjectModel,
     adapter_for,

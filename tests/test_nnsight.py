@@ -190,11 +190,14 @@ def test_factor_free_steering_reproduces_the_clean_logits(tiny_model):
     output_hook = "mlp_out_post_norm" if tiny_model.adapter.post_mlp_norm else "mlp_out"
     transcoder = _transcoder(tiny_model, 1, "mlp_in", output_hook)
     clean = tiny_model.logits(ids)
+    # Compared with the clean run of the same shape: the unembedding of one position and of all
+    # positions may round differently on some CPUs (GEMMs of other shapes), spliced or not.
+    clean_last = tiny_model.logits(ids, logits_to_keep=1)
     with steering(tiny_model, transcoder, 4, None):
         assert torch.equal(tiny_model.logits(ids), clean)
     with tiny_model.splice({1: transcoder}, keep_error=True):  # error kept, nothing overridden
         assert torch.equal(tiny_model.logits(ids), clean)
-        assert torch.equal(tiny_model.logits(ids, logits_to_keep=1), clean[:, -1:])
+        assert torch.equal(tiny_model.logits(ids, logits_to_keep=1), clean_last)
 
 
 def test_steering_moves_the_logits_as_computed_by_hand(tiny_model):
@@ -254,7 +257,7 @@ def test_kv_cached_steered_generation_matches_the_full_reruns(tiny_model):
 
 
 def test_splice_errors_name_the_layer():
-    from circuit_insights.errors import InputError
+    from circuit_insights.core.errors import InputError
     from circuit_insights.models.tiny import tiny_subject_model
 
     model = tiny_subject_model("llama")

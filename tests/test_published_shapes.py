@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.models.shapes import PUBLISHED_SHAPES, published_shape_model
 
 # Parameter counts of the published checkpoints (tied embeddings counted once).

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from circuit_insights.data.io import write_json_atomic
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import write_json_atomic
 from circuit_insights.pipeline import paths
 from circuit_insights.report import readme
 from circuit_insights.report.summary import write_summary

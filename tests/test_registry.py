@@ -11,7 +11,7 @@ import pytest
 import yaml
 from safetensors.numpy import save_file
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.models.adapters import Family
 from circuit_insights.transcoders import registry
 from circuit_insights.transcoders.base import ACTIVATIONS, INPUT_HOOKS, OUTPUT_HOOKS

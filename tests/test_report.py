@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import write_parquet_atomic
 from circuit_insights.data.schemas import (
     ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
     CLUSTERS_SCHEMA,
@@ -25,7 +26,6 @@ from circuit_insights.data.schemas import (
     WEIGHTLENS_SCHEMA,
     WEIGHTLENS_TWERA_SCHEMA,
 )
-from circuit_insights.errors import InputError
 from circuit_insights.report.html import (
     ModelFrames,
     build_report,

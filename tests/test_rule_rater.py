@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from circuit_insights.core.contexts import ContextTokens, HeldOut
 from circuit_insights.evaluation import rule_rater
 from circuit_insights.evaluation.fade import fade_preset
 from circuit_insights.evaluation.metrics import select_rating_samples
@@ -19,7 +20,7 @@ from circuit_insights.evaluation.rule_rater import (
     score_rules,
 )
 from circuit_insights.rules import Clause, Condition, Rule, maxact_rule, weightlens_rule
-from circuit_insights.weightlens import ContextTokens, HeldOut, score_heldout
+from circuit_insights.weightlens import score_heldout
 
 BOS, A, B, C = 1, 5, 7, 9
 FEATURE = 3

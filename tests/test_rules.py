@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.rules import (
     EXECUTABLE_VARIANTS,
     Clause,
@@ -229,7 +229,7 @@ def test_synthetic_contexts_make_the_rule_hold_at_their_last_position():
 def test_rule_config_rejects_bad_values():
     with pytest.raises(InputError, match="rules.maxact_min_share"):
         RuleConfig(maxact_min_share=2.0)
-    with pytest.raises(InputError, match="unknown rules key"):
+    with pytest.raises(InputError, match="config key .rules.nope. is not a setting of .rules."):
         RuleConfig.from_mapping({"nope": 1})
 
 

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from circuit_insights.core.errors import InputError
 from circuit_insights.data.cache import ARTIFACTS, ActivationCacheWriter, read_maxima
 from circuit_insights.data.sampling import (
     SamplingConfig,
@@ -25,7 +26,6 @@ from circuit_insights.data.sampling import (
 )
 from circuit_insights.data.schemas import SAMPLES_SCHEMA
 from circuit_insights.data.shards import Shard
-from circuit_insights.errors import InputError
 
 CONTEXT_LENGTH = 32
 

@@ -6,10 +6,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from circuit_insights.core.errors import InputError
 from circuit_insights.data.schemas import FEATURE_SELECTION_SCHEMA
 from circuit_insights.data.selection import select_features, selected_features, write_selection
 from circuit_insights.data.shards import Shard
-from circuit_insights.errors import InputError
 
 SHARD = Shard(100, 140)
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from circuit_insights.core.errors import InputError
 from circuit_insights.data.schemas import (
     FADE_EVALUATION_SCHEMA,
     METRIC_TABLE_SCHEMA,
@@ -20,7 +21,6 @@ from circuit_insights.data.schemas import (
     TOKEN_SHARES_SCHEMA,
     WEIGHTLENS_SCHEMA,
 )
-from circuit_insights.errors import InputError
 from circuit_insights.report.summary import (
     LLM_FREE_METRICS,
     LLM_FREE_VARIANT,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.transcoders.training import evaluate_transcoder, train_transcoder
 
@@ -218,7 +218,7 @@ def test_all_rows_held_out_is_an_error(sparse_map: SparseMap) -> None:
 def test_clean_loss_computed_once_gives_the_same_report(tmp_path) -> None:
     import numpy as np
 
-    from circuit_insights.data.io import write_json_atomic
+    from circuit_insights.core.io import write_json_atomic
     from circuit_insights.transcoders.splicing import mean_next_token_loss, spliced_loss_report
     from circuit_insights.transcoders.training import clean_loss_record, read_clean_loss
     from tests.conftest import tiny_subject_model

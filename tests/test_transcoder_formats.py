@@ -23,7 +23,7 @@ import torch
 import yaml
 from safetensors.numpy import save_file
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.transcoders.formats import (
     has_post_mlp_norm,

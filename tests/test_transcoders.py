@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.transcoders.base import (
     NATIVE_CONFIG_FILENAME,
     NATIVE_WEIGHTS_FILENAME,

@@ -11,21 +11,18 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from circuit_insights.core.contexts import ContextTokens, HeldOut, TopContexts
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.tokens import TokenDisplay, display_token
 from circuit_insights.data.schemas import WEIGHTLENS_SCHEMA, WEIGHTLENS_TWERA_SCHEMA
 from circuit_insights.data.shards import Shard
-from circuit_insights.errors import InputError
 from circuit_insights.models.adapters import SubjectModel, norm_gain
 from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.weightlens import (
-    ContextTokens,
-    HeldOut,
     Thresholds,
-    TokenDisplay,
-    TopContexts,
     WeightLensOptions,
     classify_features,
     describe,
-    display_token,
     fold_write_side,
     gather_weightlens,
     inherited_candidates,
@@ -817,7 +814,7 @@ def test_twera_upstream_ranks_every_earlier_layer_together():
 
 
 def test_twera_stage_writes_the_shards_ranking_from_the_cache_files(tmp_path):
-    from circuit_insights.data.io import write_parquet_atomic
+    from circuit_insights.core.io import write_parquet_atomic
     from circuit_insights.data.schemas import ACTIVATIONS_SCHEMA
     from circuit_insights.models.tiny import tiny_hf_model
     from circuit_insights.pipeline.stages.twera import run_twera_stage

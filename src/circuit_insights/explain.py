@@ -41,13 +41,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.core.config import from_block
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import write_parquet_atomic
+from circuit_insights.core.progress import Progress
+from circuit_insights.core.tokens import TokenDisplay
 from circuit_insights.data.schemas import EXPLANATIONS_SCHEMA
-from circuit_insights.errors import InputError
 from circuit_insights.llm.client import ChatRequest, ChatResult, LLMBackend, iter_results
-from circuit_insights.pipeline.logs import Progress
 from circuit_insights.rules import EXECUTABLE_VARIANTS, Rule, RuleConfig, derive_rules
-from circuit_insights.weightlens import TokenDisplay
 
 __all__ = [
     "ANSWER_SCHEMA",
@@ -172,12 +173,8 @@ class ExplainConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> ExplainConfig:
-        """From the workflow config's ``explain`` section; unknown keys are an error."""
-        values = dict(values or {})
-        unknown = sorted(set(values) - {item.name for item in fields(cls)})
-        if unknown:
-            raise InputError(f"config key 'explain.{unknown[0]}' is not an explain setting")
-        return cls(**values)
+        """From the workflow config's ``explain`` block (:func:`~circuit_insights.core.config.from_block`)."""
+        return from_block(cls, values, "explain")
 
 
 # --- inputs ------------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from circuit_insights.circuitlens.clustering import FIRST_POSITION
-from circuit_insights.errors import InputError
+from circuit_insights.core.config import from_block
+from circuit_insights.core.errors import InputError
 
 __all__ = [
     "EXECUTABLE_VARIANTS",
@@ -90,13 +91,8 @@ class RuleConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> RuleConfig:
-        """From the config block ``rules`` (unknown keys are an error naming them)."""
-        values = dict(values or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown rules key(s) {unknown}")
-        return cls(**values)
+        """From the workflow config's ``rules`` block (:func:`~circuit_insights.core.config.from_block`)."""
+        return from_block(cls, values, "rules")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,10 +39,13 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.core.config import from_block
+from circuit_insights.core.contexts import HeldOut, TopContexts
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import write_parquet_atomic
+from circuit_insights.core.tokens import TokenDisplay
 from circuit_insights.data.schemas import WEIGHTLENS_SCHEMA, WEIGHTLENS_TWERA_SCHEMA
 from circuit_insights.data.shards import Shard
-from circuit_insights.errors import InputError
 from circuit_insights.models.adapters import SubjectModel, get_path, norm_gain, normalize
 from circuit_insights.transcoders.base import Transcoder
 
@@ -202,95 +204,8 @@ class WeightLensOptions:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> WeightLensOptions:
-        """From the workflow config's ``weightlens`` section; unknown keys are an error."""
-        values = dict(values or {})
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise InputError(f"config key 'weightlens.{unknown[0]}' is not a WeightLens option")
-        return cls(**values)
-
-
-# --- activation data from the cache -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ContextTokens:
-    """Token ids of contexts: ``context_ids`` (n,) and ``tokens`` (n, context_length)."""
-
-    context_ids: np.ndarray
-    tokens: np.ndarray
-
-    def __post_init__(self) -> None:
-        context_ids = np.asarray(self.context_ids, dtype=np.int64)
-        tokens = np.asarray(self.tokens, dtype=np.int64)
-        if tokens.ndim != 2 or context_ids.ndim != 1 or len(context_ids) != len(tokens):
-            raise InputError(
-                f"context tokens must be (n_contexts, context_length) with n context ids, got "
-                f"{tokens.shape} and {context_ids.shape}"
-            )
-        if len(np.unique(context_ids)) != len(context_ids):
-            raise InputError("context tokens: context ids are not unique")
-        object.__setattr__(self, "context_ids", context_ids)
-        object.__setattr__(self, "tokens", tokens)
-
-    @classmethod
-    def from_matrix(cls, tokens: np.ndarray | Tensor) -> ContextTokens:
-        """Contexts numbered 0..n-1 by row."""
-        tokens = np.asarray(tokens)
-        return cls(np.arange(len(tokens)), tokens)
-
-    @property
-    def context_length(self) -> int:
-        return int(self.tokens.shape[1])
-
-    def rows(self, contexts: np.ndarray, what: str) -> np.ndarray:
-        """Row index of each context id; :class:`InputError` naming ``what`` for unknown ids."""
-        contexts = np.asarray(contexts, dtype=np.int64)
-        order = np.argsort(self.context_ids, kind="stable")
-        sorted_ids = self.context_ids[order]
-        slot = np.minimum(np.searchsorted(sorted_ids, contexts), max(len(sorted_ids) - 1, 0))
-        known = sorted_ids[slot] == contexts if len(sorted_ids) else np.zeros(len(contexts), bool)
-        if not known.all():
-            missing = np.unique(contexts[~known])[:5].tolist()
-            raise InputError(f"{what}: context ids {missing} are not in the given context tokens")
-        return order[slot]
-
-    def token_at(self, contexts: np.ndarray, positions: np.ndarray, what: str) -> np.ndarray:
-        """Token ids at (context, position) pairs."""
-        rows = self.rows(contexts, what)
-        positions = np.asarray(positions, dtype=np.int64)
-        if len(positions) and (positions.min() < 0 or positions.max() >= self.context_length):
-            raise InputError(f"{what}: positions outside [0, {self.context_length})")
-        return self.tokens[rows, positions]
-
-
-@dataclass(frozen=True)
-class TopContexts:
-    """The top contexts of each feature, with the position of the maximum.
-
-    ``table`` columns: ``feature``, ``context`` and one of ``position`` / ``target_position`` /
-    ``max_position`` (e.g. the ``kind == "top"`` rows of a samples file: rows of other kinds are
-    ignored when a ``kind`` column is present). ``corpus`` holds those contexts' tokens.
-    """
-
-    table: pd.DataFrame
-    corpus: ContextTokens
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """Held-out activations for the LLM-free score.
-
-    ``activations``: sparse non-zero activations, columns ``context``, ``position``, ``feature``,
-    ``activation`` (optional ``excluded``: flagged (context, position) pairs are not scored, for
-    any feature). ``corpus``: the held-out contexts' tokens; every position of every context is
-    scored except excluded ones and those holding a token of ``exclude_token_ids`` (None: the
-    model's BOS, if it has one).
-    """
-
-    activations: pd.DataFrame
-    corpus: ContextTokens
-    exclude_token_ids: tuple[int, ...] | None = None
+        """From the workflow config's ``weightlens`` block (:func:`~circuit_insights.core.config.from_block`)."""
+        return from_block(cls, values, "weightlens")
 
 
 # --- z-scores ---------------------------------------------------------------------------------
@@ -513,92 +428,7 @@ def token_rows(
     return rows
 
 
-# --- token display ------------------------------------------------------------------------------
-
-_BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """The byte <-> printable character table of byte-level BPE (GPT-2)."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(code) for code in codes), strict=True))
-
-
-_UNICODE_TO_BYTE = {char: byte for byte, char in _bytes_to_unicode().items()}
-
-
-def readable(text: str) -> str:
-    """``text`` with control and other non-printable characters escaped (``\\n``, ``\\x00``).
-
-    Display only: a literal backslash is kept as it is.
-    """
-    return "".join(char if char == " " or char.isprintable() else repr(char)[1:-1] for char in text)
-
-
-def display_token(token_id: int, tokenizer: object | None) -> str:
-    """A readable, never empty string for one token id (display only; ids are the truth).
-
-    No tokenizer: ``<id>``. SentencePiece byte tokens ``<0x0A>`` show the character escaped
-    (``\\n``) below 0x80 and stay ``<0xE2>`` above; byte-level BPE fragments that are not valid
-    UTF-8 alone show their bytes escaped (``\\xe2\\x80``); an empty decoding shows ``<empty:id>``.
-    """
-    token_id = int(token_id)
-    if tokenizer is None:
-        return f"<{token_id}>"
-    try:
-        piece = tokenizer.convert_ids_to_tokens(token_id)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - out-of-range ids and odd tokenizers
-        piece = None
-    if isinstance(piece, str):
-        match = _BYTE_TOKEN.match(piece)
-        if match:
-            value = int(match.group(1), 16)
-            return readable(chr(value)) if value < 0x80 else piece
-    try:
-        text = tokenizer.decode(  # type: ignore[attr-defined]
-            [token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False
-        )
-    except Exception:  # noqa: BLE001
-        text = None
-    if not isinstance(text, str) or "\ufffd" in text:
-        if isinstance(piece, str) and piece and all(c in _UNICODE_TO_BYTE for c in piece):
-            raw = bytes(_UNICODE_TO_BYTE[c] for c in piece)
-            text = raw.decode("utf-8", errors="backslashreplace")
-        elif isinstance(piece, str):
-            text = piece
-        else:
-            return f"<{token_id}>"
-    if text == "":
-        return f"<empty:{token_id}>"
-    return readable(text)
-
-
-class TokenDisplay:
-    """Caching :func:`display_token` for one tokenizer (or none)."""
-
-    def __init__(self, tokenizer: object | None) -> None:
-        self.tokenizer = tokenizer
-        self._cache: dict[int, str] = {}
-
-    def __call__(self, token_id: int) -> str:
-        token_id = int(token_id)
-        if token_id not in self._cache:
-            self._cache[token_id] = display_token(token_id, self.tokenizer)
-        return self._cache[token_id]
-
-    def many(self, token_ids: Sequence[int] | np.ndarray) -> list[str]:
-        return [self(token_id) for token_id in token_ids]
+# --- descriptions -------------------------------------------------------------------------------
 
 
 def _quote(text: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.models.hub import hub_config, is_hub_id, read_config_json
 from circuit_insights.pipeline import preflight
 

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from circuit_insights.data.shards import make_shards
-from circuit_insights.pipeline.config import check_models_at_start, load_config
+from circuit_insights.pipeline.config import load_config
+from circuit_insights.pipeline.preflight import check_models
 from circuit_insights.transcoders.registry import is_hf_reference, load_registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ def test_preset_is_valid_and_matches_its_registry_entry(stem: str) -> None:
     assert block["layers"] == list(range(release.n_layers))
     assert is_hf_reference(block["transcoders"]["path"])
     assert "{layer}" in block["transcoders"]["path"]
-    check_models_at_start(config, str(ROOT / "resources"))  # hub ids: form only, no network
+    check_models(config, network=False)  # hub ids: form only, no network
 
 
 def dry_run(stem: str, results: Path) -> tuple[subprocess.CompletedProcess[str], float]:

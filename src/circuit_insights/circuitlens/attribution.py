@@ -50,11 +50,11 @@ from circuit_insights.circuitlens.frozen import (
     FrozenState,
     capture_frozen_state,
 )
+from circuit_insights.core.errors import InputError
 from circuit_insights.data.schemas import (
     ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
     ATTRIBUTION_TOTALS_SCHEMA,
 )
-from circuit_insights.errors import InputError
 from circuit_insights.models.adapters import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
 

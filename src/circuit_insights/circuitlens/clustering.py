@@ -24,17 +24,18 @@ import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.core.config import from_block
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import write_parquet_atomic
+from circuit_insights.core.tokens import TokenDisplay
 from circuit_insights.data.schemas import CLUSTER_ASSIGNMENTS_SCHEMA, CLUSTERS_SCHEMA
-from circuit_insights.errors import InputError
-from circuit_insights.weightlens import TokenDisplay
 
 __all__ = [
     "COVERAGE_COLUMNS",
@@ -185,15 +186,11 @@ class ClusteringConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> ClusteringConfig:
-        """From the workflow config's ``clustering`` section; unknown keys are an error."""
+        """From the workflow config's ``clustering`` block (:func:`~circuit_insights.core.config.from_block`)."""
         values = dict(values or {})
-        known = {item.name for item in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"config key 'clustering.{unknown[0]}' is not a clustering setting")
         if "kinds" in values:
             values["kinds"] = tuple(values["kinds"])
-        return cls(**values)
+        return from_block(cls, values, "clustering")
 
     @property
     def min_points(self) -> int:

@@ -48,10 +48,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from circuit_insights.data.io import atomic_path
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import atomic_path
 from circuit_insights.data.schemas import ACTIVATIONS_SCHEMA, FEATURE_STATS_SCHEMA, MAXIMA_SCHEMA
 from circuit_insights.data.shards import Shard
-from circuit_insights.errors import InputError
 
 if TYPE_CHECKING:
     from circuit_insights.models.adapters import SubjectModel

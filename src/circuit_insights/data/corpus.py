@@ -38,9 +38,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import write_parquet_atomic
 from circuit_insights.data.schemas import CORPUS_TOKENS_SCHEMA
-from circuit_insights.errors import InputError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

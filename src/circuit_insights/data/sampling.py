@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.core.config import from_block
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import write_parquet_atomic
 from circuit_insights.data.schemas import SAMPLES_SCHEMA
 from circuit_insights.data.shards import Shard
-from circuit_insights.errors import InputError
 
 Binning = Literal["width", "count"]
 
@@ -77,12 +78,8 @@ class SamplingConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> SamplingConfig:
-        """From the workflow config's ``sampling`` section; unknown keys are an error."""
-        values = dict(values or {})
-        unknown = sorted(set(values) - {item.name for item in fields(cls)})
-        if unknown:
-            raise InputError(f"config key 'sampling.{unknown[0]}' is not a sampling setting")
-        return cls(**values)
+        """From the workflow config's ``sampling`` block (:func:`~circuit_insights.core.config.from_block`)."""
+        return from_block(cls, values, "sampling")
 
 
 def feature_rng(seed: int, feature: int, stream: int) -> np.random.Generator:

@@ -1,7 +1,7 @@
 """The parquet schema of every artifact the workflow writes, in one place.
 
 Each artifact has one ``pyarrow.schema`` constant; stages write with
-``circuit_insights.data.io.write_parquet_atomic(table, path, schema=...)`` and tests check files
+``circuit_insights.core.io.write_parquet_atomic(table, path, schema=...)`` and tests check files
 against these constants.
 """
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import write_parquet_atomic
 from circuit_insights.data.schemas import FEATURE_SELECTION_SCHEMA
 from circuit_insights.data.shards import Shard
-from circuit_insights.errors import InputError
 
 
 def quantile_sample_counts(samples: pd.DataFrame) -> dict[int, int]:

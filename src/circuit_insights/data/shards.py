@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 
 _SHARD_PATTERN = re.compile(r"^f(\d{6})-(\d{6})$")
 

@@ -37,9 +37,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from circuit_insights.data.io import write_parquet_atomic
+from circuit_insights.core.contexts import ContextTokens
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import write_parquet_atomic
 from circuit_insights.data.schemas import FADE_EVALUATION_SCHEMA
-from circuit_insights.errors import InputError
 from circuit_insights.evaluation import metrics
 from circuit_insights.evaluation.metrics import (
     FADE_PERCENTILES,
@@ -50,7 +51,6 @@ from circuit_insights.evaluation.metrics import (
 from circuit_insights.llm.client import ChatRequest, ChatResult, LLMBackend
 from circuit_insights.models.adapters import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
-from circuit_insights.weightlens import ContextTokens
 
 __all__ = [
     "PRESETS",

@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.config import from_block
+from circuit_insights.core.contexts import ContextTokens
+from circuit_insights.core.errors import InputError
 from circuit_insights.evaluation import metrics
 from circuit_insights.evaluation.fade import (
     FadePreset,
@@ -48,7 +50,6 @@ from circuit_insights.evaluation.fade import (
     text_activations,
 )
 from circuit_insights.rules import EXECUTABLE_VARIANTS, Rule, RuleConfig
-from circuit_insights.weightlens import ContextTokens
 
 __all__ = [
     "PROMPT_VERSION",
@@ -96,11 +97,8 @@ class RuleRaterConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> RuleRaterConfig:
-        values = dict(values or {})
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise InputError(f"unknown evaluate.rule_rater key(s) {unknown}")
-        return cls(**values)
+        """From the workflow config's ``evaluate.rule_rater`` block (:func:`~circuit_insights.core.config.from_block`)."""
+        return from_block(cls, values, "evaluate.rule_rater")
 
 
 def _counted(tokens: np.ndarray, bos_token_id: int | None) -> np.ndarray:

@@ -22,7 +22,7 @@ result with ``parse_status`` ``"empty"`` / ``"unparseable"`` and its raw ``text`
 exception. A request the server rejects (HTTP 4xx other than 408/429, e.g. a prompt longer than
 the context) is a result with ``parse_status="error"`` and the server's message; such results are
 not cached. A server that cannot be reached at the first request raises
-:class:`~circuit_insights.errors.InputError` naming the URL; a server that stops answering
+:class:`~circuit_insights.core.errors.InputError` naming the URL; a server that stops answering
 later raises :class:`LLMServerError` once the retries are spent, after every answer received so
 far has been handed over (and, through :class:`CachedBackend`, stored).
 """
@@ -46,7 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

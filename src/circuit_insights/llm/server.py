@@ -38,8 +38,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from circuit_insights.data.io import write_json_atomic
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import write_json_atomic
 from circuit_insights.llm.client import LLMServerError, OpenAICompatibleBackend
 
 log = logging.getLogger(__name__)

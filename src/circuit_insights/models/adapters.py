@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 
 if TYPE_CHECKING:
     from nnsight import Envoy

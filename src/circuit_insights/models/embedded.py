@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.\-]*/)?[A-Za-z0-9][\w.\-]*$")
 """A Hugging Face model id: ``name`` (``gpt2``) or ``org/name`` (``google/gemma-2-2b``)."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.models.adapters import SubjectModel, adapter_for
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 
 PUBLISHED_SHAPES: dict[str, dict[str, Any]] = {
     "gpt2": {

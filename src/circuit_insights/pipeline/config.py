@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 
 TRAINED_HOOK_DEFAULTS = {"input_hook": "mlp_in", "output_hook": "mlp_out"}
 """Hooks of a trained transcoder when the config leaves them null (pretrained files name their own)."""
@@ -130,13 +130,3 @@ def load_config(path: str | Path, schema_path: str | Path) -> dict[str, Any]:
     with open(path) as handle:
         raw = yaml.safe_load(handle) or {}
     return validate_config(raw, load_schema(schema_path))
-
-
-def check_models_at_start(config: Mapping[str, Any], resources: str) -> None:
-    """Checks of each model that need no network: the source exists (a local folder's
-    ``config.json`` is JSON), the layers are in range. A hub id's layer count is checked when its
-    config is in the local hub cache; :mod:`circuit_insights.pipeline.preflight` also asks the hub.
-    """
-    from circuit_insights.pipeline.preflight import check_models
-
-    check_models(config, network=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 
 SUBJECT_KEYS = ("source", "dtype", "device", "prepend_bos")
 """Keys of a model block that loading the subject model reads."""

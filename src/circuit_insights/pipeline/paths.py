@@ -96,11 +96,6 @@ def report_index(results: str) -> str:
     return f"{results}/report/index.html"
 
 
-def shard_of(path: str | Path) -> str:
-    """The shard name of a per-shard artifact path."""
-    return Path(path).stem
-
-
 #: Layer counts of the embedded models, known before they are built (for checks at start).
 EMBEDDED_N_LAYERS = {"gemma-3-270m": 18}
 

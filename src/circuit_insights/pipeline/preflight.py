@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 """Corpus files read as UTF-8 text (their first bytes are checked at start)."""

@@ -36,13 +36,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import atomic_path
+from circuit_insights.core.tokens import TokenDisplay
 from circuit_insights.data.corpus import load_contexts
-from circuit_insights.data.io import atomic_path
-from circuit_insights.errors import InputError
 from circuit_insights.pipeline import paths
 from circuit_insights.report import claims
 from circuit_insights.report import summary as summ
-from circuit_insights.weightlens import TokenDisplay
 
 __all__ = [
     "STAGE_DIRS",

@@ -35,8 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from circuit_insights.data.io import atomic_path
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import atomic_path
 from circuit_insights.pipeline import paths
 from circuit_insights.report.summary import markdown_table
 

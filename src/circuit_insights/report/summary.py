@@ -41,14 +41,14 @@ import pandas as pd
 from markupsafe import Markup
 
 from circuit_insights.circuitlens import clustering
-from circuit_insights.data.io import atomic_path, write_parquet_atomic
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import atomic_path, write_parquet_atomic
 from circuit_insights.data.schemas import (
     METRIC_TABLE_SCHEMA,
     RULE_COMPARISON_SCHEMA,
     SUMMARY_SCHEMA,
     TOKEN_SHARES_SCHEMA,
 )
-from circuit_insights.errors import InputError
 from circuit_insights.evaluation.metrics import fade_counted_value
 from circuit_insights.explain import VARIANTS
 

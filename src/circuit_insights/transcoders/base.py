@@ -51,8 +51,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from circuit_insights.data.io import atomic_path
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import atomic_path
 
 Activation = Literal["relu", "jumprelu", "topk"]
 InputHook = Literal["mlp_in", "mlp_in_unaffine", "resid_mid"]

@@ -41,7 +41,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.transcoders.base import (
     INPUT_HOOKS,
     OUTPUT_HOOKS,

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from circuit_insights.data.io import atomic_path
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.io import atomic_path
 from circuit_insights.models.adapters import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
 

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs
 
 import yaml
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 
 HF_PREFIX = "hf://"
 REGISTRY_FILE = "registry.yaml"

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from circuit_insights.errors import InputError
-from circuit_insights.pipeline.logs import Progress
+from circuit_insights.core.errors import InputError
+from circuit_insights.core.progress import Progress
 from circuit_insights.transcoders.base import InputHook, OutputHook, Transcoder
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from circuit_insights.errors import InputError
+from circuit_insights.core.errors import InputError
 from circuit_insights.models.loading import load_subject_model
 from circuit_insights.transcoders.loading import (
     load_transcoders,
@@ -34,8 +34,8 @@ def run_attribution_stage(
 
     from circuit_insights.circuitlens.attribution import attribute
     from circuit_insights.circuitlens.requests import attribution_requests
+    from circuit_insights.core.io import write_parquet_atomic
     from circuit_insights.data.corpus import load_contexts
-    from circuit_insights.data.io import write_parquet_atomic
     from circuit_insights.data.schemas import (
         ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
         ATTRIBUTION_TOTALS_SCHEMA,

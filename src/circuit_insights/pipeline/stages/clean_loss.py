@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from circuit_insights.data.io import write_json_atomic
+from circuit_insights.core.io import write_json_atomic
 from circuit_insights.models.loading import load_subject_model
 from circuit_insights.transcoders.splicing import mean_next_token_loss
 

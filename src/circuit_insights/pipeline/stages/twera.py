@@ -17,8 +17,8 @@ def read_activations(paths: Sequence[str]) -> Any:
     a file that cannot be read is an ``InputError`` naming it."""
     import pandas as pd
 
+    from circuit_insights.core.errors import InputError
     from circuit_insights.data.cache import read_feature_activations
-    from circuit_insights.errors import InputError
 
     if not paths:
         raise InputError("TWERA: no activation files given")
