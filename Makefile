@@ -63,8 +63,8 @@ test: $(STAMP) $(LLM_STAMP) $(APT_STAMP) ## Create the environments if missing, 
 	$(BIN)/pytest -ra
 
 lint: $(STAMP) ## ruff, snakefmt, snakemake --lint and mypy
-	$(BIN)/ruff check src tests scripts benchmarks
-	$(BIN)/ruff format --check src tests scripts benchmarks
+	$(BIN)/ruff check src tests scripts benchmarks tools
+	$(BIN)/ruff format --check src tests scripts benchmarks tools
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --cores 1
 	$(BIN)/mypy
@@ -74,7 +74,7 @@ dry-run: $(STAMP) ## List the jobs a run of CONFIG would run (snakemake -n)
 
 # WALL_SECONDS=N gives the run's wall-clock time (else: from the run's last Snakemake log).
 readme-figures: $(STAMP) ## Rewrite README.md's generated blocks from the last run's results
-	$(BIN)/python scripts/readme_figures.py --results results --readme README.md --image-dir docs/img \
+	$(BIN)/python -m tools.readme_figures --results results --readme README.md --image-dir docs/img \
 		$(if $(WALL_SECONDS),--wall-seconds $(WALL_SECONDS))
 
 clean-results: ## Delete results/ and Snakemake's incomplete markers

@@ -2,11 +2,21 @@
 # Run: snakemake --cores all (config/config.yaml, the embedded default) or --configfile another.
 
 
-# The embedded default, unless the command line names config files of its own (then those
-# alone, with the schema's defaults, so a preset does not also run the embedded model).
-if not workflow.config_settings.configfiles:
+import sys
+from pathlib import Path
 
-    configfile: "config/config.yaml"
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from circuit_insights.pipeline.config import holds_no_setting  # noqa: E402
+
+DEFAULT_CONFIG = "config/config.yaml"
+
+# The embedded default, unless the command line names config files of its own (then those
+# alone, with the schema's defaults, so a preset does not also run the embedded model). An
+# emptied config/config.yaml means every default (Snakemake's configfile refuses an empty file).
+if not workflow.config_settings.configfiles and not holds_no_setting(DEFAULT_CONFIG):
+
+    configfile: DEFAULT_CONFIG
 
 
 include: "workflow/rules/common.smk"

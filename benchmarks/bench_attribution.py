@@ -22,8 +22,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from circuit_insights.circuitlens.attribution import AttributionRequest, attribute  # noqa: E402
-from circuit_insights.models.adapters import SubjectModel  # noqa: E402
 from circuit_insights.models.shapes import benchmark_model  # noqa: E402
+from circuit_insights.models.subject import SubjectModel  # noqa: E402
 from circuit_insights.transcoders.base import Transcoder  # noqa: E402
 
 

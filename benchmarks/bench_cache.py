@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuit_insights.data.cache import ARTIFACTS, cache_split
+from circuit_insights.data.cache import ARTIFACTS
+from circuit_insights.data.cache_split import cache_split
 from circuit_insights.data.shards import make_shards
-from circuit_insights.models.adapters import SubjectModel
 from circuit_insights.models.shapes import benchmark_model
+from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "resources/models/gemma-3-270m"
@@ -51,7 +52,8 @@ def load_model(name: str, device: str, dtype: torch.dtype = torch.float32) -> Su
 def corpus_tokens(model: SubjectModel, n_contexts: int, context_length: int) -> np.ndarray:
     """(n_contexts, context_length) token ids: real text when the model has a tokenizer."""
     if model.tokenizer is not None:
-        from circuit_insights.data.corpus import lee_documents, tokenize_contexts
+        from circuit_insights.data.corpus import tokenize_contexts
+        from circuit_insights.data.documents import lee_documents
 
         contexts = tokenize_contexts(
             itertools.cycle(lee_documents()),

@@ -1,7 +1,7 @@
 """Benchmark: FADE's steered greedy generation with a KV cache vs rerunning the whole sequence and
 vs Hugging Face ``generate``.
 
-:func:`circuit_insights.evaluation.fade.greedy_continuations` runs the prompt once, then one
+:func:`circuit_insights.evaluation.fade.subject.greedy_continuations` runs the prompt once, then one
 position per step with the model's KV cache, inside the nnsight trace that applies the steering
 (``kv_cache=False``: the whole growing sequence at every step, as before). The baselines,
 measured in the same run on the same prompts, are that rerunning loop and ``hf_model.generate``
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from circuit_insights.evaluation import metrics as fade_metrics
-from circuit_insights.evaluation.fade import greedy_continuations, steering
-from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.evaluation.fade.subject import greedy_continuations, steering
 from circuit_insights.models.shapes import benchmark_model
+from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
 
 

@@ -29,13 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from circuit_insights.llm.client import (
-    CachedBackend,
-    ChatRequest,
-    OpenAICompatibleBackend,
-    ResponseCache,
-    parse_answer,
-)
+from circuit_insights.llm.cache import CachedBackend, ResponseCache
+from circuit_insights.llm.client import ChatRequest, parse_answer
+from circuit_insights.llm.http_backend import OpenAICompatibleBackend
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "resources/models/smollm2-135m-instruct"
 

@@ -38,15 +38,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from circuit_insights.models.adapters import SubjectModel
 from circuit_insights.models.shapes import benchmark_model
+from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
-from circuit_insights.weightlens import (
-    WeightLensOptions,
-    analyze_weights,
-    resolve_thresholds,
-    run_weightlens,
-)
+from circuit_insights.weightlens.config import WeightLensOptions, resolve_thresholds
+from circuit_insights.weightlens.run import run_weightlens
+from circuit_insights.weightlens.weights import analyze_weights
 
 
 def random_model(vocab: int, d_model: int, n_layers: int) -> SubjectModel:
@@ -77,7 +74,8 @@ def layer_inputs(
 ) -> tuple[dict[int, torch.Tensor], np.ndarray]:
     """Each layer's MLP input at the non-BOS positions of real text: layer -> (n, d_model); and
     the text's token ids (contexts, 64)."""
-    from circuit_insights.data.corpus import lee_documents, tokenize_contexts
+    from circuit_insights.data.corpus import tokenize_contexts
+    from circuit_insights.data.documents import lee_documents
 
     if model.tokenizer is None:
         raise SystemExit("--layers needs a model with a tokenizer (e.g. --model resources/...)")

@@ -3,10 +3,9 @@
 from typing import TYPE_CHECKING
 
 from circuit_insights.models.loading import set_threads
+from circuit_insights.pipeline.locations import layer_files
 from circuit_insights.pipeline.logs import configure_logging
-from circuit_insights.pipeline.paths import job_model_location
 from circuit_insights.pipeline.stages.attribution import run_attribution_stage
-from circuit_insights.transcoders.loading import transcoder_location
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -15,17 +14,13 @@ if TYPE_CHECKING:
 
 configure_logging(snakemake.log[0])
 set_threads(snakemake.threads)
-model_config = snakemake.params.model
 inputs = dict(snakemake.input.items())
 run_attribution_stage(
-    model_config=model_config,
+    model_config=snakemake.params.model,
     attribution_config=snakemake.params.attribution,
-    location=job_model_location(model_config["source"], snakemake.input.model),
+    model_files=snakemake.input.model,
     layer=int(snakemake.wildcards.layer),
-    transcoder_locations={
-        layer: transcoder_location(model_config, inputs.get(f"transcoder_{layer}", []), layer)
-        for layer in snakemake.params.layers
-    },
+    transcoder_files=layer_files(inputs, "transcoder", snakemake.params.layers),
     selection_path=inputs.get("selection"),
     samples_path=snakemake.input.samples,
     tokens_path=snakemake.input.tokens,

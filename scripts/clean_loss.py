@@ -4,7 +4,6 @@ from typing import TYPE_CHECKING
 
 from circuit_insights.models.loading import set_threads
 from circuit_insights.pipeline.logs import configure_logging
-from circuit_insights.pipeline.paths import job_model_location
 from circuit_insights.pipeline.stages.clean_loss import run_clean_loss
 
 if TYPE_CHECKING:
@@ -17,7 +16,7 @@ set_threads(snakemake.threads)
 run_clean_loss(
     model_config=snakemake.params.model,
     tokens_path=snakemake.input.tokens,
-    location=job_model_location(snakemake.params.model["source"], snakemake.input.model),
+    model_files=snakemake.input.model,
     out_path=snakemake.output.loss,
     model_name=snakemake.params.model_name,
 )

@@ -3,7 +3,6 @@
 from typing import TYPE_CHECKING
 
 from circuit_insights.pipeline.logs import configure_logging
-from circuit_insights.pipeline.paths import job_model_location
 from circuit_insights.pipeline.stages.cluster import run_cluster_stage
 
 if TYPE_CHECKING:
@@ -17,7 +16,8 @@ run_cluster_stage(
     contributions_path=snakemake.input.contributions,
     totals_path=snakemake.input.totals,
     weightlens_path=snakemake.input.weightlens,
-    tokenizer_location=job_model_location(snakemake.params.model["source"], snakemake.input.model),
+    model_config=snakemake.params.model,
+    model_files=snakemake.input.model,
     clusters_path=snakemake.output.clusters,
     assignments_path=snakemake.output.assignments,
 )

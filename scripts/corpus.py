@@ -3,7 +3,6 @@
 from typing import TYPE_CHECKING
 
 from circuit_insights.pipeline.logs import configure_logging
-from circuit_insights.pipeline.paths import job_model_location
 from circuit_insights.pipeline.stages.corpus import run_corpus
 
 if TYPE_CHECKING:
@@ -15,6 +14,6 @@ configure_logging(snakemake.log[0])
 run_corpus(
     model_config=snakemake.params.model,
     corpus_config=snakemake.params.corpus,
-    location=job_model_location(snakemake.params.model["source"], snakemake.input.model),
+    model_files=snakemake.input.model,
     out_path=snakemake.output.tokens,
 )

@@ -5,9 +5,7 @@ from typing import TYPE_CHECKING
 from circuit_insights.models.loading import set_threads
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.params import llm_job_config
-from circuit_insights.pipeline.paths import job_model_location
 from circuit_insights.pipeline.stages.evaluate import run_evaluate_stage
-from circuit_insights.transcoders.loading import transcoder_location
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -16,18 +14,15 @@ if TYPE_CHECKING:
 
 configure_logging(snakemake.log[0])
 set_threads(snakemake.threads)
-model_config = snakemake.params.model
-llm = llm_job_config(snakemake.params.llm, snakemake.config)
-layer = int(snakemake.wildcards.layer)
 run_evaluate_stage(
-    model_config=model_config,
+    model_config=snakemake.params.model,
     evaluate_config=snakemake.params.evaluate,
-    llm_config=llm,
-    model_location=job_model_location(model_config["source"], snakemake.input.model),
-    llm_location=job_model_location(llm["model"], snakemake.input.llm),
-    layer=layer,
+    llm_config=llm_job_config(snakemake.params.llm, snakemake.config),
+    model_files=snakemake.input.model,
+    llm_model_files=snakemake.input.llm,
+    layer=int(snakemake.wildcards.layer),
     variant=snakemake.wildcards.variant,
-    transcoder_path=transcoder_location(model_config, snakemake.input.transcoder, layer),
+    transcoder_files=snakemake.input.transcoder,
     selection_path=snakemake.input.selection,
     explanations_path=snakemake.input.explanations,
     heldout_path=snakemake.input.heldout,

@@ -4,9 +4,7 @@ from typing import TYPE_CHECKING
 
 from circuit_insights.models.loading import set_threads
 from circuit_insights.pipeline.logs import configure_logging
-from circuit_insights.pipeline.paths import job_model_location
 from circuit_insights.pipeline.stages.evaluate_rules import run_evaluate_rules_stage
-from circuit_insights.transcoders.loading import transcoder_location
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -15,15 +13,13 @@ if TYPE_CHECKING:
 
 configure_logging(snakemake.log[0])
 set_threads(snakemake.threads)
-model_config = snakemake.params.model
-layer = int(snakemake.wildcards.layer)
 run_evaluate_rules_stage(
-    model_config=model_config,
+    model_config=snakemake.params.model,
     rules_config=snakemake.params.rules,
     evaluate_config=snakemake.params.evaluate,
-    model_location=job_model_location(model_config["source"], snakemake.input.model),
-    layer=layer,
-    transcoder_path=transcoder_location(model_config, snakemake.input.transcoder, layer),
+    model_files=snakemake.input.model,
+    layer=int(snakemake.wildcards.layer),
+    transcoder_files=snakemake.input.transcoder,
     explanations_path=snakemake.input.explanations,
     heldout_path=snakemake.input.heldout,
     tokens_path=snakemake.input.tokens,

@@ -4,7 +4,6 @@ from typing import TYPE_CHECKING
 
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.params import llm_job_config
-from circuit_insights.pipeline.paths import job_model_location
 from circuit_insights.pipeline.stages.explain import run_explain_stage
 
 if TYPE_CHECKING:
@@ -13,13 +12,12 @@ if TYPE_CHECKING:
     snakemake: Snakemake
 
 configure_logging(snakemake.log[0])
-llm = llm_job_config(snakemake.params.llm, snakemake.config)
 run_explain_stage(
     model_config=snakemake.params.model,
     explain_config=snakemake.params.explain,
-    llm_config=llm,
-    model_location=job_model_location(snakemake.params.model["source"], snakemake.input.model),
-    llm_location=job_model_location(llm["model"], snakemake.input.llm),
+    llm_config=llm_job_config(snakemake.params.llm, snakemake.config),
+    model_files=snakemake.input.model,
+    llm_model_files=snakemake.input.llm,
     layer=int(snakemake.wildcards.layer),
     shard_name=snakemake.wildcards.shard,
     selection_path=snakemake.input.selection,

@@ -4,7 +4,6 @@ from typing import TYPE_CHECKING
 
 from circuit_insights.models.loading import set_threads
 from circuit_insights.pipeline.logs import configure_logging
-from circuit_insights.pipeline.paths import job_model_location
 from circuit_insights.pipeline.stages.train_transcoder import run_train_transcoder
 
 if TYPE_CHECKING:
@@ -18,7 +17,7 @@ run_train_transcoder(
     model_config=snakemake.params.model,
     tokens_path=snakemake.input.tokens,
     layer=int(snakemake.wildcards.layer),
-    location=job_model_location(snakemake.params.model["source"], snakemake.input.model),
+    model_files=snakemake.input.model,
     weights_path=snakemake.output.weights,
     report_path=snakemake.output.report,
     model_name=snakemake.params.model_name,

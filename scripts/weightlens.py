@@ -3,10 +3,9 @@
 from typing import TYPE_CHECKING
 
 from circuit_insights.models.loading import set_threads
+from circuit_insights.pipeline.locations import layer_files
 from circuit_insights.pipeline.logs import configure_logging
-from circuit_insights.pipeline.paths import job_model_location
 from circuit_insights.pipeline.stages.weightlens import run_weightlens_stage
-from circuit_insights.transcoders.loading import transcoder_location
 
 if TYPE_CHECKING:
     from snakemake.script import Snakemake
@@ -15,20 +14,15 @@ if TYPE_CHECKING:
 
 configure_logging(snakemake.log[0])
 set_threads(snakemake.threads)
-layer = int(snakemake.wildcards.layer)
-model_config = snakemake.params.model
 inputs = dict(snakemake.input.items())
 run_weightlens_stage(
-    model_config=model_config,
+    model_config=snakemake.params.model,
     weightlens_config=snakemake.params.weightlens,
-    location=job_model_location(model_config["source"], snakemake.input.model),
-    layer=layer,
+    model_files=snakemake.input.model,
+    layer=int(snakemake.wildcards.layer),
     shard_name=snakemake.wildcards.shard,
-    transcoder_locations={
-        up: transcoder_location(model_config, inputs.get(f"transcoder_{up}", []), up)
-        for up in snakemake.params.layers
-    },
-    upstream_files={up: [inputs[f"upstream_{up}"]] for up in snakemake.params.layers if up < layer},
+    transcoder_files=layer_files(inputs, "transcoder", snakemake.params.layers),
+    upstream_files=layer_files(inputs, "upstream", snakemake.params.layers),
     samples_path=snakemake.input.samples,
     heldout_path=snakemake.input.heldout,
     tokens_path=snakemake.input.tokens,

@@ -22,17 +22,16 @@ from circuit_insights.circuitlens.attribution import (
     attribute,
 )
 from circuit_insights.circuitlens.contributions import top_per_row
-from circuit_insights.circuitlens.frozen import (
-    FrozenReplacement,
-    capture_frozen_state,
-)
+from circuit_insights.circuitlens.frozen import FrozenReplacement
+from circuit_insights.circuitlens.frozen_capture import capture_frozen_state
 from circuit_insights.core.errors import InputError
 from circuit_insights.core.io import write_parquet_atomic
 from circuit_insights.data.schemas import (
     ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
     ATTRIBUTION_TOTALS_SCHEMA,
 )
-from circuit_insights.models.adapters import SubjectModel, get_path
+from circuit_insights.models.architectures import get_path
+from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
 from tests.conftest import TINY_VOCAB, tiny_subject_model
 

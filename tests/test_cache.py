@@ -18,8 +18,10 @@ from circuit_insights.data.cache import (
     ActivationCacheWriter,
     LogHistogramSpec,
     _sparse_by_feature,
-    dense_from_sparse,
     histogram_quantiles,
+)
+from circuit_insights.data.cache_readers import (
+    dense_from_sparse,
     read_feature_activations,
     read_maxima,
 )

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from circuit_insights.data.schemas import WEIGHTLENS_SCHEMA
-from circuit_insights.report.claims import CLAIMS, claim_checks, paired_differences
+from circuit_insights.report.claims import claim_checks, paired_differences
+from circuit_insights.report.paper import CLAIMS
 from circuit_insights.report.summary import write_summary
 from tests.test_summary import evaluation_row, schema_frame, weightlens_row
 

@@ -10,13 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from circuit_insights.circuitlens.clustering import (
+from circuit_insights.circuitlens.cluster_shard import (
     COVERAGE_COLUMNS,
+    cluster_coverage,
+    cluster_shard,
+    write_clusters,
+)
+from circuit_insights.circuitlens.clustering import (
     FIRST_POSITION,
     ClusteringConfig,
-    cluster_coverage,
     cluster_feature,
-    cluster_shard,
     contribution_occurrences,
     contribution_sets,
     jaccard_distances,
@@ -24,7 +27,6 @@ from circuit_insights.circuitlens.clustering import (
     relabel_by_size,
     rho_filter,
     top_occurrences,
-    write_clusters,
 )
 from circuit_insights.core.errors import InputError
 from circuit_insights.data.schemas import (

@@ -9,8 +9,11 @@ import yaml
 
 from circuit_insights.core.errors import InputError
 from circuit_insights.pipeline.config import (
+    coerce_command_line,
+    holds_no_setting,
     load_config,
     load_schema,
+    max_caching_contexts,
     validate_config,
 )
 from circuit_insights.pipeline.preflight import check_models
@@ -92,6 +95,18 @@ def test_shipped_configs_are_valid(path):
         ),
         ({"models": {}}, "'models'"),
         ({"models": {"m/x": {}}}, "'models.m/x'"),
+        ({"models": {"m": {"device": "tpu9"}}}, "'models.m.device': unknown torch device 'tpu9'"),
+        ({"models": {"m": {"device": "cuda:x"}}}, "'models.m.device'"),
+        (
+            {"models": {"m": {"transcoders": {"n_features": 10**9}}}},
+            "'models.m.transcoders.n_features': 1000000000 features in shards of 512 "
+            "(cache.shard_size) make 1953125 shards per layer, more than the 20000",
+        ),
+        (
+            {"models": {"m": {"transcoders": {"train_contexts": 2701}}}},
+            "'models.m.transcoders.train_contexts': 2701 contexts, but the caching set holds "
+            "at most 2700",
+        ),
     ],
 )
 def test_bad_config_names_the_key(config, message):
@@ -99,6 +114,55 @@ def test_bad_config_names_the_key(config, message):
         validate_config(config, SCHEMA)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_devices_widths_and_corpus_folders_that_are_fine_pass(tmp_path):
+    for device in ("cpu", "cuda", "cuda:1", "mps"):
+        _with_model(device=device)
+    _with_model(transcoders={"n_features": 1_048_576})  # a published 1M width: 2048 shards
+    _with_model(transcoders={"kind": "pretrained", "path": "x", "train_contexts": 10**6})
+    corpus = {"source": "files", "paths": [str(tmp_path)]}  # a folder stands for its files
+    assert validate_config({"corpus": corpus}, SCHEMA)["corpus"]["paths"] == [str(tmp_path)]
+
+
+def test_max_caching_contexts_is_what_the_corpus_split_leaves():
+    from circuit_insights.data.corpus import split_contexts
+
+    for n, fraction in [(240, 0.2), (3000, 0.1), (2, 0.5), (7, 0.01), (101, 0.99)]:
+        cache, _ = split_contexts(n, fraction, 0)
+        assert max_caching_contexts({"max_contexts": n, "eval_fraction": fraction}) == len(cache)
+
+
+def test_command_line_strings_are_typed_by_the_schema():
+    """--config 'cache={"shard_size": 128}': Snakemake's BaseLoader leaves every nested scalar a
+    string; where the schema wants another type and the string reads as one, it becomes one."""
+    given = {
+        "cache": {"shard_size": "128", "exclude_bos": "false"},
+        "preflight": {"network": "False"},
+        "sampling": {"alpha": "0.5", "n_bins": "many"},
+        "models": {"m": {"layers": ["3", "8"], "prepend_bos": "null", "source": "123"}},
+        "evaluate": {"features_per_shard": "~"},
+        "llm": {"url": "null"},
+    }
+    config = {**given, "threads": 2, "unknown": {"x": "1"}}
+    typed = coerce_command_line(config, given, SCHEMA)
+    assert typed["cache"] == {"shard_size": 128, "exclude_bos": False}
+    assert typed["preflight"] == {"network": False}
+    assert typed["sampling"] == {"alpha": 0.5, "n_bins": "many"}  # left for the validation
+    assert typed["models"]["m"] == {"layers": [3, 8], "prepend_bos": None, "source": "123"}
+    assert typed["evaluate"] == {"features_per_shard": None}
+    assert typed["llm"] == {"url": "null"}  # a string key keeps its string
+    assert typed["threads"] == 2 and typed["unknown"] == {"x": "1"}
+    file_values = {"cache": {"shard_size": "128"}}  # from a config file: not touched
+    assert coerce_command_line(file_values, {}, SCHEMA) == file_values
+
+
+def test_an_empty_or_comment_only_config_file_holds_no_setting(tmp_path):
+    path = tmp_path / "config.yaml"
+    for text, empty in [("", True), ("# defaults\n\n", True), ("{}", False), ("a: [", False)]:
+        path.write_text(text)
+        assert holds_no_setting(path) is empty, text
+    assert not holds_no_setting(tmp_path / "missing.yaml")  # Snakemake names it
 
 
 def test_load_config_reads_yaml(tmp_path):
@@ -156,7 +220,7 @@ def test_prompt_settings_are_the_explainers_own_fields_and_defaults():
     and the embedded default's compact prompt settings reach the explainer."""
     from dataclasses import fields
 
-    from circuit_insights.explain import ExplainConfig
+    from circuit_insights.explain.config import ExplainConfig
 
     schema_defaults = validate_config({}, SCHEMA)["explain"]["prompt"]
     own = {item.name: item.default for item in fields(ExplainConfig)}
@@ -255,7 +319,7 @@ def test_params_name_a_missing_model():
 def test_config_sections_build_their_dataclasses_and_reject_unknown_keys():
     from circuit_insights.circuitlens.clustering import ClusteringConfig
     from circuit_insights.data.sampling import SamplingConfig
-    from circuit_insights.explain import ExplainConfig
+    from circuit_insights.explain.config import ExplainConfig
 
     config = validate_config({}, SCHEMA)
     assert SamplingConfig.from_mapping(config["sampling"]).n_samples == 100
@@ -268,7 +332,7 @@ def test_config_sections_build_their_dataclasses_and_reject_unknown_keys():
 def test_weightlens_section_builds_the_documented_default_options():
     """The schema's ``weightlens`` defaults are WeightLensOptions' own defaults, one way to build
     them (``from_mapping``), and an unknown key is named."""
-    from circuit_insights.weightlens import WeightLensOptions
+    from circuit_insights.weightlens.config import WeightLensOptions
 
     config = validate_config({}, SCHEMA)
     assert WeightLensOptions.from_mapping(config["weightlens"]) == WeightLensOptions()
@@ -276,3 +340,16 @@ def test_weightlens_section_builds_the_documented_default_options():
     assert bounded.max_inherited_tokens == 8
     with pytest.raises(InputError, match="weightlens.t_tok"):
         WeightLensOptions.from_mapping({"t_tok": 4.0})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("explain", {"variants": ["maxact", "no_such"]}, "'explain.variants': 'no_such'"),
+        ("evaluate", {"variants": ["bogus"]}, "'evaluate.variants': 'bogus'"),
+        ("rules", {"variants": ["maxact"]}, "'rules.variants': 'maxact' is not a variant"),
+    ],
+)
+def test_variant_names_are_checked_against_the_variant_table(key, value, message):
+    with pytest.raises(InputError, match=message):
+        validate_config({key: value}, SCHEMA)

@@ -17,16 +17,18 @@ from transformers import PreTrainedTokenizerFast
 
 from circuit_insights.core.errors import InputError
 from circuit_insights.data.corpus import (
-    CorpusSpec,
     build_token_table,
-    file_documents,
-    gensim_documents,
-    huggingface_documents,
-    iter_documents,
     load_contexts,
     prepare_corpus,
     split_contexts,
     tokenize_contexts,
+)
+from circuit_insights.data.documents import (
+    CorpusSpec,
+    file_documents,
+    gensim_documents,
+    huggingface_documents,
+    iter_documents,
 )
 from circuit_insights.data.schemas import CORPUS_TOKENS_SCHEMA
 

@@ -13,26 +13,28 @@ import pytest
 
 from circuit_insights.core.errors import InputError
 from circuit_insights.data.schemas import EXPLANATIONS_SCHEMA
-from circuit_insights.explain import (
-    ANSWER_SCHEMA,
-    CLUSTER_VARIANTS,
-    LLM_VARIANTS,
-    PROMPT_VERSION,
-    RULE_VARIANTS,
-    VARIANTS,
+from circuit_insights.explain.config import ExplainConfig
+from circuit_insights.explain.facts import (
     ClusterFacts,
-    ExplainConfig,
     FeatureInputs,
     MarkedContext,
     WeightLensFacts,
-    build_feature_inputs,
+)
+from circuit_insights.explain.inputs import build_feature_inputs
+from circuit_insights.explain.prompts import PROMPT_VERSION, load_template
+from circuit_insights.explain.requests import ANSWER_SCHEMA, prompt_hash
+from circuit_insights.explain.run import (
     build_requests,
     explain_shard,
     final_descriptions,
-    load_template,
-    prompt_hash,
     rule_description,
     write_explanations,
+)
+from circuit_insights.explain.variants import (
+    CLUSTER_VARIANTS,
+    LLM_VARIANTS,
+    RULE_VARIANTS,
+    VARIANTS,
 )
 from circuit_insights.llm.client import ChatRequest, ChatResult, result_from_text
 
@@ -539,7 +541,7 @@ def test_config_checks():
 
 def test_from_clustering_output_through_parquet(tmp_path):
     """clusters written by the clustering stage, read back, explained: the columns agree."""
-    from circuit_insights.circuitlens.clustering import cluster_shard, write_clusters
+    from circuit_insights.circuitlens.cluster_shard import cluster_shard, write_clusters
     from tests.test_clustering import contributions_frame, planted_sets
 
     sets, truth = planted_sets(0)
@@ -580,7 +582,7 @@ def test_from_clustering_output_through_parquet(tmp_path):
 
 
 def test_variants_are_compared_on_the_features_they_share():
-    from circuit_insights.explain import features_with_every_variant
+    from circuit_insights.explain.run import features_with_every_variant
 
     final = pd.DataFrame(
         {
@@ -595,7 +597,7 @@ def test_variants_are_compared_on_the_features_they_share():
 
 
 def test_variants_are_compared_only_where_each_has_a_description():
-    from circuit_insights.explain import features_with_every_variant
+    from circuit_insights.explain.run import features_with_every_variant
 
     final = pd.DataFrame(
         {
@@ -610,7 +612,7 @@ def test_variants_are_compared_only_where_each_has_a_description():
 
 
 def test_features_left_out_get_one_row_per_variant_saying_why(inputs, tmp_path):
-    from circuit_insights.explain import unexplained_rows
+    from circuit_insights.explain.run import unexplained_rows
 
     reasons = {8: "2 quantile samples, fewer than explain.min_samples=5", 7: "never fires"}
     frame = unexplained_rows(inputs, ["maxact", "cl_full", "maxact"], reasons)

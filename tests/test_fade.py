@@ -16,33 +16,32 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from circuit_insights.core.contexts import ContextTokens
 from circuit_insights.data.schemas import FADE_EVALUATION_SCHEMA
-from circuit_insights.evaluation import fade as fade_module
 from circuit_insights.evaluation import metrics as fm
-from circuit_insights.evaluation.fade import (
-    PRESETS,
+from circuit_insights.evaluation.fade import subject as subject_module
+from circuit_insights.evaluation.fade.faithfulness import measure_faithfulness
+from circuit_insights.evaluation.fade.judge import (
     LLMUsage,
-    decode_tokens,
-    encode_text,
-    evaluate_descriptions,
-    evaluate_feature,
-    fade_preset,
     generate_synthetic_texts,
-    greedy_continuations,
     load_prompt,
-    natural_sample_activations,
     parse_ratings,
     parse_texts,
-    preset_from_config,
     rate_text_groups,
     rate_texts,
-    read_fade_evaluation,
+)
+from circuit_insights.evaluation.fade.presets import PRESETS, fade_preset, preset_from_config
+from circuit_insights.evaluation.fade.rows import read_fade_evaluation, write_fade_evaluation
+from circuit_insights.evaluation.fade.run import evaluate_descriptions, evaluate_feature
+from circuit_insights.evaluation.fade.subject import (
+    decode_tokens,
+    encode_text,
+    greedy_continuations,
+    natural_sample_activations,
     steered_continuations,
     steering,
     text_activations,
-    write_fade_evaluation,
 )
 from circuit_insights.llm.client import ChatRequest, ChatResult, result_from_text
-from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
 from tests.conftest import FAMILIES, tiny_subject_model
 
@@ -402,9 +401,9 @@ def test_generate_synthetic_texts_dedups_and_survives_failures():
 
 
 def test_prompts_are_packaged():
-    assert "$description" in load_prompt("fade_rating_user_v1").template
-    assert "0:" in load_prompt("fade_rating_system_v1").template
-    assert "$description" in load_prompt("fade_generation_user_v1").template
+    assert "$description" in load_prompt("rating_user_v1").template
+    assert "0:" in load_prompt("rating_system_v1").template
+    assert "$description" in load_prompt("generation_user_v1").template
 
 
 # --- subject model ---------------------------------------------------------------------------
@@ -494,17 +493,24 @@ def test_greedy_continuations_and_factors(family):
     unsteered = steered_continuations(
         model,
         transcoder,
-        feature,
-        prompts,
-        [0.0, 50.0],
-        reference,
+        feature=feature,
+        prompts=prompts,
+        factors=[0.0, 50.0],
+        reference_activation=reference,
         n_tokens=4,
         baseline="unsteered",
     )
     assert torch.equal(unsteered[0.0], plain)
     assert not torch.equal(unsteered[50.0], plain)
     ablated = steered_continuations(
-        model, transcoder, feature, prompts, [0.0], reference, n_tokens=4, baseline="ablate"
+        model,
+        transcoder,
+        feature=feature,
+        prompts=prompts,
+        factors=[0.0],
+        reference_activation=reference,
+        n_tokens=4,
+        baseline="ablate",
     )
     with steering(model, transcoder, feature, 0.0):
         assert torch.equal(ablated[0.0], greedy_continuations(model, prompts, 4))
@@ -582,15 +588,14 @@ def test_evaluate_feature_end_to_end(tmp_path):
     preset = fade_preset("small", gate=0.0, n_prompts=3, n_generated_tokens=3, max_text_chars=None)
     details: dict = {}
     row = evaluate_feature(
-        model,
-        transcoder,
-        feature,
-        "some concept",
-        rows,
-        corpus,
-        None,
-        backend,
-        preset,
+        model=model,
+        transcoder=transcoder,
+        feature=feature,
+        description="some concept",
+        heldout_activations=rows,
+        heldout_tokens=corpus,
+        backend=backend,
+        preset=preset,
         seed=1,
         variant="weightlens",
         details=details,
@@ -616,6 +621,63 @@ def test_evaluate_feature_end_to_end(tmp_path):
     assert back.loc[0, "feature"] == feature and back.loc[0, "responsiveness"] == 1.0
 
 
+def test_measure_faithfulness_returns_what_the_row_and_details_show():
+    """Faithfulness is computed apart and handed back (metric, row columns, details), never
+    written into the caller's dicts; evaluate_feature records exactly that."""
+    model = _model("gpt2")
+    transcoder = _transcoder(model)
+    rows, corpus = _heldout(model, transcoder)
+    feature = int(rows["feature"].value_counts().index[0])
+    natural = natural_sample_activations(rows, feature, corpus.context_ids)
+    strong = {
+        decode_tokens(model, t)
+        for t, a in zip(corpus.tokens, natural, strict=True)
+        if a > np.median(natural[natural > 0])
+    }
+
+    def rate(text: str) -> int:
+        return 2 if text in strong or len(text) % 2 else 0
+
+    backend = oracle(rate, ["abc def", "xyz"])
+    preset = fade_preset("small", gate=0.0, n_prompts=3, n_generated_tokens=3)
+    details: dict = {}
+    row = evaluate_feature(
+        model=model,
+        transcoder=transcoder,
+        feature=feature,
+        description="c",
+        heldout_activations=rows,
+        heldout_tokens=corpus,
+        backend=backend,
+        preset=preset,
+        seed=4,
+        details=details,
+    )
+    usage = LLMUsage()
+    faithfulness = measure_faithfulness(
+        model=model,
+        transcoder=transcoder,
+        feature=feature,
+        description="c",
+        corpus=corpus,
+        reference=row["steering_reference"],
+        backend=oracle(rate, ["abc def", "xyz"]),
+        preset=preset,
+        seed=4,
+        usage=usage,
+    )
+    value, reason = faithfulness.value
+    assert row["faithfulness_reason"] != "gated" and reason == row["faithfulness_reason"]
+    assert value == row["faithfulness"] or (math.isnan(value) and math.isnan(row["faithfulness"]))
+    assert faithfulness.row_fields() == {
+        name: row[name]
+        for name in ("steering_factors", "concept_share_by_factor", "n_continuations_rated")
+    }
+    np.testing.assert_array_equal(faithfulness.steering_prompts, details["steering_prompts"])
+    assert faithfulness.continuations == details["continuations"]
+    assert usage.calls == len(preset.factors)  # one rating call per factor (3 prompts each)
+
+
 def test_evaluate_feature_without_description_makes_no_llm_call():
     model = _model("gpt2")
     transcoder = _transcoder(model)
@@ -623,7 +685,14 @@ def test_evaluate_feature_without_description_makes_no_llm_call():
     backend = oracle(lambda text: 0, [])
     for description in (None, "   "):
         row = evaluate_feature(
-            model, transcoder, 0, description, rows, corpus, None, backend, "small"
+            model=model,
+            transcoder=transcoder,
+            feature=0,
+            description=description,
+            heldout_activations=rows,
+            heldout_tokens=corpus,
+            backend=backend,
+            preset="small",
         )
         for name in ("clarity", "responsiveness", "purity", "faithfulness"):
             assert math.isnan(row[name]) and row[f"{name}_reason"] == "no_description"
@@ -637,7 +706,14 @@ def test_evaluate_feature_with_no_heldout_activations_is_defined():
     rows, corpus = _heldout(model, transcoder, n=10)
     backend = oracle(lambda text: 2, ["abc", "def"])
     row = evaluate_feature(
-        model, transcoder, 2, "a concept", rows.iloc[:0], corpus, None, backend, "small"
+        model=model,
+        transcoder=transcoder,
+        feature=2,
+        description="a concept",
+        heldout_activations=rows.iloc[:0],
+        heldout_tokens=corpus,
+        backend=backend,
+        preset="small",
     )
     assert row["responsiveness_reason"] == "no_heldout_activations"
     assert row["purity_reason"] == "no_heldout_activations"
@@ -653,7 +729,16 @@ def test_evaluate_feature_when_the_llm_fails_everywhere():
     rows, corpus = _heldout(model, transcoder, n=20)
     feature = int(rows["feature"].value_counts().index[0])
     backend = FakeBackend(lambda request: result(None, status="error"))
-    row = evaluate_feature(model, transcoder, feature, "c", rows, corpus, None, backend, "small")
+    row = evaluate_feature(
+        model=model,
+        transcoder=transcoder,
+        feature=feature,
+        description="c",
+        heldout_activations=rows,
+        heldout_tokens=corpus,
+        backend=backend,
+        preset="small",
+    )
     assert row["clarity_reason"] == "no_synthetic_samples"
     assert row["responsiveness_reason"] == "no_rated_0"
     assert row["n_rating_missing"] == row["n_rated"] == 20
@@ -741,7 +826,7 @@ def test_steering_multiplies_fade_reference_over_the_evaluated_samples(monkeypat
         if fm.sample_activation(values) >= 2.0
     }
     values: list[float | None] = []
-    real_steering = fade_module.steering
+    real_steering = subject_module.steering
 
     @contextlib.contextmanager
     def spy(model_, transcoder_, feature_, value):
@@ -749,7 +834,7 @@ def test_steering_multiplies_fade_reference_over_the_evaluated_samples(monkeypat
         with real_steering(model_, transcoder_, feature_, value):
             yield
 
-    monkeypatch.setattr(fade_module, "steering", spy)
+    monkeypatch.setattr(subject_module, "steering", spy)
     backend = oracle(lambda text: 2 if text in strong else 0, ["abc", "hello"])
     preset = fade_preset("small", gate=0.0, n_prompts=2, n_generated_tokens=2)
     descriptions = pd.DataFrame({"feature": [feature], "variant": ["v"], "description": ["d"]})
@@ -775,7 +860,16 @@ def test_nan_activation_in_the_sparse_path_is_nan_with_a_reason_never_zero():
     rows = _sparse_rows(3, {100: [1.0], 101: [nan, 2.0], 102: [0.5]})
     backend = oracle(lambda text: 2, ["abc", "def"])
     preset = fade_preset("small", gate=0.0)
-    row = evaluate_feature(model, transcoder, 3, "c", rows, corpus, None, backend, preset)
+    row = evaluate_feature(
+        model=model,
+        transcoder=transcoder,
+        feature=3,
+        description="c",
+        heldout_activations=rows,
+        heldout_tokens=corpus,
+        backend=backend,
+        preset=preset,
+    )
     for name in ("clarity", "responsiveness", "purity"):
         assert math.isnan(row[name]) and row[f"{name}_reason"] == "non_finite_activations"
     assert row["faithfulness_reason"] == "gated" and row["steering_reference"] is None
@@ -850,6 +944,15 @@ def test_fade_top_selection_in_presets_config_and_rating():
             "small", n_rated=10, top_fraction=0.2, percentiles=(0, 80, 100),
             top_selection=top_selection,
         )  # fmt: skip
-        row = evaluate_feature(model, transcoder, 2, "c", rows, corpus, None, backend, preset)
+        row = evaluate_feature(
+            model=model,
+            transcoder=transcoder,
+            feature=2,
+            description="c",
+            heldout_activations=rows,
+            heldout_tokens=corpus,
+            backend=backend,
+            preset=preset,
+        )
         counts[top_selection] = row["n_rated"]
     assert counts == {"fade": 8, "distinct": 10}

@@ -16,17 +16,15 @@ from typing import Any
 import pytest
 
 from circuit_insights.core.errors import InputError
+from circuit_insights.llm.cache import CachedBackend, ResponseCache, cache_key
 from circuit_insights.llm.client import (
-    CachedBackend,
     ChatRequest,
     ChatResult,
     LLMBackend,
     LLMServerError,
-    OpenAICompatibleBackend,
-    ResponseCache,
-    cache_key,
     parse_answer,
 )
+from circuit_insights.llm.http_backend import OpenAICompatibleBackend
 
 RATING_SCHEMA = {
     "title": "Rating",

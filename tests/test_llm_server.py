@@ -24,12 +24,8 @@ from typing import Any
 import pytest
 
 from circuit_insights.core.errors import InputError
-from circuit_insights.llm.client import (
-    CachedBackend,
-    ChatRequest,
-    LLMServerError,
-    ResponseCache,
-)
+from circuit_insights.llm.cache import CachedBackend, ResponseCache
+from circuit_insights.llm.client import ChatRequest, LLMServerError
 from circuit_insights.llm.server import (
     VLLMServer,
     backend_from_state,

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from circuit_insights.core.errors import InputError
-from circuit_insights.models.adapters import (
-    SubjectModel,
+from circuit_insights.models.architectures import (
     adapter_for,
     get_path,
     norm_bias,
     norm_gain,
     normalize,
 )
+from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
 from tests.conftest import TINY_VOCAB, tiny_hf_model, tiny_subject_model
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuit_insights.evaluation.fade import greedy_continuations, steering
-from circuit_insights.models.adapters import INPUT_HOOKS, OUTPUT_HOOKS, SubjectModel, normalize
+from circuit_insights.evaluation.fade.subject import greedy_continuations, steering
+from circuit_insights.models.architectures import INPUT_HOOKS, OUTPUT_HOOKS, normalize
+from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
 from tests.conftest import TINY_VOCAB
 

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from circuit_insights.core.progress import Progress
-from circuit_insights.explain import VARIANTS, explain_shard
+from circuit_insights.explain.run import explain_shard
+from circuit_insights.explain.variants import VARIANTS
 from tests.test_explain import FakeBackend, echo_answer, inputs  # noqa: F401 (fixture)
 
 

@@ -1,4 +1,4 @@
-"""README figures from a finished run (circuit_insights.report.readme, scripts/readme_figures.py),
+"""README figures from a finished run (tools/readme_blocks.py, tools/readme_figures.py),
 on a results tree built here with the workflow's own writers."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import torch
 from circuit_insights.core.errors import InputError
 from circuit_insights.core.io import write_json_atomic
 from circuit_insights.pipeline import paths
-from circuit_insights.report import readme
 from circuit_insights.report.summary import write_summary
 from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.transcoders.splicing import spliced_loss_report
 from circuit_insights.transcoders.training import TrainingReport
 from tests.test_summary import fixture_evaluation, fixture_weightlens
+from tools import readme_blocks as readme
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "workflow" / "rules"
@@ -469,7 +469,7 @@ def marked_readme(names: list[str]) -> str:
 
 
 def test_script_rewrites_every_marked_block(run_results: Path, tmp_path: Path, capsys) -> None:
-    from scripts.readme_figures import main
+    from tools.readme_figures import main
 
     names = ["run-time", *(f"{MODEL}/{kind}" for kind in readme.MODEL_BLOCKS)]
     path = tmp_path / "README.md"
@@ -501,7 +501,8 @@ def test_script_names_a_missing_input_without_a_trace(run_results: Path, tmp_pat
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "readme_figures.py"),
+            "-m",
+            "tools.readme_figures",
             "--results",
             str(run_results),
             "--readme",
@@ -510,6 +511,7 @@ def test_script_names_a_missing_input_without_a_trace(run_results: Path, tmp_pat
         capture_output=True,
         text=True,
         check=False,
+        cwd=ROOT,
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
@@ -519,7 +521,8 @@ def test_script_names_a_missing_input_without_a_trace(run_results: Path, tmp_pat
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "readme_figures.py"),
+            "-m",
+            "tools.readme_figures",
             "--results",
             str(run_results),
             "--readme",
@@ -528,12 +531,13 @@ def test_script_names_a_missing_input_without_a_trace(run_results: Path, tmp_pat
         capture_output=True,
         text=True,
         check=False,
+        cwd=ROOT,
     )
     assert done.returncode == 1 and "marks none of the blocks; available: run-time" in done.stderr
 
 
 def test_script_model_option_leaves_other_models_blocks(run_results: Path, tmp_path: Path) -> None:
-    from scripts.readme_figures import main
+    from tools.readme_figures import main
 
     path = tmp_path / "README.md"
     path.write_text(marked_readme([f"{MODEL}/transcoders", "other-model/transcoders"]))

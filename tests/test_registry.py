@@ -12,16 +12,17 @@ import yaml
 from safetensors.numpy import save_file
 
 from circuit_insights.core.errors import InputError
-from circuit_insights.models.adapters import Family
+from circuit_insights.models.architectures import Family
 from circuit_insights.transcoders import registry
 from circuit_insights.transcoders.base import ACTIVATIONS, INPUT_HOOKS, OUTPUT_HOOKS
-from circuit_insights.transcoders.formats import FORMATS, load_transcoder
+from circuit_insights.transcoders.formats import load_transcoder
+from circuit_insights.transcoders.formats.common import FORMATS
 from circuit_insights.transcoders.registry import (
     lowest_numbered_match,
     parse_hf_reference,
     resolve_transcoder_path,
 )
-from circuit_insights.weightlens import thresholds_for
+from circuit_insights.weightlens.config import thresholds_for
 from tests.test_transcoder_formats import (
     D_MODEL,
     D_SAE,
@@ -415,7 +416,7 @@ def test_pinned_llama_file_loads_through_the_preset_and_splices_exactly(hub, mon
     tiny Llama with it spliced in writes the transcoder's own output where its MLP's was."""
     import torch
 
-    from circuit_insights.models.adapters import SubjectModel
+    from circuit_insights.models.subject import SubjectModel
     from circuit_insights.models.tiny import tiny_hf_model
     from circuit_insights.transcoders.loading import load_layer_transcoder, transcoder_location
 
@@ -511,9 +512,9 @@ def test_gpt2_preset_leaves_position_0_out_of_maxima(tmp_path) -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from circuit_insights.data.cache import cache_split
+    from circuit_insights.data.cache_split import cache_split
     from circuit_insights.data.shards import make_shards
-    from circuit_insights.models.adapters import SubjectModel
+    from circuit_insights.models.subject import SubjectModel
     from circuit_insights.transcoders.base import Transcoder
 
     _, block = preset_block(ROOT / "config/presets/gpt2-dunefsky.yaml")
@@ -563,8 +564,8 @@ def test_gpt2_preset_leaves_position_0_out_of_maxima(tmp_path) -> None:
 def test_gpt2_preset_validates_each_token_as_bos_50256_then_token() -> None:
     import torch
 
-    from circuit_insights.models.adapters import SubjectModel
-    from circuit_insights.weightlens import single_token_inputs
+    from circuit_insights.models.subject import SubjectModel
+    from circuit_insights.weightlens.validation import single_token_inputs
 
     _, block = preset_block(ROOT / "config/presets/gpt2-dunefsky.yaml")
     model = SubjectModel(tiny_gpt2_with_real_bos(), None, prepend_bos=block["prepend_bos"])

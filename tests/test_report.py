@@ -1,4 +1,5 @@
-"""Tests of circuit_insights.report.html: a static report from fixture parquet files in the real schemas."""
+"""Tests of the HTML report (circuit_insights.report.html, inputs, views, render): a static report
+from fixture parquet files in the real schemas, read as the report rule declares them."""
 
 from __future__ import annotations
 
@@ -26,14 +27,11 @@ from circuit_insights.data.schemas import (
     WEIGHTLENS_SCHEMA,
     WEIGHTLENS_TWERA_SCHEMA,
 )
-from circuit_insights.report.html import (
-    ModelFrames,
-    build_report,
-    descriptions_page_path,
-    discover_models,
-    feature_page_path,
-    load_model_frames,
-)
+from circuit_insights.pipeline.stages.report import report_inputs
+from circuit_insights.report.html import build_report, choose_features
+from circuit_insights.report.inputs import ModelFrames, ModelInputs, load_model_frames
+from circuit_insights.report.paper import llm_written
+from circuit_insights.report.views import descriptions_page_path, feature_page_path
 from tests.test_summary import PNG_MAGIC, evaluation_row, schema_frame, weightlens_row
 
 MODEL = "gemma-tiny"
@@ -323,11 +321,19 @@ def write_fixture_run(root: Path) -> None:
     )
 
 
+def declared(results: Path, files: list[Path] | None = None) -> list[ModelInputs]:
+    """The report rule's inputs of a fixture run: every table under ``results/MODEL/layer*/``
+    (or ``files``) and the corpus, as the report stage groups them."""
+    if files is None:
+        files = sorted(results.glob("*/layer*/**/*.parquet"))
+    return report_inputs(str(results), [str(path) for path in files])
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("run")
     write_fixture_run(root / "results")
-    return build_report(root / "results", root / "report", n_boot=50)
+    return build_report(declared(root / "results"), root / "report", n_boot=50)
 
 
 class _Links(HTMLParser):
@@ -357,19 +363,23 @@ def _page(report: Path, layer: int, feature: int) -> Path:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def test_discover_and_load(tmp_path):
+def test_declared_tables_are_loaded(tmp_path):
     write_fixture_run(tmp_path / "results")
     (tmp_path / "results" / "logs").mkdir()
-    assert discover_models(tmp_path / "results") == [MODEL]
-    with pytest.raises(InputError, match="does not exist"):
-        discover_models(tmp_path / "nothing")
-    frames = load_model_frames(tmp_path / "results", MODEL)
+    [inputs] = declared(tmp_path / "results")
+    assert inputs.model == MODEL and set(inputs.tables["evaluation"]) == {1}
+    corpus = tmp_path / "results" / MODEL / "corpus" / "tokens.parquet"
+    with pytest.raises(InputError, match="not a table the report reads"):
+        report_inputs(str(tmp_path / "results"), [str(corpus)])
+    with pytest.raises(InputError, match="unknown report tables"):
+        ModelInputs(MODEL, {"fade": {}})
+    frames = load_model_frames(inputs)
     assert set(frames.samples["layer"]) == {1}
     assert set(frames.contributions["feature_layer"]) == {1}
     assert frames.tokens.shape == (6, 12) and len(frames.context_ids) == 6
-    frames = load_model_frames(tmp_path / "results", MODEL, stages=["evaluation"])
+    frames = load_model_frames(inputs, tables=["evaluation"])
     assert len(frames.evaluation) == 4 and frames.weightlens is None
-    only = load_model_frames(tmp_path / "results", MODEL, features={1: [1]})
+    only = load_model_frames(inputs, features={1: [1]})
     assert set(only.weightlens["feature"]) == {1} and only.clusters.empty  # stage ran
 
 
@@ -480,7 +490,9 @@ def test_index_content(report):
 
 def test_max_features_and_frames_in_memory(tmp_path):
     write_fixture_run(tmp_path / "results")
-    index = build_report(tmp_path / "results", tmp_path / "small", max_features=1, n_boot=20)
+    index = build_report(
+        declared(tmp_path / "results"), tmp_path / "small", max_features=1, n_boot=20
+    )
     pages = sorted(p.name for p in (tmp_path / "small").rglob("feature*.html"))
     assert pages == ["feature000000.html", "feature000002.html"]  # L1#0 and L0#2
     assert "3 more features left out" in index.read_text(encoding="utf-8")
@@ -553,24 +565,20 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 
 def test_feature_pages_go_to_explained_features_first():
-    from circuit_insights.report.html import _choose_features
-
     keys = {3: set(range(10)), 8: {1, 2}}
-    chosen, hidden = _choose_features(keys, 3, first={3: {7, 9}, 8: {5}})
+    chosen, hidden = choose_features(keys, 3, first={3: {7, 9}, 8: {5}})
     assert chosen == {3: [0, 7, 9], 8: [1, 2]}  # explained ones kept, the rest by lowest id
     assert hidden == {3: 7, 8: 0}
-    chosen, hidden = _choose_features(keys, None, first={3: {7}})
+    chosen, hidden = choose_features(keys, None, first={3: {7}})
     assert chosen[3] == list(range(10)) and hidden[3] == 0
 
 
 def test_only_llm_written_explanations_give_a_page_priority():
     import pandas as pd
 
-    from circuit_insights.report.html import _llm_rows
-
     rows = pd.DataFrame({"feature": [1, 2, 3], "variant": ["weightlens_rule", "cl_full", "maxact"]})
-    assert _llm_rows(rows)["feature"].tolist() == [2, 3]
-    assert _llm_rows(None) is None
+    assert llm_written(rows)["feature"].tolist() == [2, 3]
+    assert llm_written(None) is None
 
 
 def _cells(page: Path) -> dict[int, list[str]]:
@@ -602,7 +610,7 @@ def test_every_explained_feature_and_variant_is_on_the_layer_page(report):
 
 def test_descriptions_page_lists_features_without_a_page(tmp_path):
     write_fixture_run(tmp_path / "results")
-    build_report(tmp_path / "results", tmp_path / "small", max_features=1, n_boot=20)
+    build_report(declared(tmp_path / "results"), tmp_path / "small", max_features=1, n_boot=20)
     page = tmp_path / "small" / descriptions_page_path(MODEL, 1)
     html = page.read_text(encoding="utf-8")
     assert sorted(_cells(page)) == [0, 1]
@@ -790,7 +798,7 @@ def test_index_shows_the_rule_comparison_and_the_claims(tmp_path):
         schema_frame(FADE_EVALUATION_SCHEMA, rows),
         FADE_EVALUATION_SCHEMA,
     )
-    index = build_report(root, tmp_path / "report", n_boot=50).read_text(encoding="utf-8")
+    index = build_report(declared(root), tmp_path / "report", n_boot=50).read_text("utf-8")
     assert "Executable explanations, rule-rated" in index
     assert "The paper's claims, checked on these scores" in index
     # Feature 0 is the fixture's only token-based feature of layer 1: one pair, no verdict.

@@ -10,7 +10,7 @@ import pytest
 
 from circuit_insights.core.contexts import ContextTokens, HeldOut
 from circuit_insights.evaluation import rule_rater
-from circuit_insights.evaluation.fade import fade_preset
+from circuit_insights.evaluation.fade.presets import fade_preset
 from circuit_insights.evaluation.metrics import select_rating_samples
 from circuit_insights.evaluation.rule_rater import (
     RuleRaterConfig,
@@ -19,8 +19,9 @@ from circuit_insights.evaluation.rule_rater import (
     rule_ratings,
     score_rules,
 )
-from circuit_insights.rules import Clause, Condition, Rule, maxact_rule, weightlens_rule
-from circuit_insights.weightlens import score_heldout
+from circuit_insights.explain.executable.rule import Clause, Condition, Rule
+from circuit_insights.explain.variants import maxact_rule, weightlens_rule
+from circuit_insights.weightlens.heldout import score_heldout
 
 BOS, A, B, C = 1, 5, 7, 9
 FEATURE = 3
@@ -246,11 +247,9 @@ def test_missing_and_degenerate_rules_get_nan_with_reasons():
 
 
 def test_comparison_table_splits_by_classification_and_needs_three_features(tmp_path):
-    from circuit_insights.report.summary import (
-        rule_comparison_markdown,
-        rule_comparison_table,
-        write_summary,
-    )
+    from circuit_insights.report.rule_comparison import rule_comparison_table
+    from circuit_insights.report.summary import write_summary
+    from circuit_insights.report.tables import rule_comparison_markdown
 
     rng = np.random.default_rng(0)
     rows = []

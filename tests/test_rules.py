@@ -1,4 +1,5 @@
-"""Executable explanations (circuit_insights.rules): derivation, application, synthetic contexts."""
+"""Executable explanations (circuit_insights.explain.executable): derivation, application,
+synthetic contexts."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ import pandas as pd
 import pytest
 
 from circuit_insights.core.errors import InputError
-from circuit_insights.rules import (
+from circuit_insights.explain.executable.config import RuleConfig
+from circuit_insights.explain.executable.rule import Clause, Condition, Rule
+from circuit_insights.explain.executable.synthetic import synthetic_contexts
+from circuit_insights.explain.inputs import derive_rules
+from circuit_insights.explain.variants import (
     EXECUTABLE_VARIANTS,
-    Clause,
-    Condition,
-    Rule,
-    RuleConfig,
-    derive_rules,
     maxact_rule,
-    synthetic_contexts,
     union,
     weightlens_rule,
 )
@@ -234,7 +233,8 @@ def test_rule_config_rejects_bad_values():
 
 
 def test_explain_writes_rule_rows_with_text_and_json_and_missing_input_rows():
-    from circuit_insights.explain import build_feature_inputs, explain_shard
+    from circuit_insights.explain.inputs import build_feature_inputs
+    from circuit_insights.explain.run import explain_shard
 
     tokens = planted_contexts()
     context_ids = np.arange(len(tokens)) + 100

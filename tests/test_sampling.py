@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from circuit_insights.core.errors import InputError
-from circuit_insights.data.cache import ARTIFACTS, ActivationCacheWriter, read_maxima
+from circuit_insights.data.cache import ARTIFACTS, ActivationCacheWriter
+from circuit_insights.data.cache_readers import read_maxima
 from circuit_insights.data.sampling import (
     SamplingConfig,
     bin_weights,

@@ -1,4 +1,5 @@
-"""Tests of circuit_insights.report.summary on fixture frames with known answers."""
+"""Tests of the summary (circuit_insights.report: scores, stats, shares, tables, quality, plots,
+summary.write_summary) on fixture frames with known answers."""
 
 from __future__ import annotations
 
@@ -21,24 +22,24 @@ from circuit_insights.data.schemas import (
     TOKEN_SHARES_SCHEMA,
     WEIGHTLENS_SCHEMA,
 )
-from circuit_insights.report.summary import (
+from circuit_insights.report.paper import LLM_FREE_VARIANT, paper_family
+from circuit_insights.report.plots import plot_metrics
+from circuit_insights.report.render import fragment
+from circuit_insights.report.scores import (
     LLM_FREE_METRICS,
-    LLM_FREE_VARIANT,
     METRICS,
     NO_WEIGHTLENS_RESULT,
-    bootstrap_ci,
-    html_table,
+    summarize_model,
+)
+from circuit_insights.report.shares import token_based_shares
+from circuit_insights.report.stats import bootstrap_ci, metric_table, missing_table
+from circuit_insights.report.summary import write_summary
+from circuit_insights.report.tables import (
+    Table,
     markdown_table,
     metric_grid,
-    metric_grid_html,
     metric_grid_markdown,
-    metric_table,
-    missing_table,
-    paper_family,
-    plot_metrics,
-    summarize_model,
-    token_based_shares,
-    write_summary,
+    metric_grid_view,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -310,7 +311,7 @@ def test_metric_grid_in_paper_form():
 def test_table_renderers_escape():
     markdown = markdown_table(["a|b", "c"], [["x|y", 1]])
     assert "a\\|b" in markdown and "x\\|y" in markdown
-    html = str(html_table(["<h>"], [["<script>alert(1)</script> & co"]], groups=[("g<", 1)]))
+    html = str(fragment("table", Table(["<h>"], [["<script>alert(1)</script> & co"]], [("g<", 1)])))
     assert "<script>" not in html and "&lt;script&gt;" in html and "&amp; co" in html
     assert "g&lt;" in html and "&lt;h&gt;" in html
     with pytest.raises(InputError):
@@ -331,7 +332,7 @@ def test_table_renderers_escape():
             }
         ]
     )
-    html = str(metric_grid_html(stats))
+    html = str(fragment("metric_grid", metric_grid_view(stats)))
     assert "&lt;v&gt;" in html and "&lt;why&gt;" in html and "<v>" not in html
 
 
@@ -478,7 +479,7 @@ def test_metric_table_counts_degenerate_features_as_fade_does():
 
 
 def test_no_ci_below_three_features_and_n_on_every_cell():
-    from circuit_insights.report.summary import MIN_FEATURES_FOR_CI
+    from circuit_insights.report.stats import MIN_FEATURES_FOR_CI
 
     rows = [evaluation_row(0, f, "maxact", clarity=0.1 * (f + 1)) for f in range(4)]
     rows += [evaluation_row(0, f, "cl_full", clarity=0.2 + 0.3 * f) for f in range(2)]
@@ -493,7 +494,7 @@ def test_no_ci_below_three_features_and_n_on_every_cell():
     assert grid.loc["cl_full", (1, "clarity")] == "0.60 (n=1; too few for a CI)"
     assert grid.loc["cl_full", (0, "clarity")].startswith("0.35 (n=2")
     assert "[" in grid.loc["maxact", (0, "clarity")] and "n=4" in grid.loc["maxact", (0, "clarity")]
-    html = str(metric_grid_html(stats))
+    html = str(fragment("metric_grid", metric_grid_view(stats)))
     grid_shape = metric_grid(stats).shape  # (variants, layer x metric columns)
     cells = [c for c in re.findall(r"<td>(.*?)</td>", html) if c not in set(grid.index)]
     assert len(cells) == grid_shape[0] * grid_shape[1]
@@ -524,7 +525,7 @@ def test_plots_draw_error_bars_only_from_three_features(tmp_path, monkeypatch):
 
 
 def test_description_flags():
-    from circuit_insights.report.summary import description_flags, flag_counts
+    from circuit_insights.report.quality import description_flags, flag_counts
 
     frame = pd.DataFrame(
         [
@@ -564,7 +565,7 @@ def test_description_flags():
 
 
 def test_small_embedded_llm_names():
-    from circuit_insights.report.summary import is_small_embedded_llm
+    from circuit_insights.report.quality import is_small_embedded_llm
 
     assert is_small_embedded_llm("smollm2") and is_small_embedded_llm("SmolLM2-135M-Instruct")
     assert not is_small_embedded_llm("Qwen/Qwen2.5-7B-Instruct")
@@ -572,7 +573,7 @@ def test_small_embedded_llm_names():
 
 
 def test_cluster_coverage_per_layer():
-    from circuit_insights.report.summary import cluster_coverage
+    from circuit_insights.circuitlens.cluster_shard import cluster_coverage
 
     def row(layer, feature, cluster, n_samples, n_clusters, status="clustered"):
         return {

@@ -25,13 +25,13 @@ from safetensors.numpy import save_file
 
 from circuit_insights.core.errors import InputError
 from circuit_insights.transcoders.base import Transcoder
-from circuit_insights.transcoders.formats import (
+from circuit_insights.transcoders.formats import load_transcoder
+from circuit_insights.transcoders.formats.circuit_tracer import read_circuit_tracer_config
+from circuit_insights.transcoders.formats.common import (
     has_post_mlp_norm,
-    load_transcoder,
     output_hook_from_transformerlens,
-    read_circuit_tracer_config,
-    read_torch_checkpoint,
 )
+from circuit_insights.transcoders.formats.dunefsky import read_torch_checkpoint
 
 D_MODEL = 16
 D_SAE = 64

@@ -16,32 +16,29 @@ from circuit_insights.core.errors import InputError
 from circuit_insights.core.tokens import TokenDisplay, display_token
 from circuit_insights.data.schemas import WEIGHTLENS_SCHEMA, WEIGHTLENS_TWERA_SCHEMA
 from circuit_insights.data.shards import Shard
-from circuit_insights.models.adapters import SubjectModel, norm_gain
+from circuit_insights.models.architectures import norm_gain
+from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
-from circuit_insights.weightlens import (
+from circuit_insights.weightlens.classify import classify_features
+from circuit_insights.weightlens.config import (
     Thresholds,
     WeightLensOptions,
-    classify_features,
-    describe,
-    fold_write_side,
-    gather_weightlens,
-    inherited_candidates,
-    read_directions,
-    read_weightlens,
     resolve_thresholds,
-    run_weightlens,
-    score_heldout,
-    select_outliers,
-    single_token_activations,
-    single_token_inputs,
     thresholds_for,
-    twera,
-    twera_upstream,
-    write_directions,
-    write_weightlens,
-    zscore_stats,
-    zscores,
 )
+from circuit_insights.weightlens.describe import describe
+from circuit_insights.weightlens.directions import (
+    fold_write_side,
+    read_directions,
+    write_directions,
+)
+from circuit_insights.weightlens.heldout import score_heldout
+from circuit_insights.weightlens.io import gather_weightlens, read_weightlens, write_weightlens
+from circuit_insights.weightlens.run import run_weightlens
+from circuit_insights.weightlens.twera import twera, twera_upstream
+from circuit_insights.weightlens.upstream import inherited_candidates
+from circuit_insights.weightlens.validation import single_token_activations, single_token_inputs
+from circuit_insights.weightlens.zscores import select_outliers, zscore_stats, zscores
 from tests.conftest import tiny_subject_model
 
 PLANTED_TOKEN = 17
@@ -824,12 +821,12 @@ def test_twera_stage_writes_the_shards_ranking_from_the_cache_files(tmp_path):
     hf.save_pretrained(tmp_path / "model")
     model = SubjectModel(hf, None, name="tiny")
     rng = np.random.default_rng(4)
-    locations, files, acts = {}, {}, {}
+    transcoder_files, files, acts = {}, {}, {}
     for layer in (0, 2):
         folder = tmp_path / f"layer{layer}"
         folder.mkdir()
         save_transcoder_files(_transcoder(model, layer), str(folder / "weights.safetensors"))
-        locations[layer] = str(folder)
+        transcoder_files[layer] = [str(folder / "weights.safetensors"), str(folder / "config.json")]
         acts[layer] = _sparse_activations(rng, 0.3)
         path = folder / "activations.parquet"
         write_parquet_atomic(acts[layer], path, ACTIVATIONS_SCHEMA)  # as the cache writes it
@@ -853,10 +850,10 @@ def test_twera_stage_writes_the_shards_ranking_from_the_cache_files(tmp_path):
         model_config=model_config,
         twera_config={"enabled": True, "top_k": 3},
         projection="folded",
-        location=str(tmp_path / "model"),
+        model_files=[],  # a local folder: the source itself
         layer=2,
         shard_name=out.stem,
-        transcoder_locations=locations,
+        transcoder_files=transcoder_files,
         activation_files=files,
         out_path=str(out),
         model_name="tiny",

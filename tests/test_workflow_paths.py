@@ -52,3 +52,29 @@ def test_rules_scripts_and_stages_map_one_to_one() -> None:
             assert (root / f"src/circuit_insights/pipeline/stages/{rule}.py").is_file(), rule
     stages = {p.stem for p in (root / "src/circuit_insights/pipeline/stages").glob("[a-z]*.py")}
     assert stages == {r for r in rules if not r.startswith("build_embedded_")}
+
+
+def test_stages_resolve_trained_and_published_transcoders_from_the_job_files(tmp_path) -> None:
+    from circuit_insights.pipeline.locations import (
+        layer_files,
+        model_location,
+        transcoder_locations,
+    )
+
+    inputs = {"transcoder_3": ["r/m/layer3/transcoder/transcoder.safetensors", "r/c.json"]}
+    files = layer_files(inputs, "transcoder", [3, 8])
+    assert files == {3: inputs["transcoder_3"], 8: []}  # a layer without files gets []
+    trained = {"source": "embedded:gemma-3-270m", "transcoders": {"kind": "train"}}
+    assert transcoder_locations(trained, {3: files[3]}) == {3: "r/m/layer3/transcoder"}
+    assert transcoder_locations(trained, {3: files[3][0]}) == {3: "r/m/layer3/transcoder"}
+    published = {
+        "source": "gpt2",
+        "transcoders": {
+            "kind": "pretrained",
+            "path": f"{tmp_path}/layer_{{layer}}",
+            "format": "native",
+        },
+    }
+    assert transcoder_locations(published, {5: []}) == {5: f"{tmp_path}/layer_5"}
+    assert model_location(trained, ["resources/models/g/model.safetensors"]) == "resources/models/g"
+    assert model_location(published, []) == "gpt2"

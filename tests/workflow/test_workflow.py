@@ -17,10 +17,10 @@ import torch
 import yaml
 
 from circuit_insights.data import schemas
-from circuit_insights.data.cache import dense_from_sparse
+from circuit_insights.data.cache_readers import dense_from_sparse
 from circuit_insights.data.corpus import load_contexts
 from circuit_insights.data.shards import make_shards, parse_shard
-from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.formats import load_transcoder
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from circuit_insights.pipeline.config import gpus_for_device  # noqa: E402
 from circuit_insights.pipeline.preflight import start_checks  # noqa: E402
-from circuit_insights.data.shards import make_shards  # noqa: E402
+from circuit_insights.data.shards import SHARD_NAME_REGEX, make_shards  # noqa: E402
 from circuit_insights.pipeline import paths  # noqa: E402
 from circuit_insights.pipeline import params as rule_params  # noqa: E402
 from circuit_insights.pipeline.params import (  # noqa: E402
@@ -20,14 +20,17 @@ from circuit_insights.pipeline.params import (  # noqa: E402
 )
 from circuit_insights.llm.server import stop_shared_server  # noqa: E402
 
-# Validation and the preflight (models, transcoders, corpus, folders, llm.url), before any job
-# runs: bad input ends Snakemake here with one message naming the key and the thing at fault.
+# Validation and the preflight (models, transcoders, corpus, folders, llm.url, the LLM server's
+# Python, GPUs), before any job runs: bad input ends Snakemake here with one message naming the
+# key and the thing at fault. --config values come as strings where nested: typed by the schema.
 config.update(
     start_checks(
         config,
         Path(workflow.basedir) / "workflow/schemas/config.schema.yaml",
         argv=sys.argv,
         main_process=workflow.is_main_process,
+        command_line=workflow.config_settings.config,
+        workflow_dir=workflow.basedir,
     )
 )
 RESULTS = config["results_dir"]
@@ -37,7 +40,7 @@ RESOURCES = config["resources_dir"]
 wildcard_constraints:
     model=r"[A-Za-z0-9_.\-]+",
     layer=r"\d+",
-    shard=r"f\d{6}-\d{6}",
+    shard=SHARD_NAME_REGEX,  # f000000-000512; seven digits and more past a million
     variant=r"[a-z_]+",
 
 

@@ -44,9 +44,9 @@ from circuit_insights.circuitlens.contributions import (
     contribution_frame,
     select_significant,
 )
-from circuit_insights.circuitlens.frozen import (
+from circuit_insights.circuitlens.frozen import FrozenReplacement
+from circuit_insights.circuitlens.frozen_capture import (
     AttentionRecord,
-    FrozenReplacement,
     FrozenState,
     capture_frozen_state,
 )
@@ -55,7 +55,7 @@ from circuit_insights.data.schemas import (
     ATTRIBUTION_CONTRIBUTIONS_SCHEMA,
     ATTRIBUTION_TOTALS_SCHEMA,
 )
-from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,7 @@ Conventions: an activation "fires" when it is non-zero (activations must be non-
 outputs of ReLU, JumpReLU and TopK transcoders are). Excluded positions (BOS and other attention
 sinks; ``exclude_positions`` for every context, plus the per-token ``excluded`` mask of a batch)
 are stored in ``activations`` with ``excluded = True`` but count nowhere else: not in maxima,
-not in statistics, not as tokens. Context ids must increase strictly over the whole stream.
-"""
+not in statistics, not as tokens. Context ids must increase strictly over the whole stream."""
 
 from __future__ import annotations
 
@@ -34,7 +33,6 @@ import contextlib
 import logging
 import math
 import os
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -54,10 +51,9 @@ from circuit_insights.data.schemas import ACTIVATIONS_SCHEMA, FEATURE_STATS_SCHE
 from circuit_insights.data.shards import Shard
 
 if TYPE_CHECKING:
-    from circuit_insights.models.adapters import SubjectModel
-    from circuit_insights.transcoders.base import Transcoder
-
+    pass
 log = logging.getLogger(__name__)
+
 
 #: The keys of ``out_paths[shard]``: one parquet artifact each.
 ARTIFACTS: tuple[str, ...] = ("activations", "maxima", "feature_stats")
@@ -656,158 +652,3 @@ def _maxima(
     at_max = np.flatnonzero(value == max_value[segment])  # rows equal to their segment's max
     first_at_max = at_max[np.r_[True, segment[at_max][1:] != segment[at_max][:-1]]]
     return starts, max_value, position[first_at_max]
-
-
-# --- readers -----------------------------------------------------------------------------------
-
-
-def _read_by_feature(
-    path: str | os.PathLike[str], schema: pa.Schema, features: Iterable[int] | None
-) -> pd.DataFrame:
-    """Rows of ``features`` (all when None), reading only row groups that may hold them."""
-    parquet = pq.ParquetFile(path)
-    if features is None:
-        table = parquet.read()
-    else:
-        wanted = np.unique(np.fromiter(features, dtype=np.int64))
-        feature_column = parquet.schema_arrow.get_field_index("feature")
-        groups = []
-        for group in range(parquet.metadata.num_row_groups):
-            stats = parquet.metadata.row_group(group).column(feature_column).statistics
-            if stats is None or not stats.has_min_max:
-                groups.append(group)
-                continue
-            first = np.searchsorted(wanted, stats.min, side="left")
-            if first < len(wanted) and wanted[first] <= stats.max:
-                groups.append(group)
-        table = parquet.read_row_groups(groups) if groups else schema.empty_table()
-        table = table.filter(pc.is_in(table["feature"], pa.array(wanted, pa.int32())))
-    frame = table.cast(schema).to_pandas()
-    # Row groups of one bucket are in stream order: a stable sort by feature gives
-    # (feature, context, position) order.
-    return frame.sort_values("feature", kind="stable", ignore_index=True)
-
-
-def read_feature_activations(
-    path: str | os.PathLike[str], features: Iterable[int] | None = None
-) -> pd.DataFrame:
-    """Non-zero activations of ``features`` (all when None) from an ``activations`` file.
-
-    Columns of ``ACTIVATIONS_SCHEMA``, sorted by (feature, context, position); reads only the
-    row groups of the requested features' buckets.
-    """
-    return _read_by_feature(path, ACTIVATIONS_SCHEMA, features)
-
-
-def read_maxima(
-    path: str | os.PathLike[str], features: Iterable[int] | None = None
-) -> pd.DataFrame:
-    """Per (feature, context) maxima of ``features`` (all when None), sorted by (feature, context)."""
-    return _read_by_feature(path, MAXIMA_SCHEMA, features)
-
-
-def dense_from_sparse(
-    activations: pd.DataFrame, context_ids: Sequence[int], n_positions: int, shard: Shard
-) -> torch.Tensor:
-    """Rebuild dense (len(context_ids), n_positions, shard.size) float32 activations.
-
-    ``activations``: rows of an ``activations`` file (excluded positions included). Rows of
-    other contexts are ignored; a feature outside ``shard`` or a position beyond
-    ``n_positions`` is an error.
-    """
-    contexts = np.asarray(context_ids, dtype=np.int64)
-    dense = torch.zeros((len(contexts), n_positions, shard.size), dtype=torch.float32)
-    if len(activations) == 0 or len(contexts) == 0:
-        return dense
-    feature = activations["feature"].to_numpy(np.int64)
-    position = activations["position"].to_numpy(np.int64)
-    if feature.min() < shard.start or feature.max() >= shard.stop:
-        raise InputError(f"activations hold features outside shard {shard.name}")
-    if position.min() < 0 or position.max() >= n_positions:
-        raise InputError(f"activations hold positions outside [0, {n_positions})")
-    order = np.argsort(contexts, kind="stable")
-    sorted_contexts = contexts[order]
-    row_context = activations["context"].to_numpy(np.int64)
-    slot = np.minimum(np.searchsorted(sorted_contexts, row_context), len(contexts) - 1)
-    known = sorted_contexts[slot] == row_context
-    context_index = torch.from_numpy(order[slot[known]])
-    dense[
-        context_index,
-        torch.from_numpy(position[known]),
-        torch.from_numpy(feature[known] - shard.start),
-    ] = torch.from_numpy(activations["activation"].to_numpy(np.float32)[known])
-    return dense
-
-
-# --- the streaming loop of rule cache -----------------------------------------------------------
-
-CACHE_SPLITS = {"cache": "", "eval": "heldout_"}
-"""Corpus split -> prefix of its artifact kinds (activations, maxima, feature_stats)."""
-
-
-def cache_paths_from_outputs(
-    outputs: Mapping[str, Sequence[str]], prefix: str
-) -> dict[Shard, dict[str, str]]:
-    """Per-shard cache paths of one split from a job's named outputs (kind -> file list)."""
-    from circuit_insights.data.shards import parse_shard
-
-    by_shard: dict[Shard, dict[str, str]] = {}
-    for artifact in ARTIFACTS:
-        for path in outputs[prefix + artifact]:
-            by_shard.setdefault(parse_shard(Path(path).stem), {})[artifact] = str(path)
-    return by_shard
-
-
-def cache_split(
-    model: SubjectModel,
-    transcoder: Transcoder,
-    layer: int,
-    context_ids: np.ndarray,
-    tokens: np.ndarray,
-    shards: Sequence[Shard],
-    out_paths: Mapping[Shard, Mapping[str, str]],
-    *,
-    batch_size: int,
-    exclude_bos: bool,
-    label: str = "cache",
-) -> dict[str, float]:
-    """Stream one split's contexts through the model and the transcoder into the sparse cache."""
-    from circuit_insights.models.loading import iter_context_batches
-
-    excluded = {0} if exclude_bos and model.bos_token_id is not None else set()
-    start, stop = min(s.start for s in shards), max(s.stop for s in shards)
-    n_tokens, started, last_report = 0, time.perf_counter(), time.perf_counter()
-    with ActivationCacheWriter(
-        shards, out_paths, exclude_positions=frozenset(excluded), feature_offset=start
-    ) as writer:
-        for batch_ids, ids in iter_context_batches(tokens, context_ids, batch_size):
-            x = model.hook_values(ids, {layer: [transcoder.input_hook]})[
-                (layer, transcoder.input_hook)
-            ]  # (batch, pos, d_model)
-            with torch.no_grad():
-                activations = transcoder.encode_slice(x, start, stop)  # (batch, pos, stop - start)
-            writer.add_batch(torch.from_numpy(batch_ids.astype(np.int64)), activations)
-            n_tokens += ids.numel()
-            if time.perf_counter() - last_report > 30:
-                last_report = time.perf_counter()
-                rate = n_tokens / (last_report - started)
-                remaining = (tokens.size - n_tokens) / rate
-                log.info(
-                    "%s layer %d: %d / %d tokens, %.0f tok/s, about %.0f s left",
-                    label,
-                    layer,
-                    n_tokens,
-                    tokens.size,
-                    rate,
-                    remaining,
-                )
-    seconds = time.perf_counter() - started
-    log.info(
-        "%s layer %d: %d tokens in %.1f s (%.0f tok/s)",
-        label,
-        layer,
-        n_tokens,
-        seconds,
-        n_tokens / seconds,
-    )
-    return {"tokens": n_tokens, "seconds": seconds}

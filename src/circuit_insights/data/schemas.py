@@ -437,7 +437,7 @@ EXPLANATIONS_SCHEMA = pa.schema(
 
 # --- summary ---
 
-#: Scores of one model in long form (``circuit_insights.report.summary.summarize_model``; definitions in
+#: Scores of one model in long form (``circuit_insights.report.scores.summarize_model``; definitions in
 #: ``docs/report.md``): one row per (layer, feature, variant, metric). ``metric``: the FADE
 #: metrics ``clarity``, ``responsiveness``, ``purity``, ``faithfulness`` of every evaluated
 #: variant, and the LLM-free ``weightlens_auroc`` / ``weightlens_precision`` (variant
@@ -456,7 +456,7 @@ SUMMARY_SCHEMA = pa.schema(
     ]
 )
 
-#: The paper-style table (``circuit_insights.report.summary.metric_table``): per (model, variant, layer,
+#: The paper-style table (``circuit_insights.report.stats.metric_table``): per (model, variant, layer,
 #: metric) the mean over features with a value (``n``) and its percentile-bootstrap CI
 #: (``ci_low``, ``ci_high``; null when ``n`` is 0); ``n_degenerate`` of those ``n`` are degenerate
 #: features counted as FADE's code counts them (Clarity / Responsiveness of all-equal activations:
@@ -479,7 +479,7 @@ METRIC_TABLE_SCHEMA = pa.schema(
 )
 
 #: The rule-rated comparison of the explanation methods
-#: (``circuit_insights.report.summary.rule_comparison_table``; ``docs/rules.md``): per (model,
+#: (``circuit_insights.report.rule_comparison.rule_comparison_table``; ``docs/rules.md``): per (model,
 #: ``classification`` = ``token_based`` / ``context_dependent`` / ``all`` / ``unclassified``, metric,
 #: layer, variant) the mean over features with a value (``n``), its percentile-bootstrap 95% CI
 #: (null when ``n`` < 3), ``n_missing`` and ``missing_reasons`` as in ``METRIC_TABLE_SCHEMA``.
@@ -501,7 +501,7 @@ RULE_COMPARISON_SCHEMA = pa.schema(
 )
 
 #: Share of features WeightLens validates / classifies token-based
-#: (``circuit_insights.report.summary.token_based_shares``), per layer and over all layers (``layer``
+#: (``circuit_insights.report.shares.token_based_shares``), per layer and over all layers (``layer``
 #: null), next to the paper's figure for the model's family (``paper_*`` null for other models).
 TOKEN_SHARES_SCHEMA = pa.schema(
     [

@@ -1,14 +1,16 @@
 """The rule rater: FADE's metrics for executable explanations, with the rule in place of the LLM.
 
-Definitions in ``docs/rules.md``; the rules themselves are :mod:`circuit_insights.rules`.
+Definitions in ``docs/rules.md``; the rules themselves are
+:mod:`circuit_insights.explain.executable`.
 
 - Responsiveness and Purity: the natural samples are chosen exactly as for LLM-rated FADE
-  (:func:`circuit_insights.evaluation.fade.rating_rounds`); a sample is rated 2 when the rule
+  (:func:`circuit_insights.evaluation.fade.run.rating_rounds`); a sample is rated 2 when the rule
   holds at any of its positions (BOS excluded), else 0 (:func:`rule_ratings`); the metrics are
   :func:`circuit_insights.evaluation.metrics.responsiveness_and_purity`.
-- Clarity: contexts the rule generates (:func:`circuit_insights.rules.synthetic_contexts`: its
-  trigger tokens written at their offsets into held-out contexts where the feature does not
-  fire) are run through the subject model and compared with all natural samples by
+- Clarity: contexts the rule generates
+  (:func:`circuit_insights.explain.executable.synthetic.synthetic_contexts`: its trigger tokens
+  written at their offsets into held-out contexts where the feature does not fire) are run
+  through the subject model and compared with all natural samples by
   :func:`circuit_insights.evaluation.metrics.clarity`, as FADE compares its synthetic texts.
 - Faithfulness is not defined for a rule (it needs a judge of free text): NaN, ``not_rule_rated``.
 
@@ -34,22 +36,20 @@ from circuit_insights.core.config import from_block
 from circuit_insights.core.contexts import ContextTokens
 from circuit_insights.core.errors import InputError
 from circuit_insights.evaluation import metrics
-from circuit_insights.evaluation.fade import (
-    FadePreset,
-    LLMUsage,
-    _context_tokens,
-    _empty_row,
-    _finish,
-    _set_metric,
+from circuit_insights.evaluation.fade.judge import LLMUsage
+from circuit_insights.evaluation.fade.presets import FadePreset, fade_preset
+from circuit_insights.evaluation.fade.rows import (
+    empty_row,
     fade_frame,
-    fade_preset,
-    feature_seed,
-    natural_sample_activations,
-    rating_rounds,
+    finish_row,
     record_ratings,
-    text_activations,
+    set_metric,
 )
-from circuit_insights.rules import EXECUTABLE_VARIANTS, Rule, RuleConfig
+from circuit_insights.evaluation.fade.run import as_context_tokens, feature_seed, rating_rounds
+from circuit_insights.evaluation.fade.subject import natural_sample_activations, text_activations
+from circuit_insights.explain.executable.config import RuleConfig
+from circuit_insights.explain.executable.rule import Rule
+from circuit_insights.explain.variants import EXECUTABLE_VARIANTS
 
 __all__ = [
     "PROMPT_VERSION",
@@ -97,8 +97,8 @@ class RuleRaterConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> RuleRaterConfig:
-        """From the workflow config's ``evaluate.rule_rater`` block (:func:`~circuit_insights.core.config.from_block`)."""
-        return from_block(cls, values, "evaluate.rule_rater")
+        """The rater keys of the workflow config's ``rules`` block (:func:`~circuit_insights.core.config.from_block`)."""
+        return from_block(cls, values, "rules")
 
 
 def _counted(tokens: np.ndarray, bos_token_id: int | None) -> np.ndarray:
@@ -121,7 +121,13 @@ def rule_ratings(rule: Rule, tokens: np.ndarray, bos_token_id: int | None) -> np
 
 
 def _rule_row(rule: Rule, preset: FadePreset, description: str | None) -> dict[str, Any]:
-    row = _empty_row(rule.layer, rule.feature, rule.variant, description, preset)
+    row = empty_row(
+        layer=rule.layer,
+        feature=rule.feature,
+        variant=rule.variant,
+        description=description,
+        preset=preset,
+    )
     row.update(rater="rule", llm_model="", prompt_version=PROMPT_VERSION)
     return row
 
@@ -141,11 +147,11 @@ def evaluate_rule(
 ) -> dict[str, Any]:
     """Clarity, Responsiveness and Purity of one rule: one ``FADE_EVALUATION_SCHEMA`` row.
 
-    ``heldout_activations`` / ``heldout_tokens``: as :func:`fade.evaluate_feature` (every
+    ``heldout_activations`` / ``heldout_tokens``: as :func:`fade.run.evaluate_feature` (every
     held-out context is a natural sample). ``activations_of``: the feature's sample activations
-    on token sequences (the subject model, :func:`fade.text_activations`). ``seed``: the same
-    per-feature seed as LLM-rated FADE, so both rate the same samples. ``description``: the text
-    shown (default: the rule's own text with token ids).
+    on token sequences (the subject model, :func:`fade.subject.text_activations`). ``seed``: the
+    same per-feature seed as LLM-rated FADE, so both rate the same samples. ``description``: the
+    text shown (default: the rule's own text with token ids).
     """
     preset = fade_preset(preset)
     config = config or RuleRaterConfig()
@@ -154,15 +160,15 @@ def evaluate_rule(
     text = description if description is not None else (rule.text() or None)
     row = _rule_row(rule, preset, text)
     row["seed"] = int(seed)
-    corpus = _context_tokens(heldout_tokens)
+    corpus = as_context_tokens(heldout_tokens)
     natural = natural_sample_activations(heldout_activations, rule.feature, corpus.context_ids)
     row["n_natural"], row["n_natural_active"] = len(natural), int(np.count_nonzero(natural))
     details["natural_activations"] = natural
     if rule.is_missing:
         for name in ("clarity", "responsiveness", "purity", "faithfulness"):
-            _set_metric(row, name, (math.nan, "missing_input"))
-        return _finish(row, LLMUsage(), started)
-    _set_metric(row, "faithfulness", (math.nan, "not_rule_rated"))
+            set_metric(row, name, (math.nan, "missing_input"))
+        return finish_row(row, LLMUsage(), started)
+    set_metric(row, "faithfulness", (math.nan, "not_rule_rated"))
 
     # Clarity: contexts the rule generates, inside the silent prefixes of held-out contexts.
     first = 1 if bos_token_id is not None else 0
@@ -174,7 +180,7 @@ def evaluate_rule(
     scored = synthetic[np.isfinite(synthetic)]
     details["synthetic_contexts"], details["synthetic_activations"] = generated, synthetic
     row["n_synthetic_texts"], row["n_synthetic_scored"] = len(generated), len(scored)
-    _set_metric(row, "clarity", metrics.clarity(scored, natural))
+    set_metric(row, "clarity", metrics.clarity(scored, natural))
 
     # Responsiveness and Purity: FADE's sample choice, ratings from the rule.
     all_ratings = rule_ratings(rule, corpus.tokens, bos_token_id)  # (n_natural,)
@@ -190,13 +196,13 @@ def evaluate_rule(
     elif natural.min() == natural.max():
         reason = "no_heldout_activations" if natural.max() == 0 else "no_variance"
     if reason is not None:
-        _set_metric(row, "responsiveness", (math.nan, reason))
-        _set_metric(row, "purity", (math.nan, reason))
-        return _finish(row, LLMUsage(), started)
+        set_metric(row, "responsiveness", (math.nan, reason))
+        set_metric(row, "purity", (math.nan, reason))
+        return finish_row(row, LLMUsage(), started)
     rated_index, ratings = rating_rounds(natural, preset, seed, lambda index: all_ratings[index])
     details["rated_contexts"], details["ratings"] = corpus.context_ids[rated_index], ratings
     record_ratings(row, natural[rated_index], ratings, preset)
-    return _finish(row, LLMUsage(), started)
+    return finish_row(row, LLMUsage(), started)
 
 
 def silent_lengths(
@@ -225,8 +231,9 @@ def synthetic_for(
     seed: int,
     first: int,
 ) -> list[list[int]]:
-    """:func:`circuit_insights.rules.synthetic_contexts` with the rater's settings."""
-    from circuit_insights.rules import synthetic_contexts
+    """:func:`circuit_insights.explain.executable.synthetic.synthetic_contexts` with the rater's
+    settings."""
+    from circuit_insights.explain.executable.synthetic import synthetic_contexts
 
     return synthetic_contexts(
         rule,
@@ -254,10 +261,10 @@ def score_rules(
     """:func:`evaluate_rule` for every rule; ``FADE_EVALUATION_SCHEMA`` frame.
 
     ``activations_of(feature, sequences)``; ``seed``: the run's seed, turned into the same
-    per-feature seed as LLM-rated FADE (:func:`fade.feature_seed`). ``descriptions``:
+    per-feature seed as LLM-rated FADE (:func:`fade.run.feature_seed`). ``descriptions``:
     (feature, variant) -> readable text (default: the rule's own text).
     """
-    corpus = _context_tokens(heldout_tokens)
+    corpus = as_context_tokens(heldout_tokens)
     features = {r.feature for r in rules}
     own = heldout_activations[heldout_activations["feature"].isin(features)]
     by_feature = {int(f): g for f, g in own.groupby("feature")}

@@ -22,7 +22,8 @@ def llm_backend(
 ) -> Any:
     """The run's LLM behind the response cache: a configured URL, or the shared vLLM server
     (started by the first job that needs it; the workflow stops it at the end)."""
-    from circuit_insights.llm.client import CachedBackend, OpenAICompatibleBackend, ResponseCache
+    from circuit_insights.llm.cache import CachedBackend, ResponseCache
+    from circuit_insights.llm.http_backend import OpenAICompatibleBackend
     from circuit_insights.llm.server import backend_from_state, ensure_shared_server
 
     options = {

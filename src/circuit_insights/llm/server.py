@@ -40,7 +40,8 @@ from typing import Any
 
 from circuit_insights.core.errors import InputError
 from circuit_insights.core.io import write_json_atomic
-from circuit_insights.llm.client import LLMServerError, OpenAICompatibleBackend
+from circuit_insights.llm.client import LLMServerError
+from circuit_insights.llm.http_backend import OpenAICompatibleBackend
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from circuit_insights.core.errors import InputError
-from circuit_insights.models.adapters import SubjectModel, adapter_for
+from circuit_insights.models.architectures import adapter_for
+from circuit_insights.models.subject import SubjectModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -105,7 +105,7 @@ def published_shape_model(
     """
     from transformers import AutoModelForCausalLM
 
-    from circuit_insights.models.adapters import SubjectModel
+    from circuit_insights.models.subject import SubjectModel
 
     config = published_shape_config(name)
     torch.manual_seed(seed)
@@ -116,7 +116,7 @@ def published_shape_model(
 
 def benchmark_model(spec: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """``random:NAME`` (a published shape) or a local Hugging Face folder, as benchmarks take it."""
-    from circuit_insights.models.adapters import SubjectModel
+    from circuit_insights.models.subject import SubjectModel
 
     if spec.startswith("random:"):
         return published_shape_model(spec.removeprefix("random:"), device=device, dtype=dtype)

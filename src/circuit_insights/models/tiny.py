@@ -94,6 +94,6 @@ def tiny_hf_model(
 
 
 def tiny_subject_model(family: str, **kwargs):
-    from circuit_insights.models.adapters import SubjectModel
+    from circuit_insights.models.subject import SubjectModel
 
     return SubjectModel(tiny_hf_model(family, **kwargs), None, name=f"tiny-{family}")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 EMBEDDED_PREFIX = "embedded:"
@@ -28,7 +29,7 @@ def model_location(resources: str, source: str) -> str:
     return embedded_folder(resources, source) if is_embedded(source) else source
 
 
-def job_model_location(source: str, model_inputs: list[str] | str) -> str:
+def job_model_location(source: str, model_inputs: Sequence[str] | str) -> str:
     """A job's model location: the embedded folder (from its input files) or the source itself.
 
     An embedded source with no input files (an LLM served at ``llm.url``: nothing is built) stays

@@ -1,13 +1,14 @@
 """The paper's claims, checked on the rule-rated scores by paired differences.
 
-The comparison table (:func:`circuit_insights.report.summary.rule_comparison_table`) gives each
+The comparison table (:func:`circuit_insights.report.rule_comparison.rule_comparison_table`) gives each
 method's mean per layer; two means with overlapping CIs can still differ consistently feature by
 feature. A claim here compares two methods on the **same** features: per feature the difference
 of the two rule-rated scores (method minus baseline, both finite), its mean over features with a
 percentile-bootstrap 95% CI, per layer and over all layers together. The verdict says which side
 of 0 the CI lies on, or that it contains 0 (no difference shown), and never reads more than that.
 
-The claims (the paper's, restated for the executable explanations of ``docs/rules.md``):
+The claims (the paper's, restated for the executable explanations of ``docs/rules.md``;
+:data:`circuit_insights.report.paper.CLAIMS`):
 
 - WeightLens explains token-based features at least as clearly as MaxAct:
   ``weightlens_rule`` - ``maxact_rule`` on Clarity, token-based features.
@@ -19,50 +20,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from markupsafe import Markup
 
-from circuit_insights.report import summary as summ
-
-
-@dataclass(frozen=True)
-class Claim:
-    """``method`` against ``baseline`` on ``metrics``, on the features of ``classification``."""
-
-    text: str
-    classification: str
-    method: str
-    baseline: str
-    metrics: tuple[str, ...]
-
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim(
-        "WeightLens explains token-based features at least as clearly as MaxAct",
-        "token_based",
-        "weightlens_rule",
-        "maxact_rule",
-        ("clarity",),
-    ),
-    Claim(
-        "Adding CircuitLens to WeightLens helps on context-dependent features",
-        "context_dependent",
-        "wl_cl_rule",
-        "weightlens_rule",
-        summ.RULE_METRICS,
-    ),
-    Claim(
-        "CircuitLens beats MaxAct on context-dependent features",
-        "context_dependent",
-        "cl_rule",
-        "maxact_rule",
-        summ.RULE_METRICS,
-    ),
-)
+from circuit_insights.report.paper import CLAIMS, Claim
+from circuit_insights.report.rule_comparison import classification_of
+from circuit_insights.report.scores import concat_frames, require_columns
+from circuit_insights.report.stats import MIN_FEATURES_FOR_CI, bootstrap_ci, cell_seed
+from circuit_insights.report.tables import Table, markdown_table
 
 #: Columns of :func:`claim_checks`.
 CLAIM_COLUMNS = [
@@ -83,7 +50,7 @@ ALL_LAYERS = "all"
 
 def verdict(n: int, low: float, high: float, method: str, baseline: str) -> str:
     """Which side of 0 the CI of the mean difference lies on; too few features: say so."""
-    if n < summ.MIN_FEATURES_FOR_CI or not (math.isfinite(low) and math.isfinite(high)):
+    if n < MIN_FEATURES_FOR_CI or not (math.isfinite(low) and math.isfinite(high)):
         return f"too few features (n={n})"
     if low > 0:
         return f"{method} higher"
@@ -118,13 +85,13 @@ def claim_checks(
     """Per claim, metric and layer (and ``all`` layers): the paired mean difference with its
     bootstrap CI and the verdict (:data:`CLAIM_COLUMNS`). Only ``rater`` = ``rule`` rows count;
     features are classed by WeightLens's ``is_token_based``."""
-    frame = summ._concat(rule_evaluation, "rule evaluation frames")
-    wl = summ._concat(weightlens, "WeightLens frames")
+    frame = concat_frames(rule_evaluation, "rule evaluation frames")
+    wl = concat_frames(weightlens, "WeightLens frames")
     if len(frame) == 0:
         return pd.DataFrame(columns=CLAIM_COLUMNS)
-    summ._require(frame, ["layer", "feature", "variant", "rater"], "rule evaluation frame")
+    require_columns(frame, ["layer", "feature", "variant", "rater"], "rule evaluation frame")
     frame = frame[frame["rater"] == "rule"]
-    frame = frame.assign(classification=summ._classification(frame, wl))
+    frame = frame.assign(classification=classification_of(frame, wl))
     rows: list[dict[str, Any]] = []
     for claim in claims:
         part = frame[frame["classification"] == claim.classification]
@@ -136,9 +103,9 @@ def claim_checks(
                 values = cell["difference"].to_numpy(np.float64)
                 n = len(values)
                 low = high = math.nan
-                if n >= summ.MIN_FEATURES_FOR_CI:
-                    low, high = summ.bootstrap_ci(
-                        values, n_boot, summ._cell_seed(seed, claim.text, metric, layer)
+                if n >= MIN_FEATURES_FOR_CI:
+                    low, high = bootstrap_ci(
+                        values, n_boot, cell_seed(seed, claim.text, metric, layer)
                     )
                 rows.append(
                     {
@@ -200,14 +167,12 @@ def claims_markdown(checks: pd.DataFrame) -> str:
     for title, part in (("Over all layers", checks[pooled]), ("Per layer", checks[~pooled])):
         if len(part):
             header, rows = _rows(part)
-            table = summ.markdown_table(header, rows, ["l", "l", "r", "r", "r", "l"])
+            table = markdown_table(header, rows, ["l", "l", "r", "r", "r", "l"])
             parts += [f"## {title}", "", table]
     return "\n".join(parts) + "\n"
 
 
-def claims_html(checks: pd.DataFrame) -> Markup:
-    """:func:`claim_checks` as one HTML table."""
-    if len(checks) == 0:
-        return Markup("<p>No rule-rated scores.</p>")
+def claims_view(checks: pd.DataFrame) -> Table:
+    """:func:`claim_checks` as one table (every row, in its order)."""
     header, rows = _rows(checks)
-    return summ.html_table(header, rows)
+    return Table(header, rows)

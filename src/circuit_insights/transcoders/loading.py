@@ -8,7 +8,7 @@ from typing import Any
 
 from circuit_insights.core.errors import InputError
 from circuit_insights.core.io import atomic_path
-from circuit_insights.models.adapters import SubjectModel
+from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
 
 

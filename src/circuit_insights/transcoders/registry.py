@@ -57,7 +57,7 @@ class TranscoderRelease:
     model: str
     """Hugging Face id of the subject model, e.g. ``google/gemma-2-2b``."""
     family: str
-    """Model family of ``circuit_insights.models.adapters`` (``gpt2``, ``gemma2``, ``gemma3``, ``llama``)."""
+    """Model family of ``circuit_insights.models.architectures`` (``gpt2``, ``gemma2``, ``gemma3``, ``llama``)."""
     n_layers: int
     d_model: int
     n_features: int

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from circuit_insights.core.progress import Progress
-from circuit_insights.models.adapters import SubjectModel
 from circuit_insights.models.loading import iter_context_batches
+from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
 
 log = logging.getLogger(__name__)

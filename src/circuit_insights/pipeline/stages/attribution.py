@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from circuit_insights.core.errors import InputError
 from circuit_insights.models.loading import load_subject_model
+from circuit_insights.pipeline.locations import model_location, transcoder_locations
 from circuit_insights.transcoders.loading import (
     load_transcoders,
 )
@@ -17,11 +18,12 @@ log = logging.getLogger(__name__)
 
 
 def run_attribution_stage(
+    *,
     model_config: Mapping[str, Any],
     attribution_config: Mapping[str, Any],
-    location: str,
+    model_files: Sequence[str] | str,
     layer: int,
-    transcoder_locations: Mapping[int, str],
+    transcoder_files: Mapping[int, Sequence[str]],
     selection_path: str | None,
     samples_path: str,
     tokens_path: str,
@@ -42,8 +44,10 @@ def run_attribution_stage(
     )
     from circuit_insights.data.selection import selected_features
 
-    model = load_subject_model(model_config, location, model_name, sorted(transcoder_locations))
-    transcoders = load_transcoders(model_config, model, transcoder_locations, model_name)
+    locations = transcoder_locations(model_config, transcoder_files)
+    location = model_location(model_config, model_files)
+    model = load_subject_model(model_config, location, model_name, sorted(locations))
+    transcoders = load_transcoders(model_config, model, locations, model_name)
     context_ids, tokens = load_contexts(tokens_path, "cache")
     samples = pd.read_parquet(samples_path)
     features = None

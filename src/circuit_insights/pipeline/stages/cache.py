@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from circuit_insights.models.loading import load_subject_model
+from circuit_insights.pipeline.locations import model_location, transcoder_locations
 from circuit_insights.transcoders.loading import (
     load_layer_transcoder,
 )
@@ -15,12 +16,13 @@ log = logging.getLogger(__name__)
 
 
 def run_cache(
+    *,
     model_config: Mapping[str, Any],
     cache_config: Mapping[str, Any],
     tokens_path: str,
     layer: int,
-    location: str,
-    transcoder_path: str,
+    model_files: Sequence[str] | str,
+    transcoder_files: Sequence[str],
     outputs: Mapping[str, Sequence[str]],
     model_name: str,
 ) -> None:
@@ -28,10 +30,15 @@ def run_cache(
 
     ``outputs`` maps each artifact kind (``activations``, ``heldout_maxima``, ...) to its files.
     """
-    from circuit_insights.data.cache import CACHE_SPLITS, cache_paths_from_outputs, cache_split
+    from circuit_insights.data.cache_split import (
+        CACHE_SPLITS,
+        cache_paths_from_outputs,
+        cache_split,
+    )
     from circuit_insights.data.corpus import load_contexts
 
-    model = load_subject_model(model_config, location, model_name)
+    model = load_subject_model(model_config, model_location(model_config, model_files), model_name)
+    transcoder_path = transcoder_locations(model_config, {layer: transcoder_files})[layer]
     model.check_layer(layer)
     transcoder = load_layer_transcoder(model_config, model, layer, transcoder_path, model_name)
     for split, prefix in CACHE_SPLITS.items():

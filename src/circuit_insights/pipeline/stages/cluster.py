@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from circuit_insights.pipeline.locations import model_location
 
 log = logging.getLogger(__name__)
 
 
 def run_cluster_stage(
+    *,
     clustering_config: Mapping[str, Any],
     contributions_path: str,
     totals_path: str,
     weightlens_path: str,
-    tokenizer_location: str,
+    model_config: Mapping[str, Any],
+    model_files: Sequence[str] | str,
     clusters_path: str,
     assignments_path: str,
 ) -> None:
@@ -22,17 +26,14 @@ def run_cluster_stage(
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from circuit_insights.circuitlens.clustering import (
-        ClusteringConfig,
-        cluster_shard,
-        write_clusters,
-    )
+    from circuit_insights.circuitlens.cluster_shard import cluster_shard, write_clusters
+    from circuit_insights.circuitlens.clustering import ClusteringConfig
 
     clusters, assignments = cluster_shard(
         pd.read_parquet(contributions_path),
         pd.read_parquet(totals_path),
         pd.read_parquet(weightlens_path),
-        AutoTokenizer.from_pretrained(tokenizer_location),
+        AutoTokenizer.from_pretrained(model_location(model_config, model_files)),
         ClusteringConfig.from_mapping(clustering_config),
     )
     write_clusters(clusters, assignments, clusters_path, assignments_path)

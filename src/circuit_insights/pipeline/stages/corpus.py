@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from circuit_insights.models.loading import load_tokenizer_and_bos
+from circuit_insights.pipeline.locations import model_location
 
 log = logging.getLogger(__name__)
 
 
 def run_corpus(
-    model_config: Mapping[str, Any], corpus_config: Mapping[str, Any], location: str, out_path: str
+    *,
+    model_config: Mapping[str, Any],
+    corpus_config: Mapping[str, Any],
+    model_files: Sequence[str] | str,
+    out_path: str,
 ) -> dict[str, Any]:
     """Rule corpus: documents -> contexts with BOS -> cache / eval split parquet."""
-    from circuit_insights.data.corpus import CorpusSpec, prepare_corpus
+    from circuit_insights.data.corpus import prepare_corpus
+    from circuit_insights.data.documents import CorpusSpec
 
-    tokenizer, bos = load_tokenizer_and_bos(model_config, location)
+    tokenizer, bos = load_tokenizer_and_bos(model_config, model_location(model_config, model_files))
     spec = CorpusSpec(
         source=corpus_config["source"],
         gensim_parts=tuple(corpus_config["gensim_parts"]),

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from circuit_insights.llm.backends import llm_backend
 from circuit_insights.models.loading import load_subject_model
+from circuit_insights.pipeline.locations import (
+    llm_location,
+    model_location,
+    transcoder_locations,
+)
 from circuit_insights.transcoders.loading import (
     load_layer_transcoder,
 )
@@ -17,14 +22,15 @@ log = logging.getLogger(__name__)
 
 
 def run_evaluate_stage(
+    *,
     model_config: Mapping[str, Any],
     evaluate_config: Mapping[str, Any],
     llm_config: Mapping[str, Any],
-    model_location: str,
-    llm_location: str,
+    model_files: Sequence[str] | str,
+    llm_model_files: Sequence[str] | str,
     layer: int,
     variant: str,
-    transcoder_path: str,
+    transcoder_files: Sequence[str] | str,
     selection_path: str,
     explanations_path: str,
     heldout_path: str,
@@ -42,12 +48,10 @@ def run_evaluate_stage(
 
     from circuit_insights.data.corpus import load_contexts
     from circuit_insights.data.selection import selected_features
-    from circuit_insights.evaluation.fade import (
-        evaluate_descriptions,
-        preset_from_config,
-        write_fade_evaluation,
-    )
-    from circuit_insights.explain import features_with_every_variant, final_descriptions
+    from circuit_insights.evaluation.fade.presets import preset_from_config
+    from circuit_insights.evaluation.fade.rows import write_fade_evaluation
+    from circuit_insights.evaluation.fade.run import evaluate_descriptions
+    from circuit_insights.explain.run import features_with_every_variant, final_descriptions
 
     final = final_descriptions(pd.read_parquet(explanations_path))
     final = final[final["feature"].isin(selected_features(selection_path))]
@@ -56,19 +60,21 @@ def run_evaluate_stage(
     )
     descriptions = final[(final["variant"] == variant) & final["feature"].isin(compared)]
     descriptions = descriptions.sort_values("feature")
-    model = load_subject_model(model_config, model_location, model_name, [layer])
+    location = model_location(model_config, model_files)
+    model = load_subject_model(model_config, location, model_name, [layer])
+    transcoder_path = transcoder_locations(model_config, {layer: transcoder_files})[layer]
     transcoder = load_layer_transcoder(model_config, model, layer, transcoder_path, model_name)
-    backend = llm_backend(llm_config, llm_location, *llm_files)
+    backend = llm_backend(llm_config, llm_location(llm_config, llm_model_files), *llm_files)
     started = time.perf_counter()
     frame = evaluate_descriptions(
         model,
         transcoder,
-        descriptions,
-        pd.read_parquet(heldout_path),
-        load_contexts(tokens_path, "eval"),
-        backend,
-        preset_from_config(evaluate_config),
-        evaluate_config["seed"],
+        descriptions=descriptions,
+        heldout_activations=pd.read_parquet(heldout_path),
+        heldout_tokens=load_contexts(tokens_path, "eval"),
+        backend=backend,
+        preset=preset_from_config(evaluate_config),
+        seed=evaluate_config["seed"],
     )
     write_fade_evaluation(frame, out_path)
     log.info(

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from circuit_insights.models.loading import load_subject_model
+from circuit_insights.pipeline.locations import model_location, transcoder_locations
 from circuit_insights.transcoders.loading import load_layer_transcoder
 
 log = logging.getLogger(__name__)
 
 
 def run_evaluate_rules_stage(
+    *,
     model_config: Mapping[str, Any],
     rules_config: Mapping[str, Any],
     evaluate_config: Mapping[str, Any],
-    model_location: str,
+    model_files: Sequence[str] | str,
     layer: int,
-    transcoder_path: str,
+    transcoder_files: Sequence[str] | str,
     explanations_path: str,
     heldout_path: str,
     tokens_path: str,
@@ -30,7 +32,8 @@ def run_evaluate_rules_stage(
     import pandas as pd
 
     from circuit_insights.data.corpus import load_contexts
-    from circuit_insights.evaluation.fade import preset_from_config, write_fade_evaluation
+    from circuit_insights.evaluation.fade.presets import preset_from_config
+    from circuit_insights.evaluation.fade.rows import write_fade_evaluation
     from circuit_insights.evaluation.rule_rater import (
         model_activations,
         rules_from_explanations,
@@ -40,7 +43,9 @@ def run_evaluate_rules_stage(
 
     variants, _, rater = rules_settings(rules_config)
     rules, texts = rules_from_explanations(pd.read_parquet(explanations_path), variants, layer)
-    model = load_subject_model(model_config, model_location, model_name, [layer])
+    location = model_location(model_config, model_files)
+    model = load_subject_model(model_config, location, model_name, [layer])
+    transcoder_path = transcoder_locations(model_config, {layer: transcoder_files})[layer]
     transcoder = load_layer_transcoder(model_config, model, layer, transcoder_path, model_name)
     started = time.perf_counter()
     frame = score_rules(

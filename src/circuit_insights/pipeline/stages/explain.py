@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from circuit_insights.llm.backends import llm_backend
 from circuit_insights.models.loading import load_tokenizer_and_bos
+from circuit_insights.pipeline.locations import llm_location, model_location
 
 log = logging.getLogger(__name__)
 
 
 def run_explain_stage(
+    *,
     model_config: Mapping[str, Any],
     explain_config: Mapping[str, Any],
     llm_config: Mapping[str, Any],
-    model_location: str,
-    llm_location: str,
+    model_files: Sequence[str] | str,
+    llm_model_files: Sequence[str] | str,
     layer: int,
     shard_name: str,
     selection_path: str,
@@ -39,17 +41,12 @@ def run_explain_stage(
     from circuit_insights.data.corpus import load_contexts
     from circuit_insights.data.selection import quantile_sample_counts, selected_features
     from circuit_insights.evaluation.rule_rater import rules_settings
-    from circuit_insights.explain import (
-        LLM_VARIANTS,
-        RULE_VARIANTS,
-        ExplainConfig,
-        build_feature_inputs,
-        explain_shard,
-        unexplained_rows,
-        write_explanations,
-    )
+    from circuit_insights.explain.config import ExplainConfig
+    from circuit_insights.explain.inputs import build_feature_inputs
+    from circuit_insights.explain.run import explain_shard, unexplained_rows, write_explanations
+    from circuit_insights.explain.variants import LLM_VARIANTS, RULE_VARIANTS
 
-    tokenizer, bos = load_tokenizer_and_bos(model_config, model_location)
+    tokenizer, bos = load_tokenizer_and_bos(model_config, model_location(model_config, model_files))
     samples = pd.read_parquet(samples_path)
     features = selected_features(selection_path)
     weightlens_df = pd.read_parquet(weightlens_path)
@@ -90,7 +87,9 @@ def run_explain_stage(
         rule_config=rule_config,
     )
     backend = (
-        llm_backend(llm_config, llm_location, *llm_files) if llm_variants and features else None
+        llm_backend(llm_config, llm_location(llm_config, llm_model_files), *llm_files)
+        if llm_variants and features
+        else None
     )
     started = time.perf_counter()
     frames = [

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 log = logging.getLogger(__name__)
 
 
-def run_gather_weightlens(shard_files: Sequence[str], out_path: str) -> int:
+def run_gather_weightlens(*, shard_files: Sequence[str], out_path: str) -> int:
     """Concatenate one layer's WeightLens shard files into ``out_path``; returns the row count."""
-    from circuit_insights.weightlens import gather_weightlens
+    from circuit_insights.weightlens.io import gather_weightlens
 
     rows = gather_weightlens(list(shard_files), out_path)
     log.info("%d features in %s", rows, out_path)

@@ -10,6 +10,7 @@ log = logging.getLogger(__name__)
 
 
 def run_sample(
+    *,
     maxima_path: str,
     tokens_path: str,
     shard_name: str,

@@ -10,6 +10,7 @@ log = logging.getLogger(__name__)
 
 
 def run_select_features(
+    *,
     samples_path: str,
     shard_name: str,
     explain_config: Mapping[str, Any],

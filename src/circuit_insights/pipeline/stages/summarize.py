@@ -21,7 +21,8 @@ def run_summarize_stage(
     """Rule summarize: per-model summary parquet, tables in the paper's form, plots."""
     import pandas as pd
 
-    from circuit_insights.report.summary import paper_family, write_summary
+    from circuit_insights.report.paper import paper_family
+    from circuit_insights.report.summary import write_summary
 
     written = write_summary(
         [pd.read_parquet(path) for path in evaluation_files],

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from circuit_insights.core.io import write_json_atomic
 from circuit_insights.models.loading import load_subject_model
+from circuit_insights.pipeline.locations import model_location
 from circuit_insights.transcoders.loading import (
     save_transcoder_files,
 )
@@ -18,13 +19,13 @@ log = logging.getLogger(__name__)
 
 
 def run_train_transcoder(
+    *,
     model_config: Mapping[str, Any],
     tokens_path: str,
     layer: int,
-    location: str,
+    model_files: Sequence[str] | str,
     weights_path: str,
     report_path: str,
-    *,
     batch_size: int = 16,
     model_name: str = "",
     clean_loss_path: str | None = None,
@@ -37,7 +38,7 @@ def run_train_transcoder(
     from circuit_insights.transcoders.training import read_clean_loss, train_transcoder
 
     settings = model_config["transcoders"]
-    model = load_subject_model(model_config, location, model_name)
+    model = load_subject_model(model_config, model_location(model_config, model_files), model_name)
     model.check_layer(layer)
     _, cache_tokens = load_contexts(tokens_path, "cache")
     _, eval_tokens = load_contexts(tokens_path, "eval")

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from circuit_insights.models.loading import load_subject_model
+from circuit_insights.pipeline.locations import model_location, transcoder_locations
 from circuit_insights.transcoders.loading import load_transcoders
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ def read_activations(paths: Sequence[str]) -> Any:
     import pandas as pd
 
     from circuit_insights.core.errors import InputError
-    from circuit_insights.data.cache import read_feature_activations
+    from circuit_insights.data.cache_readers import read_feature_activations
 
     if not paths:
         raise InputError("TWERA: no activation files given")
@@ -32,13 +33,14 @@ def read_activations(paths: Sequence[str]) -> Any:
 
 
 def run_twera_stage(
+    *,
     model_config: Mapping[str, Any],
     twera_config: Mapping[str, Any],
     projection: str,
-    location: str,
+    model_files: Sequence[str] | str,
     layer: int,
     shard_name: str,
-    transcoder_locations: Mapping[int, str],
+    transcoder_files: Mapping[int, Sequence[str] | str],
     activation_files: Mapping[int, Sequence[str]],
     out_path: str,
     model_name: str,
@@ -48,10 +50,12 @@ def run_twera_stage(
     activation shard files: the shard's own file for ``layer``, every shard of each earlier one.
     """
     from circuit_insights.data.shards import parse_shard
-    from circuit_insights.weightlens import twera_upstream, write_twera
+    from circuit_insights.weightlens.twera import twera_upstream, write_twera
 
-    model = load_subject_model(model_config, location, model_name, sorted(transcoder_locations))
-    transcoders = load_transcoders(model_config, model, transcoder_locations, model_name)
+    locations = transcoder_locations(model_config, transcoder_files)
+    location = model_location(model_config, model_files)
+    model = load_subject_model(model_config, location, model_name, sorted(locations))
+    transcoders = load_transcoders(model_config, model, locations, model_name)
     activations = {up: read_activations(files) for up, files in sorted(activation_files.items())}
     shard = parse_shard(shard_name)
     frame = twera_upstream(

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from circuit_insights.models.loading import load_subject_model
+from circuit_insights.pipeline.locations import model_location, transcoder_locations
 from circuit_insights.transcoders.loading import (
     load_transcoders,
 )
@@ -15,12 +16,13 @@ log = logging.getLogger(__name__)
 
 
 def run_weightlens_stage(
+    *,
     model_config: Mapping[str, Any],
     weightlens_config: Mapping[str, Any],
-    location: str,
+    model_files: Sequence[str] | str,
     layer: int,
     shard_name: str,
-    transcoder_locations: Mapping[int, str],
+    transcoder_files: Mapping[int, Sequence[str] | str],
     upstream_files: Mapping[int, Sequence[str]],
     samples_path: str,
     heldout_path: str,
@@ -30,29 +32,30 @@ def run_weightlens_stage(
 ) -> None:
     """Rule weightlens: token explanations of one shard from weights, validated single-token.
 
-    Upstream layers' results are read from their parquet files (never recomputed).
+    Upstream layers' results are read from their parquet files (never recomputed);
+    ``upstream_files`` may name every configured layer: those at or after ``layer`` are ignored.
     """
     import pandas as pd
 
+    from circuit_insights.core.contexts import ContextTokens, HeldOut, TopContexts
     from circuit_insights.data.corpus import load_contexts
     from circuit_insights.data.shards import parse_shard
-    from circuit_insights.weightlens import (
-        ContextTokens,
-        HeldOut,
-        TopContexts,
-        WeightLensOptions,
-        read_weightlens,
-        run_weightlens,
-        thresholds_for,
-        write_weightlens,
-    )
+    from circuit_insights.weightlens.config import WeightLensOptions, thresholds_for
+    from circuit_insights.weightlens.io import read_weightlens, write_weightlens
+    from circuit_insights.weightlens.run import run_weightlens
 
-    model = load_subject_model(model_config, location, model_name, sorted(transcoder_locations))
-    transcoders = load_transcoders(model_config, model, transcoder_locations, model_name)
+    locations = transcoder_locations(model_config, transcoder_files)
+    location = model_location(model_config, model_files)
+    model = load_subject_model(model_config, location, model_name, sorted(locations))
+    transcoders = load_transcoders(model_config, model, locations, model_name)
     settings = model_config["weightlens"]
     overrides = {k: settings[k] for k in ("t_tok", "t_up") if settings[k] is not None}
     thresholds = thresholds_for(model.adapter.family, settings["preset"], **overrides)
-    upstream = {up: read_weightlens(files) for up, files in sorted(upstream_files.items())}
+    upstream = {
+        up: read_weightlens(list(files))
+        for up, files in sorted(upstream_files.items())
+        if up < layer
+    }
     cache_corpus = ContextTokens(*load_contexts(tokens_path, "cache"))
     eval_corpus = ContextTokens(*load_contexts(tokens_path, "eval"))
     samples = pd.read_parquet(samples_path)

@@ -1,4 +1,5 @@
-"""README figures written from a finished run's outputs (``make readme-figures``).
+"""README figures written from a finished run's outputs (``make readme-figures``; command line:
+:mod:`tools.readme_figures`).
 
 README.md holds generated blocks between marker comments::
 
@@ -38,7 +39,7 @@ from typing import Any
 from circuit_insights.core.errors import InputError
 from circuit_insights.core.io import atomic_path
 from circuit_insights.pipeline import paths
-from circuit_insights.report.summary import markdown_table
+from circuit_insights.report.tables import markdown_table
 
 COMMAND = "`make readme-figures`"
 

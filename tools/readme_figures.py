@@ -2,7 +2,9 @@
 
 Each block between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` whose NAME is
 `run-time` or `MODEL/KIND` (KIND: transcoders, token-based-shares, cluster-coverage,
-rule-comparison, metric-table) is rewritten from the run's files; docs/CONVENTIONS.md.
+rule-comparison, paper-claims, metric-table) is rewritten from the run's files
+(:mod:`tools.readme_blocks`; docs/CONVENTIONS.md). Run from the repository root:
+``python -m tools.readme_figures``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 
 from circuit_insights.core.errors import InputError
-from circuit_insights.report import readme
+from tools import readme_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,23 +54,25 @@ def main(argv: list[str] | None = None) -> int:
         if not readme_path.is_file():
             raise InputError(f"{readme_path} does not exist (the README to update)")
         text = readme_path.read_text(encoding="utf-8")
-        models = args.model or readme.models_with_summary(args.results)
-        available = readme.available_blocks(args.results, models)
-        names = readme.blocks_to_write(text, args.model, str(readme_path))
+        models = args.model or readme_blocks.models_with_summary(args.results)
+        available = readme_blocks.available_blocks(args.results, models)
+        names = readme_blocks.blocks_to_write(text, args.model, str(readme_path))
         if not names:
             raise InputError(
                 f"{readme_path} marks none of the blocks; available: {', '.join(available)}"
             )
-        blocks = readme.readme_blocks(
+        blocks = readme_blocks.readme_blocks(
             names,
             args.results,
             rules_dir=args.rules,
             wall_seconds=args.wall_seconds,
             log_dir=args.log_dir,
         )
-        changed = readme.update_readme(readme_path, blocks)
+        changed = readme_blocks.update_readme(readme_path, blocks)
         images = (
-            readme.copy_plots(args.results, models[0], args.image_dir) if args.image_dir else []
+            readme_blocks.copy_plots(args.results, models[0], args.image_dir)
+            if args.image_dir
+            else []
         )
     except (InputError, OSError) as error:
         print(f"readme_figures: {error}", file=sys.stderr)

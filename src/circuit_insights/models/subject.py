@@ -1,187 +1,42 @@
 """Subject models: loading any Hugging Face causal LM and the one place that knows architectures.
 
-:class:`ArchitectureAdapter` says where each part of a transformer block lives for a model family
-(GPT-2, Gemma-2, Gemma-3, Llama); no other module contains architecture-specific names.
+:class:`~circuit_insights.models.architectures.ArchitectureAdapter` says where each part of a
+transformer block lives for a model family (GPT-2, Gemma-2, Gemma-3, Llama).
 :class:`SubjectModel` wraps the Hugging Face model, its tokenizer, its adapter and an nnsight
 view of it. Through nnsight traces it reads the transcoder hook points (``mlp_in``,
 ``mlp_in_unaffine``, ``resid_mid``, ``mlp_out``, ``mlp_out_post_norm``) of any layers in one forward
-pass that stops after the deepest one, and splices transcoders in place of MLPs (FADE's steering).
-"""
+pass that stops after the deepest one, and splices transcoders in place of MLPs (FADE's steering)."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from circuit_insights.core.errors import InputError
+from circuit_insights.models.architectures import (
+    INPUT_HOOKS,
+    OUTPUT_HOOKS,
+    adapter_for,
+    get_path,
+    norm_gain,
+    normalize,
+)
 
 if TYPE_CHECKING:
     from nnsight import Envoy
 
     from circuit_insights.transcoders.base import Transcoder
 
-log = logging.getLogger(__name__)
 
-Family = Literal["gpt2", "gemma2", "gemma3", "llama"]
-NormKind = Literal["layernorm", "rmsnorm", "gemma_rmsnorm"]
-InputHook = Literal["mlp_in", "mlp_in_unaffine", "resid_mid"]
-OutputHook = Literal["mlp_out", "mlp_out_post_norm"]
-INPUT_HOOKS: tuple[str, ...] = ("mlp_in", "mlp_in_unaffine", "resid_mid")
-OUTPUT_HOOKS: tuple[str, ...] = ("mlp_out", "mlp_out_post_norm")
-
-
-@dataclass(frozen=True)
-class ArchitectureAdapter:
-    """Where the parts of a decoder-only transformer live, as attribute paths.
-
-    Paths of the top-level parts are relative to the causal-LM module; paths of block parts are
-    relative to one block (``layers[i]``).
-    """
-
-    family: Family
-    layers: str
-    embed: str
-    position_embed: str | None
-    final_norm: str
-    unembed: str
-    attention: str
-    pre_attention_norm: str
-    post_attention_norm: str | None
-    pre_mlp_norm: str
-    mlp: str
-    post_mlp_norm: str | None
-    attention_out_proj: str
-    norm_kind: NormKind
-    embed_scaled: bool
-    """Whether the residual stream starts at ``embedding * sqrt(d_model)`` (Gemma)."""
-    uses_bos: bool
-    """Whether contexts start with the model's BOS token by default."""
-
-
-_GPT2 = ArchitectureAdapter(
-    family="gpt2",
-    layers="transformer.h",
-    embed="transformer.wte",
-    position_embed="transformer.wpe",
-    final_norm="transformer.ln_f",
-    unembed="lm_head",
-    attention="attn",
-    pre_attention_norm="ln_1",
-    post_attention_norm=None,
-    pre_mlp_norm="ln_2",
-    mlp="mlp",
-    post_mlp_norm=None,
-    attention_out_proj="attn.c_proj",
-    norm_kind="layernorm",
-    embed_scaled=False,
-    uses_bos=False,
-)
-_GEMMA2 = ArchitectureAdapter(
-    family="gemma2",
-    layers="model.layers",
-    embed="model.embed_tokens",
-    position_embed=None,
-    final_norm="model.norm",
-    unembed="lm_head",
-    attention="self_attn",
-    pre_attention_norm="input_layernorm",
-    post_attention_norm="post_attention_layernorm",
-    pre_mlp_norm="pre_feedforward_layernorm",
-    mlp="mlp",
-    post_mlp_norm="post_feedforward_layernorm",
-    attention_out_proj="self_attn.o_proj",
-    norm_kind="gemma_rmsnorm",
-    embed_scaled=True,
-    uses_bos=True,
-)
-_GEMMA3 = ArchitectureAdapter(**{**_GEMMA2.__dict__, "family": "gemma3"})
-_LLAMA = ArchitectureAdapter(
-    family="llama",
-    layers="model.layers",
-    embed="model.embed_tokens",
-    position_embed=None,
-    final_norm="model.norm",
-    unembed="lm_head",
-    attention="self_attn",
-    pre_attention_norm="input_layernorm",
-    post_attention_norm=None,
-    pre_mlp_norm="post_attention_layernorm",
-    mlp="mlp",
-    post_mlp_norm=None,
-    attention_out_proj="self_attn.o_proj",
-    norm_kind="rmsnorm",
-    embed_scaled=False,
-    uses_bos=True,
-)
-
-#: Hugging Face ``config.model_type`` -> adapter. Mistral and Qwen2 share Llama's layout.
-ADAPTERS: dict[str, ArchitectureAdapter] = {
-    "gpt2": _GPT2,
-    "gemma2": _GEMMA2,
-    "gemma3": _GEMMA3,
-    "gemma3_text": _GEMMA3,
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-}
-
-
-def adapter_for(model_type: str) -> ArchitectureAdapter:
-    """The adapter of a Hugging Face ``model_type``; :class:`InputError` for unknown ones."""
-    try:
-        return ADAPTERS[model_type]
-    except KeyError:
-        known = ", ".join(sorted(ADAPTERS))
-        raise InputError(
-            f"model architecture {model_type!r} is not supported (known: {known})"
-        ) from None
-
-
-def get_path(root: object, path: str) -> Any:
-    """Follow a dotted attribute path (``model.layers``) from ``root``."""
-    node = root
-    for part in path.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def normalize(norm: nn.Module, kind: NormKind, x: Tensor) -> Tensor:
-    """A norm's normalization without its affine weight and bias. x: (..., d_model)."""
-    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
-    x = x.float()
-    if kind == "layernorm":
-        centered = x - x.mean(-1, keepdim=True)
-        return centered / torch.sqrt(centered.pow(2).mean(-1, keepdim=True) + eps)
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-
-
-def norm_scale(norm: nn.Module, kind: NormKind, x: Tensor) -> Tensor:
-    """The per-position denominator of a norm (what attribution freezes). x: (..., d_model) -> (..., 1)."""
-    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
-    x = x.float()
-    if kind == "layernorm":
-        x = x - x.mean(-1, keepdim=True)
-    return torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-
-
-def norm_gain(norm: nn.Module, kind: NormKind) -> Tensor:
-    """The effective elementwise weight of a norm (Gemma's RMSNorm multiplies by 1 + weight). (d_model,)"""
-    weight: Tensor = norm.weight.detach().float()  # type: ignore[operator]
-    return 1.0 + weight if kind == "gemma_rmsnorm" else weight
-
-
-def norm_bias(norm: nn.Module) -> Tensor | None:
-    """The norm's additive bias (LayerNorm), or None. (d_model,)"""
-    bias = getattr(norm, "bias", None)
-    return None if bias is None else bias.detach().float()
+# --- the subject model
 
 
 @dataclass(frozen=True)
@@ -355,6 +210,100 @@ class SubjectModel:
     def unembedding_matrix(self) -> Tensor:
         """W_U. (d_model, vocab)"""
         return get_path(self.hf_model, self.adapter.unembed).weight.detach().float().T  # type: ignore[union-attr]
+
+    # --- weights as residual-stream directions (WeightLens) -----------------------------------------
+    def read_directions(
+        self,
+        layer: int,
+        transcoder: Transcoder,
+        features: np.ndarray | Sequence[int] | None = None,
+        *,
+        fold: bool = True,
+    ) -> Tensor:
+        """Encoder columns of ``features`` (all when None) as residual-stream read directions.
+        (d_model, n)
+
+        ``fold=False``: ``f_enc`` as stored. Otherwise, up to the norm's positive per-position
+        scale, the pre-activation is ``r · g`` with ``g = P (gain ⊙ f_enc)``: ``gain`` is the
+        pre-MLP norm's affine weight when the transcoder reads ``mlp_in`` (1 for
+        ``mlp_in_unaffine``), ``P`` removes the mean for LayerNorm (identity for RMSNorm);
+        ``resid_mid`` transcoders read ``r`` directly. Constant terms (``b_enc``, ``b_dec_in``,
+        the norm's bias) are left out.
+        """
+        weights = transcoder.W_enc.detach()
+        if features is not None:
+            index = torch.tensor(np.asarray(features), dtype=torch.long, device=weights.device)
+            weights = weights[:, index]
+        directions = weights.float()  # (d_model, n)
+        if not fold or transcoder.input_hook == "resid_mid":
+            return directions
+        norm = self.block_part(layer, "pre_mlp_norm")
+        if transcoder.input_hook == "mlp_in":
+            gain = norm_gain(norm, self.adapter.norm_kind).to(directions.device)
+            directions = gain[:, None] * directions
+        if self.adapter.norm_kind == "layernorm":
+            directions = directions - directions.mean(0, keepdim=True)
+        return directions
+
+    def write_directions(
+        self,
+        layer: int,
+        transcoder: Transcoder,
+        features: np.ndarray | Sequence[int] | None = None,
+        *,
+        fold: bool = True,
+    ) -> Tensor:
+        """Decoder rows of ``features`` (all when None) as written into the residual stream.
+        (n, d_model)
+
+        ``fold=False``: ``f_dec`` as stored. Otherwise, for a transcoder writing ``mlp_out`` in a
+        model with a post-MLP norm (Gemma-2/3), the norm's gain is applied (LayerNorm centering
+        first; its per-position scale is dropped).
+        """
+        weights = transcoder.W_dec.detach()
+        if features is not None:
+            weights = weights[
+                torch.tensor(np.asarray(features), dtype=torch.long, device=weights.device)
+            ]
+        directions = weights.float()  # (n, d_model)
+        if not fold or not self._writes_through_post_mlp_norm(transcoder):
+            return directions
+        post = self.block_part(layer, "post_mlp_norm")
+        if self.adapter.norm_kind == "layernorm":
+            directions = directions - directions.mean(1, keepdim=True)
+        return directions * norm_gain(post, self.adapter.norm_kind).to(directions.device)
+
+    def fold_write_norm(self, layer: int, transcoder: Transcoder, reads: Tensor) -> Tensor:
+        """``h`` with ``W_dec · h == write_directions(layer, transcoder) · reads``. (d_model, n)
+
+        ``reads`` (d_model, n): residual-stream directions. The folded write directions are
+        ``P(f_dec) ⊙ gain`` at most, and ``(gain ⊙ P f) · g = f · P(gain ⊙ g)``, so the post-MLP
+        norm goes into the read side and ``W_dec`` is never copied.
+        """
+        if not self._writes_through_post_mlp_norm(transcoder):
+            return reads
+        post = self.block_part(layer, "post_mlp_norm")
+        reads = norm_gain(post, self.adapter.norm_kind).to(reads.device)[:, None] * reads
+        if self.adapter.norm_kind == "layernorm":
+            reads = reads - reads.mean(0, keepdim=True)
+        return reads
+
+    def _writes_through_post_mlp_norm(self, transcoder: Transcoder) -> bool:
+        """Whether what the transcoder writes passes the block's post-MLP norm (Gemma-2/3)."""
+        return transcoder.output_hook == "mlp_out" and self.adapter.post_mlp_norm is not None
+
+    def logit_directions(self, directions: Tensor) -> Tensor:
+        """Residual directions (n, d_model) as the unembedding reads them: through the final
+        norm's gain (LayerNorm centering first; its per-position scale dropped). (n, d_model)"""
+        final: nn.Module = get_path(self.hf_model, self.adapter.final_norm)
+        if self.adapter.norm_kind == "layernorm":
+            directions = directions - directions.mean(1, keepdim=True)
+        return directions * norm_gain(final, self.adapter.norm_kind).to(directions.device)
+
+    def normalize_mlp_input(self, layer: int, x: Tensor) -> Tensor:
+        """The pre-MLP norm's normalization of ``x`` (..., d_model), without its affine weight
+        and bias: the ``mlp_in_unaffine`` value of residual-stream vectors. float32"""
+        return normalize(self.block_part(layer, "pre_mlp_norm"), self.adapter.norm_kind, x)
 
     @property
     def nnsight(self) -> Any:
