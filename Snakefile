@@ -48,6 +48,8 @@ rule all:
 
 onsuccess:
     stop_shared_server(paths.llm_state_file(RESULTS))
+    for line in llm_request_end_lines():
+        print(line, file=sys.stderr)
 
 
 onerror:

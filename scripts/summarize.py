@@ -20,4 +20,5 @@ run_summarize_stage(
     model_name=snakemake.params.model_name,
     rule_evaluation_files=list(snakemake.input.rule_evaluation),
     cluster_files=list(snakemake.input.clusters),
+    explanation_files=list(snakemake.input.explanations),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -24,13 +25,17 @@ from circuit_insights.data.corpus import (
     tokenize_contexts,
 )
 from circuit_insights.data.documents import (
+    TEXT_CHECK_BYTES,
     CorpusSpec,
+    check_text_file,
     file_documents,
+    first_decode_error,
     gensim_documents,
     huggingface_documents,
     iter_documents,
 )
 from circuit_insights.data.schemas import CORPUS_TOKENS_SCHEMA
+from circuit_insights.pipeline.logs import configure_logging
 
 WORDS = (
     "the cat sat on a mat and the dog ran to the park while birds sang in tall green trees "
@@ -240,9 +245,206 @@ def test_prepare_corpus_writes_a_deterministic_table_that_loads_back(tokenizer, 
 def test_prepare_corpus_on_an_empty_source_names_it(tokenizer, tmp_path):
     (tmp_path / "blank.txt").write_text("  \n\n \n")
     spec = CorpusSpec(source="files", paths=(str(tmp_path / "blank.txt"),))
-    with pytest.raises(InputError, match=r"corpus files:.*blank\.txt is empty"):
+    with pytest.raises(InputError) as caught:
         prepare_corpus(spec, tokenizer, BOS, 8, None, 0.1, 0, tmp_path / "out.parquet")
+    message = str(caught.value)
+    assert message.startswith("config key 'corpus.paths': ")
+    assert str(tmp_path / "blank.txt") in message
+    assert "no document that is not blank (0 tokens)" in message
+    assert "corpus.context_length 8" in message
     assert not (tmp_path / "out.parquet").exists()
+
+
+# --- problems found only while the corpus job reads the corpus (issue 26) ------------------------
+
+
+def _prepare(tokenizer, spec: CorpusSpec, out: Path, **kwargs) -> dict:
+    """prepare_corpus with the workflow's defaults, overridden by ``kwargs``."""
+    values = dict(context_length=64, max_contexts=3000, eval_fraction=0.1, seed=0)
+    values.update(kwargs)
+    return prepare_corpus(spec, tokenizer, BOS, out_path=out, **values)
+
+
+def test_a_corpus_too_short_for_one_context_names_paths_tokens_and_context_length(
+    tokenizer, tmp_path
+):
+    five = tmp_path / "five.txt"
+    five.write_text("the cat sat on a\n")  # 5 tokens
+    spec = CorpusSpec(source="files", paths=(str(five),))
+    with pytest.raises(InputError) as caught:
+        _prepare(tokenizer, spec, tmp_path / "out.parquet")
+    message = str(caught.value)
+    assert message == (
+        f"config key 'corpus.paths': the corpus (corpus.paths {five}) holds 5 tokens in 1 "
+        "document, fewer than the 63 (BOS aside) that one context of corpus.context_length 64 "
+        "needs; add text, or lower corpus.context_length"
+    )
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_a_context_length_longer_than_the_corpus_names_both_keys(tokenizer, tmp_path):
+    path = _write_jsonl(tmp_path / "d.jsonl", _documents(20))
+    n_tokens = tokenize_contexts(
+        _documents(20), tokenizer, context_length=2, bos_token_id=BOS
+    ).n_stream_tokens
+    spec = CorpusSpec(source="files", paths=(str(tmp_path),), max_documents=20)
+    with pytest.raises(InputError) as caught:
+        _prepare(tokenizer, spec, tmp_path / "out.parquet", context_length=100_000)
+    message = str(caught.value)
+    assert message.startswith("config key 'corpus.paths': ")
+    assert f"corpus.paths {tmp_path}, capped at corpus.max_documents 20" in message
+    assert f"holds {n_tokens} tokens in 20 documents" in message
+    assert "corpus.context_length 100000" in message and "is empty" not in message
+    assert path.exists()
+
+
+def test_a_too_short_gensim_corpus_names_gensim_parts(tokenizer, tmp_path):
+    pytest.importorskip("gensim")
+    spec = CorpusSpec(gensim_parts=("lee",), max_documents=1)
+    with pytest.raises(InputError) as caught:
+        _prepare(tokenizer, spec, tmp_path / "out.parquet", context_length=100_000)
+    message = str(caught.value)
+    assert message.startswith("config key 'corpus.gensim_parts': the corpus (corpus.source gensim")
+    assert "corpus.max_documents 1" in message and "corpus.context_length 100000" in message
+
+
+def test_one_context_and_an_eval_fraction_names_eval_fraction(tokenizer, tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_text("the cat sat on a mat and the dog\n")  # 9 tokens: one context of 8
+    spec = CorpusSpec(source="files", paths=(str(path),))
+    with pytest.raises(InputError) as caught:
+        _prepare(tokenizer, spec, tmp_path / "out.parquet", context_length=8, eval_fraction=0.5)
+    message = str(caught.value)
+    assert message.startswith("config key 'corpus.eval_fraction': 0.5 of 1 context holds out 0")
+    assert f"corpus.paths {path}" in message and "corpus.context_length 8" in message
+
+
+def test_fewer_contexts_than_max_contexts_is_a_cap_not_an_error(tokenizer, tmp_path):
+    spec = CorpusSpec(
+        source="files", paths=(str(_write_jsonl(tmp_path / "d.jsonl", ["the cat"] * 20)),)
+    )
+    summary = _prepare(tokenizer, spec, tmp_path / "out.parquet", context_length=8)
+    assert 2 <= summary["n_contexts"] < 3000 and summary["n_eval"] >= 1
+
+
+def test_a_decode_error_past_the_start_check_names_the_byte_offset(tokenizer, tmp_path):
+    head = b"the cat sat on a mat " * 4000  # 84,000 bytes: past the 64 KiB the preflight reads
+    assert len(head) > TEXT_CHECK_BYTES
+    text = tmp_path / "late.txt"
+    text.write_bytes(head + b"\nthe caf\xe9 sat\n")
+    offset = len(head) + len(b"\nthe caf")
+    check_text_file(text)  # the start-time check passes
+    with pytest.raises(InputError) as caught:
+        list(file_documents([text]))
+    assert str(caught.value).startswith(
+        f"config key 'corpus.paths': corpus file {text} is not UTF-8 text at byte offset "
+        f"{offset} (line 2: invalid continuation byte)"
+    )
+
+    lines = [json.dumps({"text": "the cat sat on a mat"}) + "\n" for _ in range(3000)]
+    start = "".join(lines).encode()
+    records = tmp_path / "late.jsonl"
+    records.write_bytes(start + b'{"text": "caf\xe9"}\n')
+    check_text_file(records)
+    spec = CorpusSpec(source="files", paths=(str(records),))
+    with pytest.raises(InputError) as caught:
+        _prepare(tokenizer, spec, tmp_path / "out.parquet")
+    offset = len(start) + len(b'{"text": "caf')
+    assert str(caught.value).startswith(
+        f"config key 'corpus.paths': corpus file {records} is not UTF-8 text at byte offset "
+        f"{offset} (line 3001: "
+    )
+
+
+def test_first_decode_error_across_blocks(tmp_path):
+    path = tmp_path / "t.txt"
+    # a two-byte character cut by the 1 MiB block boundary is fine; the bad byte after it is not
+    body = b"a" * ((1 << 20) - 1) + "é".encode() + b"\n\n" + b"b\xff"
+    path.write_bytes(body)
+    assert first_decode_error(path) == (len(body) - 1, 3, "invalid start byte")
+    path.write_bytes(b"a" * ((1 << 20) - 1) + "é".encode())
+    assert first_decode_error(path) is None
+    path.write_bytes(b"abc\xc3")  # a character cut by the end of the file
+    assert first_decode_error(path) == (3, 1, "unexpected end of data")
+
+
+def test_jsonl_lines_without_the_text_field_or_not_json_name_key_file_and_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "ok"}\n\n{"body": "x", "id": 1}\n')
+    with pytest.raises(InputError) as caught:
+        list(file_documents([path]))
+    assert str(caught.value) == (
+        f"config key 'corpus.text_field': corpus file {path} (in corpus.paths) line 3 has no "
+        "field 'text' (its fields: body, id); set corpus.text_field to the field that holds "
+        "the text"
+    )
+    path.write_text('{"text": 3}\n')
+    with pytest.raises(InputError, match=r"line 1 has field 'text', but it holds a int"):
+        list(file_documents([path]))
+    path.write_text('["text"]\n')
+    with pytest.raises(InputError, match=r"line 1 is a JSON list, not an object"):
+        list(file_documents([path]))
+    path.write_text('{"text": "ok"}\n{not json\n')
+    with pytest.raises(InputError) as caught:
+        list(file_documents([path]))
+    assert str(caught.value).startswith(
+        f"config key 'corpus.paths': corpus file {path} line 2 is not JSON (Expecting"
+    )
+
+
+@pytest.mark.parametrize(
+    "content", [b"text\nhello\n", b"PAR1" + b"x" * 100 + b"PAR1"], ids=["csv", "par1-garbage"]
+)
+def test_a_parquet_name_on_another_file_names_paths_and_the_file(tokenizer, tmp_path, content):
+    path = tmp_path / "d.parquet"
+    path.write_bytes(content)
+    spec = CorpusSpec(source="files", paths=(str(path),))
+    with pytest.raises(InputError) as caught:
+        _prepare(tokenizer, spec, tmp_path / "out.parquet")
+    assert str(caught.value).startswith(
+        f"config key 'corpus.paths': corpus file {path} is not a parquet file that can be read "
+        "(ArrowInvalid: "
+    )
+
+
+def test_a_parquet_without_the_text_column_names_paths_text_field_and_the_file(tmp_path):
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"body": ["x"], "id": [1]}), path)
+    with pytest.raises(InputError) as caught:
+        list(file_documents([path]))
+    assert str(caught.value) == (
+        f"config key 'corpus.text_field': corpus file {path} (in corpus.paths) has no column "
+        "'text' (its columns: body, id); set corpus.text_field to the column that holds the text"
+    )
+
+
+def test_an_uncaught_input_error_is_logged_as_one_line_without_traceback(tmp_path):
+    root = logging.getLogger()
+    saved = (sys.excepthook, root.handlers[:], root.level)
+    log_file = tmp_path / "logs" / "corpus.log"
+    try:
+        configure_logging(log_file, watch_snakemake=False)
+        for error in (InputError("config key 'corpus.paths': corpus file a.txt"), KeyError("k")):
+            try:
+                raise error
+            except Exception as caught:  # handed to the hook as Python would hand it
+                sys.excepthook(type(caught), caught, caught.__traceback__)
+        for handler in root.handlers:
+            handler.flush()
+    finally:
+        for handler in root.handlers:
+            if handler not in saved[1]:
+                handler.close()
+        sys.excepthook = saved[0]
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[2])
+    lines = log_file.read_text().splitlines()
+    assert lines[0].endswith(
+        "ERROR circuit_insights: job failed: config key 'corpus.paths': corpus file a.txt"
+    )
+    assert lines[1].endswith("ERROR circuit_insights: job failed: 'k'")
+    assert lines[2] == "Traceback (most recent call last):"  # other errors keep their traceback
+    assert "Traceback" not in "\n".join(lines[:2])
 
 
 def test_load_contexts_errors(tmp_path):
@@ -296,13 +498,15 @@ def test_local_file_errors(tmp_path):
     with pytest.raises(InputError, match=r"data\.csv has unknown extension '\.csv'"):
         list(file_documents([tmp_path / "data.csv"]))
     _write_jsonl(tmp_path / "d.jsonl", ["a"], field="body")
-    with pytest.raises(InputError, match=r"d\.jsonl line 1: no string field 'text'"):
+    with pytest.raises(
+        InputError, match=r"d\.jsonl \(in corpus.paths\) line 1 has no field 'text'"
+    ):
         list(file_documents([tmp_path / "d.jsonl"]))
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{not json\n')
-    with pytest.raises(InputError, match=r"bad\.jsonl line 2: invalid JSON"):
+    with pytest.raises(InputError, match=r"bad\.jsonl line 2 is not JSON"):
         list(file_documents([tmp_path / "bad.jsonl"]))
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "p.parquet")
-    with pytest.raises(InputError, match=r"p\.parquet has no column 'text'"):
+    with pytest.raises(InputError, match=r"p\.parquet \(in corpus.paths\) has no column 'text'"):
         list(file_documents([tmp_path / "p.parquet"]))
 
 
@@ -330,8 +534,10 @@ def test_spec_from_config_and_describe():
     spec = CorpusSpec.from_config({"source": "files", "paths": "a.txt", "max_documents": 3})
     assert spec.paths == ("a.txt",) and spec.describe() == "files:a.txt"
     assert CorpusSpec().describe() == "gensim:wikipedia+lee"
+    assert (spec.source_key, CorpusSpec().source_key) == ("corpus.paths", "corpus.gensim_parts")
     hf = CorpusSpec(source="huggingface", dataset="org/name", dataset_config="en")
     assert hf.describe() == "huggingface:org/name/en[train]"
+    assert hf.source_key == "corpus.dataset"
 
 
 def test_missing_datasets_package_is_an_input_error(monkeypatch):

@@ -551,3 +551,62 @@ def test_stopping_early_does_not_wait_for_answers_in_flight() -> None:
             break
         assert time.monotonic() - start < 2.0
         assert server.calls <= 2  # the rest were never sent
+
+
+# ----------------------------------------------------------------------------------------------
+# Failed requests fail the job (llm.max_failed_share)
+
+
+def _not_implemented(body: dict[str, Any], number: int) -> tuple[int, str, float]:
+    return 501, "Unsupported method ('POST')", 0.0
+
+
+def test_a_server_that_fails_every_request_fails_the_job_naming_url_status_and_answer(
+    tmp_path: Any,
+) -> None:
+    from circuit_insights.llm.failures import LLMRequestsFailed, counted
+
+    with fake_server(_not_implemented) as server, ResponseCache(tmp_path / "c.sqlite") as cache:
+        counter = counted(CachedBackend(backend(server.url), cache), url=server.url)
+        results = counter.chat_many(rating_requests(3))
+        assert [r.parse_status for r in results] == ["error"] * 3  # 501 is not retried
+        assert (counter.requests, counter.failed) == (3, 3)
+        assert len(cache) == 0  # errors are never cached: a rerun asks again
+        with pytest.raises(LLMRequestsFailed) as caught:
+            counter.raise_if_failed(what="explain layer 3 shard f000000-000128", max_failed_share=0)
+    message = str(caught.value)
+    assert message.startswith("explain layer 3 shard f000000-000128: 3 of 3 LLM requests")
+    assert server.url in message and "HTTP 501" in message and "Unsupported method" in message
+    assert "llm.max_failed_share 0" in message
+
+
+def test_failures_within_the_tolerance_pass_and_answers_are_not_failures(tmp_path: Any) -> None:
+    from circuit_insights.llm.failures import LLMRequestsFailed, counted
+
+    def one_in_four_fails(body: dict[str, Any], number: int) -> tuple[int, str, float]:
+        if number % 4 == 0:
+            return 404, "no such route", 0.0
+        if number % 4 == 1:
+            return 200, "not json at all", 0.0  # an answer, unparseable: not a failed request
+        return echo_rating(body, number)
+
+    with fake_server(one_in_four_fails) as server:
+        counter = counted(backend(server.url, concurrency=1), url=server.url)
+        results = counter.chat_many(rating_requests(8))
+    assert sum(r.parse_status == "error" for r in results) == 2
+    assert sum(r.parse_status == "unparseable" for r in results) == 2
+    assert (counter.requests, counter.failed, counter.failed_share()) == (8, 2, 0.25)
+    counter.raise_if_failed(what="evaluate", max_failed_share=0.25)  # at the tolerance: passes
+    with pytest.raises(LLMRequestsFailed, match="2 of 8 LLM requests .* failed"):
+        counter.raise_if_failed(what="evaluate", max_failed_share=0.2)
+    assert "HTTP 404: " in (counter.first_error or "")
+
+
+def test_a_job_with_no_failed_request_passes_at_zero_tolerance() -> None:
+    from circuit_insights.llm.failures import counted
+
+    with fake_server(echo_rating) as server:
+        counter = counted(backend(server.url), url=server.url)
+        counter.chat_many(rating_requests(4))
+    assert (counter.requests, counter.failed) == (4, 0)
+    counter.raise_if_failed(what="explain", max_failed_share=0.0)

@@ -403,6 +403,8 @@ def test_write_summary_files(tmp_path):
         "token_based_shares.parquet",
         "token_based_shares.md",
         "token_based_shares.html",
+        "llm_requests.parquet",  # LLM-rated evaluation rows: their requests counted
+        "llm_requests.md",
     }
     assert {p.name for p in written.values() if p.parent == tmp_path / "summary"} == expected
     for path in written.values():

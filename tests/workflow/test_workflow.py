@@ -32,8 +32,15 @@ MODEL = "gemma-3-270m"
 LAYER = CI_CONFIG["models"][MODEL]["layers"][0]
 
 
-def snakemake(results: Path, *args: str, config: str = "config/ci.yaml", check: bool = True):
-    """Run Snakemake in the repository on ``config`` with outputs under ``results``."""
+def snakemake(
+    results: Path,
+    *args: str,
+    config: str = "config/ci.yaml",
+    check: bool = True,
+    extra_config: tuple[str, ...] = (),
+):
+    """Run Snakemake in the repository on ``config`` with outputs under ``results``
+    (``extra_config``: more ``KEY=VALUE`` items for ``--config``)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     command = [
         str(SNAKEMAKE),
@@ -44,6 +51,7 @@ def snakemake(results: Path, *args: str, config: str = "config/ci.yaml", check: 
         config,
         "--config",
         f"results_dir={results}",
+        *extra_config,
         "--rerun-triggers",
         "mtime",
     ]
@@ -489,3 +497,152 @@ def test_summary_tables_plots_and_report(results):
     assert pages
     page = pages[0].read_text()
     assert "WeightLens" in page
+
+
+# --- no silent success: an LLM that fails its requests fails the run ---------------------------
+
+
+class _OpenAIStandIn:
+    """A real HTTP server on 127.0.0.1: lists ``model`` at ``GET /v1/models``; chat completions
+    are forwarded to ``upstream`` (a real vLLM server), answered 501 when there is none, and after
+    ``die_after`` forwarded answers the server dies (the connection dropped, then refused)."""
+
+    def __init__(self, model: str, upstream: str | None = None, die_after: int | None = None):
+        import http.server
+        import threading
+        import urllib.request
+
+        stand_in = self
+        self.arrived = 0
+        self.forwarded: list[bytes] = []  # request bodies answered by the upstream server
+        self.lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/v1/models":
+                    self._send(200, json.dumps({"data": [{"id": model}]}).encode())
+                else:
+                    self._send(404, b"not found", "text/plain")
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if upstream is None:
+                    self._send(501, b"Unsupported method ('POST')", "text/plain")
+                    return
+                with stand_in.lock:
+                    dead = die_after is not None and stand_in.arrived >= die_after
+                    stand_in.arrived += 1
+                if dead:
+                    self.close_connection = True  # no answer: the server died mid-request
+                    threading.Thread(target=stand_in.stop, daemon=True).start()
+                    return
+                request = urllib.request.Request(
+                    upstream + self.path.removeprefix("/v1"),
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=600) as answer:
+                    data = answer.read()
+                with stand_in.lock:
+                    stand_in.forwarded.append(body)
+                self._send(200, data)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _llm_config(url: str, model: str) -> str:
+    return "llm=" + json.dumps({"url": url, "model": model, "max_retries": 1, "timeout_s": 300})
+
+
+def _copy_without_explanations(results: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    target = layer_dir(copy) / "explanations" / f"{shards(copy)[0]}.parquet"
+    target.unlink()
+    (copy / ".llm" / "responses.sqlite").unlink()  # every request goes to the server
+    return copy, target
+
+
+def test_an_llm_url_that_fails_every_request_fails_the_run(results, tmp_path):
+    """The issue's case: a server that answers its model list but no chat completion (501)."""
+    copy, target = _copy_without_explanations(results, tmp_path)
+    server = _OpenAIStandIn("smollm2")
+    try:
+        done = snakemake(
+            copy, str(target), check=False, extra_config=(_llm_config(server.url, "smollm2"),)
+        )
+    finally:
+        server.stop()
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"LLM requests to {server.url} failed (llm.max_failed_share 0)" in output
+    assert "HTTP 501: Unsupported method" in output
+    assert not target.exists()  # nothing that looks complete
+
+
+def test_the_server_dying_during_explain_fails_the_run_and_a_rerun_sends_only_the_rest(
+    results, tmp_path
+):
+    import sqlite3
+
+    from circuit_insights.llm.server import start_shared_server, stop_shared_server
+
+    copy, target = _copy_without_explanations(results, tmp_path)
+    state = tmp_path / "server.json"
+    served = start_shared_server(
+        ROOT / "resources" / "models" / "smollm2-135m-instruct",
+        state,
+        stop_at_exit=True,
+        served_model_name="smollm2",
+        python=str(ROOT / ".venv-llm" / "bin" / "python"),
+        kv_cache_space_gib=1,
+        startup_timeout_s=900,
+        log_path=str(tmp_path / "server.log"),
+    )
+    try:
+        dying = _OpenAIStandIn("smollm2", upstream=served["url"], die_after=2)
+        first = snakemake(
+            copy, str(target), check=False, extra_config=(_llm_config(dying.url, "smollm2"),)
+        )
+        dying.stop()
+        output = first.stdout + first.stderr
+        assert first.returncode != 0
+        assert f"LLM server at {dying.url} failed" in output
+        assert not target.exists()
+        cache = copy / ".llm" / "responses.sqlite"
+        kept = sqlite3.connect(cache).execute("select count(*) from responses").fetchone()[0]
+        assert kept == 2  # the answers received before the server died
+
+        back = _OpenAIStandIn("smollm2", upstream=served["url"])  # the server is back
+        second = snakemake(
+            copy, str(target), check=False, extra_config=(_llm_config(back.url, "smollm2"),)
+        )
+        back.stop()
+    finally:
+        stop_shared_server(state)
+    assert second.returncode == 0, second.stderr[-3000:]
+    written = pd.read_parquet(target)
+    answered = written[written["tokens_out"] > 0]
+    assert answered["cached"].sum() == 2  # the two answers from before the server died
+    assert len(dying.forwarded) == 2 and back.forwarded
+    assert not set(dying.forwarded) & set(back.forwarded)  # none of them was asked again

@@ -255,6 +255,15 @@ def rule_evaluation_files(wildcards):
     ]
 
 
+def explanation_files(wildcards):
+    """Every explanations table of {model}: layers x shards (the summary counts LLM requests)."""
+    return [
+        paths.layer_artifact(RESULTS, wildcards.model, layer, "explanations", name)
+        for layer in model_config(wildcards)["layers"]
+        for name in shard_names(wildcards.model)
+    ]
+
+
 def cluster_files(wildcards):
     """Every circuit-cluster table of {model}: layers x shards."""
     return [
@@ -314,6 +323,19 @@ def model_locations(wildcards):
             model: paths.model_location(RESOURCES, block["source"])
             for model, block in config["models"].items()
         }
+    )
+
+
+def llm_request_end_lines():
+    """The run's last lines about its LLM requests (each model's summary llm_requests.parquet):
+    the failures, or that none failed."""
+    from circuit_insights.report.llm_requests import run_end_lines
+
+    return run_end_lines(
+        [
+            (model, paths.summary_file(RESULTS, model, "llm_requests.parquet"))
+            for model in config["models"]
+        ]
     )
 
 

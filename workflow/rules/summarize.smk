@@ -8,6 +8,7 @@ rule summarize:
         weightlens=weightlens_files,
         rule_evaluation=rule_evaluation_files,
         clusters=cluster_files,
+        explanations=explanation_files,
     output:
         summary=paths.summary_file(RESULTS, "{model}", "summary.parquet"),
         table=paths.summary_file(RESULTS, "{model}", "metric_table.md"),

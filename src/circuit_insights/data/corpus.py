@@ -70,6 +70,19 @@ class TokenizedContexts:
         return int(self.tokens.shape[1])
 
 
+class CorpusTooShort(InputError):
+    """The documents hold fewer tokens than one context (or no document at all).
+
+    ``n_documents``: documents read; ``n_stream_tokens``: tokens of their joined stream;
+    ``n_needed``: stream tokens one context takes (``context_length``, less one for BOS)."""
+
+    def __init__(self, message: str, *, n_documents: int, n_stream_tokens: int, n_needed: int):
+        super().__init__(message)
+        self.n_documents = n_documents
+        self.n_stream_tokens = n_stream_tokens
+        self.n_needed = n_needed
+
+
 def _batches(documents: Iterable[str], size: int) -> Iterator[list[str]]:
     batch: list[str] = []
     for document in documents:
@@ -102,8 +115,8 @@ def tokenize_contexts(
     None). The trailing partial chunk is dropped; reading stops once ``max_contexts`` contexts
     are full. A separator counts as part of the document it precedes.
 
-    Raises InputError naming ``source`` when there are no documents or fewer stream tokens than
-    one context.
+    Raises :class:`CorpusTooShort` (an InputError) naming ``source`` when there are no
+    documents or fewer stream tokens than one context.
     """
     if bos_token_id is not None and bos_token_id < 0:
         raise InputError(f"bos_token_id must be a token id >= 0 or None, got {bos_token_id}")
@@ -151,12 +164,14 @@ def tokenize_contexts(
         if max_contexts is not None and n_contexts >= max_contexts:
             break
 
+    counts = {"n_documents": n_documents, "n_stream_tokens": n_stream_tokens, "n_needed": chunk}
     if n_documents == 0:
-        raise InputError(f"corpus {source} is empty: it yielded no documents")
+        raise CorpusTooShort(f"corpus {source} is empty: it yielded no documents", **counts)
     if n_contexts == 0:
-        raise InputError(
+        raise CorpusTooShort(
             f"corpus {source} is empty: its {n_stream_tokens} tokens in {n_documents} documents "
-            f"are fewer than one context of {context_length} tokens"
+            f"are fewer than one context of {context_length} tokens",
+            **counts,
         )
     body = np.concatenate(chunks)
     if body.max() > np.iinfo(np.int32).max or body.min() < 0:
@@ -260,6 +275,37 @@ def load_contexts(
     return context_ids, tokens.reshape(table.num_rows, int(lengths[0]))
 
 
+def _where(spec: CorpusSpec) -> str:
+    """The corpus source for a message: ``corpus.paths a.txt, b.txt``, ``corpus.source gensim
+    (corpus.gensim_parts lee)``, ``corpus.dataset org/name``; with ``corpus.max_documents``."""
+    if spec.source == "files":
+        where = f"{spec.source_key} {', '.join(spec.paths)}"
+    elif spec.source == "gensim":
+        where = f"corpus.source gensim, {spec.source_key} {', '.join(spec.gensim_parts)}"
+    else:
+        where = f"{spec.source_key} {spec.describe().removeprefix('huggingface:')}"
+    if spec.max_documents is not None:
+        where += f", capped at corpus.max_documents {spec.max_documents}"
+    return where
+
+
+def _too_short(spec: CorpusSpec, error: CorpusTooShort, *, context_length: int) -> InputError:
+    """The job's message for a corpus without one full context: names the config key of the
+    source (:attr:`CorpusSpec.source_key`), its files, the tokens found and
+    ``corpus.context_length``."""
+    if error.n_documents == 0:
+        found = "no document that is not blank (0 tokens)"
+    else:
+        documents = "document" if error.n_documents == 1 else "documents"
+        found = f"{error.n_stream_tokens} tokens in {error.n_documents} {documents}"
+    bos = " (BOS aside)" if error.n_needed < context_length else ""
+    return InputError(
+        f"config key {spec.source_key!r}: the corpus ({_where(spec)}) holds {found}, fewer than "
+        f"the {error.n_needed}{bos} that one context of corpus.context_length {context_length} "
+        "needs; add text, or lower corpus.context_length"
+    )
+
+
 def prepare_corpus(
     spec: CorpusSpec,
     tokenizer: PreTrainedTokenizerBase,
@@ -272,17 +318,31 @@ def prepare_corpus(
 ) -> dict[str, Any]:
     """Read ``spec``'s documents, cut contexts, split them and write the parquet atomically.
 
-    Returns (and logs) the counts: documents, stream tokens, contexts per split.
+    Returns (and logs) the counts: documents, stream tokens, contexts per split. The arguments
+    are the workflow's ``corpus.*`` config keys, and a corpus too short for one context, or for
+    one context in each split, is an InputError naming them (:func:`_too_short`).
     """
     source = spec.describe()
-    contexts = tokenize_contexts(
-        iter_documents(spec),
-        tokenizer,
-        context_length=context_length,
-        bos_token_id=bos_token_id,
-        max_contexts=max_contexts,
-        source=source,
-    )
+    try:
+        contexts = tokenize_contexts(
+            iter_documents(spec),
+            tokenizer,
+            context_length=context_length,
+            bos_token_id=bos_token_id,
+            max_contexts=max_contexts,
+            source=source,
+        )
+    except CorpusTooShort as error:
+        raise _too_short(spec, error, context_length=context_length) from None
+    if contexts.n_contexts < 2:
+        documents = "document" if contexts.n_documents == 1 else "documents"
+        raise InputError(
+            f"config key 'corpus.eval_fraction': {eval_fraction} of {contexts.n_contexts} context "
+            f"holds out 0 contexts: the corpus ({_where(spec)}) holds {contexts.n_stream_tokens} "
+            f"tokens in {contexts.n_documents} {documents}, 1 context of corpus.context_length "
+            f"{context_length}, and the caching and evaluation sets need one each; add text, or "
+            "lower corpus.context_length"
+        )
     cache_idx, eval_idx = split_contexts(contexts.n_contexts, eval_fraction, seed)
     table = build_token_table(contexts.tokens, contexts.document, cache_idx, eval_idx)
     write_parquet_atomic(table, out_path, schema=CORPUS_TOKENS_SCHEMA)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from circuit_insights.core.errors import InputError
@@ -183,6 +184,15 @@ FILE_EXTENSIONS: tuple[str, ...] = (".txt", ".jsonl", ".parquet")
 TxtDocuments = Literal["file", "paragraph"]
 
 
+PATHS_KEY = "corpus.paths"
+TEXT_FIELD_KEY = "corpus.text_field"
+
+
+def _paths_error(message: str) -> InputError:
+    """An :class:`InputError` that names ``corpus.paths``, the config key of the corpus files."""
+    return InputError(f"config key {PATHS_KEY!r}: {message}")
+
+
 def _expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Files behind ``paths``: a directory stands for its supported files (recursive, sorted)."""
     expanded: list[Path] = []
@@ -193,9 +203,9 @@ def _expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
                 sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FILE_EXTENSIONS)
             )
         elif not path.exists():
-            raise InputError(f"corpus file {path} does not exist")
+            raise _paths_error(f"corpus file {path} does not exist")
         elif path.suffix not in FILE_EXTENSIONS:
-            raise InputError(
+            raise _paths_error(
                 f"corpus file {path} has unknown extension {path.suffix!r}: "
                 f"expected one of {list(FILE_EXTENSIONS)}"
             )
@@ -217,7 +227,9 @@ def _not_text(path: Path, error: UnicodeDecodeError) -> InputError:
 
 def check_text_file(path: str | os.PathLike[str], limit: int = TEXT_CHECK_BYTES) -> None:
     """Raise :class:`InputError` naming ``path`` when its first ``limit`` bytes are not UTF-8
-    text (a NUL byte, or bytes that do not decode): a binary file under a ``.txt`` name."""
+    text (a NUL byte, or bytes that do not decode): a binary file under a ``.txt`` name.
+
+    The message names the file, not the config key (the start-time check adds it)."""
     path = Path(path)
     with open(path, "rb") as handle:
         head = handle.read(limit)
@@ -231,12 +243,56 @@ def check_text_file(path: str | os.PathLike[str], limit: int = TEXT_CHECK_BYTES)
         raise _not_text(path, error) from None
 
 
+def _check_text_head(path: Path) -> None:
+    """:func:`check_text_file`, its message naming ``corpus.paths``."""
+    try:
+        check_text_file(path)
+    except InputError as error:
+        raise _paths_error(str(error)) from None
+
+
+def first_decode_error(path: str | os.PathLike[str]) -> tuple[int, int, str] | None:
+    """(byte offset, line from 1, reason) of the first bytes of ``path`` that are not UTF-8;
+    None when the whole file decodes. Reads the file in blocks of 1 MiB."""
+    pending = b""  # bytes of a character cut at the end of the last block
+    offset = 0  # file offset of pending[0]
+    line = 1
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(1 << 20)
+            data = pending + block
+            try:
+                _, used = codecs.utf_8_decode(data, "strict", not block)
+            except UnicodeDecodeError as error:
+                return offset + error.start, line + data.count(b"\n", 0, error.start), error.reason
+            line += data.count(b"\n", 0, used)
+            offset += used
+            pending = data[used:]
+            if not block:
+                return None
+
+
+def _not_utf8(path: Path, error: UnicodeDecodeError) -> InputError:
+    """The error for a text corpus file that stops being UTF-8 after the start-time check's
+    first 64 KiB: names ``corpus.paths``, the file and the byte offset in the file."""
+    found = first_decode_error(path)
+    where = (
+        f"at byte offset {found[0]} (line {found[1]}: {found[2]})"
+        if found is not None
+        else f"({error.reason})"
+    )
+    return _paths_error(
+        f"corpus file {path} is not UTF-8 text {where}; convert it to UTF-8 "
+        "(e.g. iconv -f latin1 -t utf-8) or leave it out"
+    )
+
+
 def _read_text(path: Path) -> str:
     """A UTF-8 text file's contents; :class:`InputError` naming the file when it is not text."""
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise _not_text(path, error) from None
+        raise _not_utf8(path, error) from None
 
 
 def _text_lines(path: Path, handle: Iterable[str]) -> Iterator[str]:
@@ -244,12 +300,12 @@ def _text_lines(path: Path, handle: Iterable[str]) -> Iterator[str]:
     try:
         yield from handle
     except UnicodeDecodeError as error:
-        raise _not_text(path, error) from None
+        raise _not_utf8(path, error) from None
 
 
 def txt_documents(path: Path, mode: TxtDocuments = "file") -> Iterator[str]:
     """Documents of a UTF-8 text file: the whole file, or each blank-line-separated block."""
-    check_text_file(path)
+    _check_text_head(path)
     text = _read_text(path)
     if mode == "file":
         yield text.strip()
@@ -259,9 +315,26 @@ def txt_documents(path: Path, mode: TxtDocuments = "file") -> Iterator[str]:
         raise InputError(f"CorpusSpec.txt_documents {mode!r}: choose 'file' or 'paragraph'")
 
 
+def _no_text_field(path: Path, number: int, record: Any, text_field: str) -> InputError:
+    """The error for JSON line ``number`` of ``path`` without a string ``text_field``."""
+    if not isinstance(record, dict):
+        what = f"is a JSON {type(record).__name__}, not an object with a field {text_field!r}"
+    elif text_field not in record:
+        shown = sorted(map(str, record))
+        fields_ = ", ".join(shown[:10]) + (", ..." if len(shown) > 10 else "")
+        what = f"has no field {text_field!r} (its fields: {fields_ or 'none'})"
+    else:
+        kind = type(record[text_field]).__name__
+        what = f"has field {text_field!r}, but it holds a {kind}, not a string"
+    return InputError(
+        f"config key {TEXT_FIELD_KEY!r}: corpus file {path} (in {PATHS_KEY}) line {number} "
+        f"{what}; set {TEXT_FIELD_KEY} to the field that holds the text"
+    )
+
+
 def jsonl_documents(path: Path, text_field: str = "text") -> Iterator[str]:
     """The ``text_field`` string of each JSON object in a JSON-lines file (blank lines skipped)."""
-    check_text_file(path)
+    _check_text_head(path)
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(_text_lines(path, handle), start=1):
             if not line.strip():
@@ -269,25 +342,43 @@ def jsonl_documents(path: Path, text_field: str = "text") -> Iterator[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise InputError(
-                    f"corpus file {path} line {number}: invalid JSON ({error})"
+                raise _paths_error(
+                    f"corpus file {path} line {number} is not JSON ({error}); "
+                    "a .jsonl file holds one JSON object per line"
                 ) from None
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise InputError(
-                    f"corpus file {path} line {number}: no string field {text_field!r}"
-                )
+                raise _no_text_field(path, number, record, text_field)
             yield record[text_field]
+
+
+def _not_parquet(path: Path, error: Exception) -> InputError:
+    return _paths_error(
+        f"corpus file {path} is not a parquet file that can be read "
+        f"({type(error).__name__}: {error})"
+    )
 
 
 def parquet_documents(path: Path, text_field: str = "text") -> Iterator[str]:
     """The non-null strings of column ``text_field`` of a parquet file, read in batches."""
-    parquet = pq.ParquetFile(path)
-    if text_field not in parquet.schema_arrow.names:
+    try:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+    except (pa.ArrowException, OSError) as error:
+        raise _not_parquet(path, error) from None
+    if text_field not in names:
         raise InputError(
-            f"corpus file {path} has no column {text_field!r} "
-            f"(columns: {parquet.schema_arrow.names})"
+            f"config key {TEXT_FIELD_KEY!r}: corpus file {path} (in {PATHS_KEY}) has no column "
+            f"{text_field!r} (its columns: {', '.join(names) or 'none'}); set "
+            f"{TEXT_FIELD_KEY} to the column that holds the text"
         )
-    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+    batches = parquet.iter_batches(columns=[text_field], batch_size=1024)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as error:
+            raise _not_parquet(path, error) from None
+        if batch is None:
+            return
         for value in batch.column(0).to_pylist():
             if value is not None:
                 yield str(value)
@@ -388,6 +479,14 @@ class CorpusSpec:
                 raw = values[key]
                 values[key] = (raw,) if isinstance(raw, str) else tuple(str(v) for v in raw)
         return cls(**values)
+
+    @property
+    def source_key(self) -> str:
+        """The config key that says where the documents come from: ``corpus.paths``,
+        ``corpus.gensim_parts`` or ``corpus.dataset`` (by ``source``)."""
+        return {"gensim": "corpus.gensim_parts", "files": PATHS_KEY}.get(
+            self.source, "corpus.dataset"
+        )
 
     def describe(self) -> str:
         """A short name of the source for logs and error messages."""

@@ -286,7 +286,8 @@ ATTRIBUTION_TOTALS_SCHEMA = pa.schema(
 #: activation the factors multiply; per factor (``steering_factors``, 0 included) the share of
 #: rated continuations rated 2 (null where none was rated) and how many were rated; empty lists
 #: when Faithfulness was not run. ``llm_*``: calls, answers whose ``parse_status`` was not
-#: ``ok``, cache hits, tokens and summed latency of this row's LLM requests; ``elapsed_s`` wall
+#: ``ok`` (``llm_failed_calls``), requests the server failed (``llm_error_calls``, a subset:
+#: no answer at all), cache hits, tokens and summed latency of this row's LLM requests; ``elapsed_s`` wall
 #: time of the row. ``rater``: ``llm`` (FADE with the LLM rating) or ``rule`` (an executable
 #: explanation rated by applying it, ``circuit_insights.evaluation.rule_rater``; never mix the two).
 FADE_EVALUATION_SCHEMA = pa.schema(
@@ -323,6 +324,7 @@ FADE_EVALUATION_SCHEMA = pa.schema(
         pa.field("n_continuations_rated", pa.list_(pa.int32()), nullable=False),
         pa.field("llm_calls", pa.int32(), nullable=False),
         pa.field("llm_failed_calls", pa.int32(), nullable=False),
+        pa.field("llm_error_calls", pa.int32(), nullable=False),
         pa.field("llm_cached_calls", pa.int32(), nullable=False),
         pa.field("llm_tokens_in", pa.int64(), nullable=False),
         pa.field("llm_tokens_out", pa.int64(), nullable=False),

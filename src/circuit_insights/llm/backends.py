@@ -1,10 +1,13 @@
-"""The run's LLM backend from the ``llm`` config block, behind the response cache."""
+"""The run's LLM backend from the ``llm`` config block, behind the response cache, with its
+failed requests counted (:mod:`circuit_insights.llm.failures`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from circuit_insights.llm.failures import FailureCounter, counted
 
 
 def server_python(llm_config: Mapping[str, Any]) -> str:
@@ -19,9 +22,10 @@ def server_python(llm_config: Mapping[str, Any]) -> str:
 
 def llm_backend(
     llm_config: Mapping[str, Any], model_location: str, state_file: str, cache_file: str
-) -> Any:
+) -> FailureCounter:
     """The run's LLM behind the response cache: a configured URL, or the shared vLLM server
-    (started by the first job that needs it; the workflow stops it at the end)."""
+    (started by the first job that needs it; the workflow stops it at the end). The stage calls
+    ``raise_if_failed`` on it before writing its output."""
     from circuit_insights.llm.cache import CachedBackend, ResponseCache
     from circuit_insights.llm.http_backend import OpenAICompatibleBackend
     from circuit_insights.llm.server import backend_from_state, ensure_shared_server
@@ -52,4 +56,4 @@ def llm_backend(
         )
         inner = backend_from_state(state_file, **options)
     Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-    return CachedBackend(inner, ResponseCache(cache_file))
+    return counted(CachedBackend(inner, ResponseCache(cache_file)), url=inner.base_url)

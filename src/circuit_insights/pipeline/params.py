@@ -52,6 +52,7 @@ LLM_CONNECTION_KEYS = (
     "api_key_env",
     "concurrency",
     "kv_cache_gib",
+    "max_failed_share",
     "max_retries",
     "reserved_cpus",
     "server_python",

@@ -235,6 +235,7 @@ def _write_model(
         n_boot=n_boot,
         seed=seed,
         rule_evaluation_frames=frames.rule_evaluation,
+        explanation_frames=frames.explanations,
     )
     summary = WrittenSummary.read(written)
     view = model_view(plan, summary.summary)

@@ -27,6 +27,7 @@ from circuit_insights.data.schemas import (
     TOKEN_SHARES_SCHEMA,
 )
 from circuit_insights.report import claims
+from circuit_insights.report.llm_requests import llm_request_counts, llm_requests_markdown
 from circuit_insights.report.paper import PAPER_CLUSTERS_PER_FEATURE
 from circuit_insights.report.plots import plot_metrics, plot_rule_comparison
 from circuit_insights.report.render import write_page
@@ -69,6 +70,7 @@ def write_summary(
     seed: int = 0,
     rule_evaluation_frames: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
     clusters_frames: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
+    explanation_frames: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
 ) -> dict[str, Path]:
     """Write the summary of one model into ``out_dir``, every file atomically.
 
@@ -81,7 +83,10 @@ def write_summary(
     ``.html``, ``plots/rule_comparison.png`` and ``paper_claims.parquet`` / ``.md`` (paired
     differences between methods, :mod:`circuit_insights.report.claims`); with cluster tables
     (``clusters_frames``): ``cluster_coverage.parquet`` / ``.md`` (clusters per feature and
-    noise share per layer). Returns name -> path (``plot_<metric>`` for plots).
+    noise share per layer); with explanation tables (``explanation_frames``) or LLM-rated
+    evaluations: ``llm_requests.parquet`` / ``.md`` (requests, failed and unusable per stage and
+    layer, :mod:`circuit_insights.report.llm_requests`). Returns name -> path (``plot_<metric>``
+    for plots).
     """
     out = Path(out_dir)
     evaluation = concat_frames(evaluation_frames, "evaluation frames")
@@ -181,6 +186,15 @@ def write_summary(
             out / "paper_claims.md",
             f"# {claims_title}, rule-rated\n\n{claims.CLAIMS_NOTE}\n\n"
             + claims.claims_markdown(checks),
+        )
+    explanations = concat_frames(explanation_frames, "explanation frames")
+    requests = llm_request_counts(explanations if len(explanations) else None, evaluation)
+    if len(requests):
+        written["llm_requests"] = out / "llm_requests.parquet"
+        write_parquet_atomic(requests, written["llm_requests"])
+        requests_title = f"LLM requests of {model}" if model else "LLM requests"
+        written["llm_requests_md"] = _write_text(
+            out / "llm_requests.md", f"# {requests_title}\n\n" + llm_requests_markdown(requests)
         )
     clusters = concat_frames(clusters_frames, "cluster frames")
     if len(clusters):

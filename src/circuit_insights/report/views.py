@@ -21,6 +21,7 @@ from circuit_insights.core.tokens import TokenDisplay
 from circuit_insights.report.claims import CLAIMS_NOTE, claims_view
 from circuit_insights.report.contexts import CorpusView, cluster_views, top_context_views
 from circuit_insights.report.inputs import ModelFrames
+from circuit_insights.report.llm_requests import llm_request_counts, llm_requests_view
 from circuit_insights.report.paper import (
     LLM_FREE_VARIANT,
     RULE_METRICS,
@@ -359,12 +360,15 @@ def index_entry(
     prefix = f"{plan.slug}/summary/"
     missing = missing_table(summary.summary)
     counts = flag_counts(frames.explanations) if frames.explanations is not None else None
+    requests = llm_request_counts(frames.explanations, frames.evaluation)
     return {
         "name": frames.model,
         "slug": plan.slug,
         "llm": llm_view(frames),
         "coverage": model_coverage(plan),
         "flag_counts": flag_counts_view(counts) if counts is not None and len(counts) else None,
+        "llm_requests": llm_requests_view(requests) if len(requests) else None,
+        "llm_failed": int(requests["failed"].sum()) if len(requests) else 0,
         "min_ci": MIN_FEATURES_FOR_CI,
         "metric_grid": metric_grid_view(summary.stats),
         "rule_comparison": rule_comparison_views(summary.rule_comparison)

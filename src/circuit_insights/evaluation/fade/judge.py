@@ -49,6 +49,8 @@ class LLMUsage:
     calls: int = 0
     failed_calls: int = 0
     """Calls whose answer could not be used (``parse_status`` other than ``ok``)."""
+    error_calls: int = 0
+    """Of those, the requests the server failed (``parse_status`` ``error``: no answer at all)."""
     cached_calls: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
@@ -58,6 +60,7 @@ class LLMUsage:
         for result in results:
             self.calls += 1
             self.failed_calls += int(result.parse_status != "ok")
+            self.error_calls += int(result.parse_status == "error")
             self.cached_calls += int(bool(result.cached))
             self.tokens_in += int(result.tokens_in or 0)
             self.tokens_out += int(result.tokens_out or 0)

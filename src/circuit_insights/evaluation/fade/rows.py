@@ -97,6 +97,7 @@ def finish_row(row: dict[str, Any], usage: LLMUsage, started: float) -> dict[str
     row.update(
         llm_calls=usage.calls,
         llm_failed_calls=usage.failed_calls,
+        llm_error_calls=usage.error_calls,
         llm_cached_calls=usage.cached_calls,
         llm_tokens_in=usage.tokens_in,
         llm_tokens_out=usage.tokens_out,

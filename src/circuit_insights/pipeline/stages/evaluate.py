@@ -76,6 +76,10 @@ def run_evaluate_stage(
         preset=preset_from_config(evaluate_config),
         seed=evaluate_config["seed"],
     )
+    backend.raise_if_failed(
+        what=f"evaluate layer {layer} variant {variant}",
+        max_failed_share=llm_config["max_failed_share"],
+    )
     write_fade_evaluation(frame, out_path)
     log.info(
         "layer %d variant %s: %d features scored in %.0f s",

@@ -111,6 +111,11 @@ def run_explain_stage(
     frame = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
     order = frame["variant"].map({v: i for i, v in enumerate(variants)})
     frame = frame.iloc[np.lexsort((order.to_numpy(), frame["feature"].to_numpy()))]
+    if backend is not None:
+        backend.raise_if_failed(
+            what=f"explain layer {layer} shard {shard_name}",
+            max_failed_share=llm_config["max_failed_share"],
+        )
     write_explanations(frame, out_path)
     final = frame[frame["is_final"]]
     log.info(

@@ -50,6 +50,7 @@ def report_inputs(results: str, tables: Sequence[str]) -> list[ModelInputs]:
 
 
 def run_report_stage(
+    *,
     results: str,
     model_locations: Mapping[str, str],
     out_index: str,

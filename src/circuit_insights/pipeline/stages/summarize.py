@@ -10,6 +10,7 @@ log = logging.getLogger(__name__)
 
 
 def run_summarize_stage(
+    *,
     model_config: Mapping[str, Any],
     evaluation_files: Sequence[str],
     weightlens_files: Sequence[str],
@@ -17,6 +18,7 @@ def run_summarize_stage(
     model_name: str,
     rule_evaluation_files: Sequence[str] = (),
     cluster_files: Sequence[str] = (),
+    explanation_files: Sequence[str] = (),
 ) -> None:
     """Rule summarize: per-model summary parquet, tables in the paper's form, plots."""
     import pandas as pd
@@ -32,5 +34,6 @@ def run_summarize_stage(
         family=paper_family(model_config["source"]) or paper_family(model_name),
         rule_evaluation_frames=[pd.read_parquet(path) for path in rule_evaluation_files],
         clusters_frames=[pd.read_parquet(path) for path in cluster_files],
+        explanation_frames=[pd.read_parquet(path) for path in explanation_files],
     )
     log.info("summary of %s: %s", model_name, ", ".join(sorted(written)))
