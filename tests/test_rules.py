@@ -7,19 +7,41 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from circuit_insights.circuitlens.clustering import FIRST_POSITION
 from circuit_insights.core.errors import InputError
 from circuit_insights.explain.executable.config import RuleConfig
+from circuit_insights.explain.executable.evidence import ClusterEvidence
 from circuit_insights.explain.executable.rule import Clause, Condition, Rule
 from circuit_insights.explain.executable.synthetic import synthetic_contexts
 from circuit_insights.explain.inputs import derive_rules
 from circuit_insights.explain.variants import (
     EXECUTABLE_VARIANTS,
+    cl_rule,
     maxact_rule,
     union,
     weightlens_rule,
 )
 
 BOS, A, B, C = 1, 5, 7, 9
+
+
+def assert_every_clause_can_hold(rule: Rule) -> None:
+    """Every clause holds on some token sequence: per offset, the token sets of its conditions
+    intersect, and a sequence built from those intersections makes the clause hold."""
+    for clause in rule.clauses:
+        allowed: dict[int, set[int]] = {}
+        for condition in clause.conditions:
+            tokens = set(condition.token_ids)
+            allowed[condition.offset] = allowed.get(condition.offset, tokens) & tokens
+        dead = {o: s for o, s in allowed.items() if not s}
+        assert not dead, f"{clause.label} can never hold: empty at offsets {sorted(dead)}"
+        low, high = min(min(allowed), 0), max(max(allowed), 0)
+        filler = 1 + max(t for c in clause.conditions for t in c.token_ids)
+        witness = np.full((1, high - low + 1), filler, dtype=np.int64)
+        for offset, tokens in allowed.items():
+            witness[0, offset - low] = min(tokens)
+        assert clause.holds(witness)[0, -low], f"{clause.label} fails on its witness"
+        assert clause.satisfiable
 
 
 def planted_contexts(n: int = 60, length: int = 12, seed: int = 0) -> np.ndarray:
@@ -151,18 +173,21 @@ def test_cl_rule_recovers_the_planted_trigger_pattern():
     rule = rules[(0, "cl_rule")]
     (clause,) = rule.clauses
     by_source = {c.source: c for c in clause.conditions}
-    assert by_source["target"].token_ids == (B,) and by_source["target"].offset == 0
+    # The upstream feature is named by its WeightLens tokens {B, C} at the target (no delta
+    # stored); at offset 0 they are intersected with the target token: one condition, B.
+    merged = by_source["target & feature L2#11"]
+    assert merged.token_ids == (B,) and merged.offset == 0
     assert by_source["head L1.H2"].token_ids == (A,) and by_source["head L1.H2"].offset == -2
-    # The upstream feature is named by its WeightLens tokens, at the target (no delta stored).
-    assert by_source["feature L2#11"].token_ids == (B, C)
     # The rare head (frequency 0.2 < 0.5) is left out.
-    assert "head L0.H0" not in by_source
+    assert "head L0.H0" not in by_source and len(clause.conditions) == 2
     text = rule.text(lambda t: {A: "A", B: "B"}.get(t, str(t)))
-    assert "the token is 'B' AND 'A' is 2 tokens before (head L1.H2)" in text
-    # Without the upstream condition the rule is exactly "B here and A at -2".
-    pattern = Rule(3, 0, "cl_rule", (Clause(tuple(c for c in clause.conditions if c.offset)),))
-    assert pattern.holds(tokens)[: len(tokens) // 3, 8].all()
-    assert not rule.holds(tokens)[len(tokens) // 3 :].any()
+    assert "the token is 'B' (target & feature L2#11) AND 'A' is 2 tokens before (head L1.H2)" in (
+        text
+    )
+    # The rule is exactly "B here and A at -2": the planted positions and nothing else.
+    assert rule.holds(tokens)[: len(tokens) // 3, 8].all()
+    assert rule.holds(tokens).sum() == len(tokens) // 3
+    assert_every_clause_can_hold(rule)
     wl_cl = rules[(0, "wl_cl_rule")]
     assert len(wl_cl.clauses) == 2
     assert (
@@ -278,6 +303,7 @@ def test_explain_writes_rule_rows_with_text_and_json_and_missing_input_rows():
     for variant in variants:
         rule = Rule.from_json(ok.loc[variant, "raw_text"])
         assert rule.variant == variant and not rule.is_missing
+        assert_every_clause_can_hold(rule)
     missing = final.loc[1]
     assert missing.loc["cl_rule", "step"] == "missing_input"
     assert missing.loc["cl_rule", "error"] == "no clusters (clustering status not clustered)"
@@ -316,6 +342,7 @@ def test_bos_never_names_a_cl_rule_condition():
     tokens_named = {t for c in rule.clauses for d in c.conditions for t in d.token_ids}
     assert BOS not in tokens_named and B in tokens_named  # the head at -8 reads BOS: left out
     assert any("head L1.H2 at -8 has no common token" in note for note in rule.notes)
+    assert_every_clause_can_hold(rule)
 
 
 def test_cl_rule_names_no_token_for_a_head_reading_position_0():
@@ -349,7 +376,163 @@ def test_cl_rule_names_no_token_for_a_head_reading_position_0():
         clusters_df=clusters,
         samples_df=samples_frame(0, [100 + i for i in members], [8] * 5, "quantile"),
     )
+    for rule in rules.values():
+        assert_every_clause_can_hold(rule)
     (clause,) = rules[(0, "cl_rule")].clauses
     offsets = {c.offset for c in clause.conditions}
     assert FIRST_POSITION not in offsets and offsets == {0, -2}
     assert "head L1.H2" in {c.source for c in clause.conditions}
+
+
+def test_an_upstream_feature_whose_tokens_miss_the_target_token_is_left_out():
+    """Issue 23's bad case (layer 8 feature 0): the members' target token is 'raf', an upstream
+    feature active at the target (no offset stored: 0) has WeightLens tokens ' Taliban',
+    'Qaeda', ... disjoint from it. The conjunction "the token is 'raf' AND the token is one of
+    ' Taliban', 'Qaeda'" held nowhere; the clause now keeps the target and the head."""
+    raf, taliban, qaeda, hezb = 50, 60, 61, 62
+    display = {raf: "raf", taliban: " Taliban", qaeda: "Qaeda", A: "A"}
+    tokens = planted_contexts()
+    members = list(range(5))
+    tokens[members, 8], tokens[members, 7] = raf, A
+    clusters = clusters_frame(0, members).assign(layer=8)
+    clusters.at[0, "defining_kinds"] = ["feature", "head"]
+    clusters.at[0, "defining_layers"] = [2, 1]
+    clusters.at[0, "defining_indices"] = [0, 2]
+    clusters.at[0, "defining_deltas"] = [None, -1]
+    clusters.at[0, "defining_frequency"] = [1.0, 0.9]
+    weightlens = pd.DataFrame(
+        [
+            {
+                "layer": 8,
+                "feature": 0,
+                "validated_token_ids": [taliban, qaeda],
+                "validated_activations": [1.0, 1.0],
+                "upstream_layers": [2],
+                "upstream_features": [0],
+                "upstream_inherited_token_ids": [[taliban, qaeda, hezb]],
+            }
+        ]
+    )
+    rules = derive_rules(
+        layer=8,
+        features=[0],
+        tokens=tokens,
+        context_ids=np.arange(len(tokens)),
+        weightlens_df=weightlens,
+        clusters_df=clusters,
+        samples_df=samples_frame(0, members, [8] * 5, "quantile"),
+        exclude_token_ids=[BOS],
+    )
+    rule = rules[(0, "cl_rule")]
+    assert_every_clause_can_hold(rule)
+    (clause,) = rule.clauses
+    assert [(c.offset, c.token_ids, c.source) for c in clause.conditions] == [
+        (0, (raf,), "target"),
+        (-1, (A,), "head L1.H2"),
+    ]
+    assert any("feature L2#0 at 0" in n and "shares no token with target" in n for n in rule.notes)
+    text = rule.text(lambda t: display.get(t, str(t)))
+    assert (
+        text == "Fires where cluster 0: the token is 'raf' AND 'A' is 1 token before (head L1.H2)."
+    )
+    # It holds where the members fire, so it is not rated "holds nowhere".
+    assert rule.holds(tokens)[members, 8].all()
+    for variant in ("cl_rule", "wl_cl_rule"):
+        assert_every_clause_can_hold(rules[(0, variant)])
+
+
+def test_conditions_at_one_offset_are_intersected_and_a_contradiction_is_dropped():
+    """Without a target condition the first upstream feature at offset 0 sets the tokens there;
+    a second one narrows them to the shared tokens, a third sharing none is left out."""
+    tokens = np.array([[BOS, 20, A, B, C, 21, 22, 23]] * 4)
+    evidence = ClusterEvidence(
+        cluster=3,
+        kinds=("feature", "feature", "feature", "token"),
+        layers=(0, 1, 2, None),
+        indices=(1, 2, 3, B),
+        deltas=(None, None, None, -1),
+        frequency=(1.0, 0.9, 0.8, 0.7),
+        member_tokens=tokens,
+        member_targets=np.array([4, 5, 6, 7]),  # no token common to half of them
+    )
+    upstream = {(0, 1): [B, C, 30], (1, 2): [C, 30, 31], (2, 3): [A]}
+    rule = cl_rule(5, 0, [evidence], upstream, RuleConfig(cl_max_conditions=4))
+    assert_every_clause_can_hold(rule)
+    (clause,) = rule.clauses
+    assert [(c.offset, c.token_ids, c.source) for c in clause.conditions] == [
+        (0, (C, 30), "feature L0#1 & feature L1#2"),
+        (-1, (B,), "token"),
+    ]
+    assert any("feature L2#3 at 0" in note for note in rule.notes)
+    dead = Clause((Condition(0, (B,)), Condition(0, (C,)), Condition(-2, (A,))))
+    assert not dead.satisfiable and dead.tokens_at() == {0: (), -2: (A,)}
+
+
+def test_synthetic_contexts_skip_a_clause_that_can_hold_nowhere():
+    """A rule derived before the intersection (read back from an old explanations table) may
+    carry a dead clause; synthetic contexts are written from its other clauses only."""
+    tokens = planted_contexts(seed=2)
+    live = Clause((Condition(0, (B, C)), Condition(0, (C,)), Condition(-2, (A,))), "cluster 1")
+    dead = Clause((Condition(0, (B,)), Condition(0, (C,))), "cluster 0")
+    rule = Rule(0, 0, "cl_rule", (dead, live))
+    made = synthetic_contexts(rule, tokens, 10, seed=4)
+    assert len(made) == 10 and all(live.holds(np.asarray([c]))[0, -1] for c in made)
+    assert synthetic_contexts(Rule(0, 0, "cl_rule", (dead,)), tokens, 5) == []
+
+
+def random_cluster_evidence(rng: np.random.Generator, cluster: int) -> ClusterEvidence:
+    """A cluster over a 6-token vocabulary (so that token sets collide and miss each other often):
+    random members, targets near both ends, and 0-7 contributors of every kind and offset."""
+    n_members, length = int(rng.integers(1, 7)), 10
+    member_tokens = rng.integers(1, 7, size=(n_members, length))
+    k = int(rng.integers(0, 8))
+    kinds = tuple(str(x) for x in rng.choice(["head", "feature", "token", "other"], size=k))
+    return ClusterEvidence(
+        cluster=cluster,
+        kinds=kinds,
+        layers=tuple(None if rng.random() < 0.1 else int(rng.integers(0, 3)) for _ in kinds),
+        indices=tuple(int(rng.integers(1, 7)) for _ in kinds),
+        deltas=tuple(
+            [None, 0, 0, -1, -2, 1, FIRST_POSITION][int(rng.integers(0, 7))] for _ in kinds
+        ),
+        frequency=tuple(float(f) for f in rng.random(k)),
+        member_tokens=member_tokens,
+        member_targets=rng.integers(0, length, size=n_members),
+        exclude_token_ids=(1,) if rng.random() < 0.5 else (),
+    )
+
+
+def test_no_derived_clause_is_unsatisfiable_on_random_cluster_evidence():
+    rng = np.random.default_rng(23)
+    base = rng.integers(1, 7, size=(6, 24))
+    seen = {"rules": 0, "left out": 0, "narrowed": 0}
+    for _ in range(600):
+        clusters = [random_cluster_evidence(rng, c) for c in range(int(rng.integers(1, 4)))]
+        upstream = {
+            (layer, index): [int(t) for t in rng.choice(np.arange(1, 7), int(rng.integers(0, 4)))]
+            for layer in range(3)
+            for index in range(1, 7)
+            if rng.random() < 0.8
+        }
+        config = RuleConfig(
+            cl_min_frequency=float(rng.choice([0.0, 0.3, 0.5])),
+            cl_min_token_share=float(rng.choice([0.0, 0.3, 0.5, 1.0])),
+            cl_max_conditions=int(rng.integers(1, 7)),
+        )
+        rule = cl_rule(4, 0, clusters, upstream, config)
+        assert_every_clause_can_hold(rule)
+        for clause in rule.clauses:
+            offsets = [c.offset for c in clause.conditions]
+            assert len(offsets) == len(set(offsets)) <= config.cl_max_conditions
+            assert FIRST_POSITION not in offsets
+        made = synthetic_contexts(rule, base, 4, seed=int(rng.integers(0, 99)))
+        for i, context in enumerate(made):
+            # The clause written in holds at p, which ends the context unless it reads ahead.
+            clause = rule.clauses[i % len(rule.clauses)]
+            after = max(max(c.offset for c in clause.conditions), 0)
+            assert clause.holds(np.asarray([context]))[0, len(context) - 1 - after]
+        seen["rules"] += not rule.is_missing
+        seen["left out"] += any("shares no token" in n for n in rule.notes)
+        seen["narrowed"] += any(" & " in c.source for k in rule.clauses for c in k.conditions)
+    # The property was tested where it matters: contradictions and intersections both occurred.
+    assert min(seen.values()) >= 30, seen

@@ -628,3 +628,38 @@ def test_a_cuda_device_must_be_one_torch_sees(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match=r"'models.m.device': 'cuda', but torch sees no CUDA"):
         preflight.check_devices(config)
+
+
+@pytest.mark.slow
+def test_a_corpus_too_short_stops_its_job_naming_key_and_file_without_traceback(tmp_path):
+    """What the start checks cannot see (here: 5 tokens, fewer than one context) ends the corpus
+    job with one message naming the config key and the file, and no traceback."""
+    corpus = tmp_path / "five.txt"
+    corpus.write_text("Five words and no more.\n")
+    config = ci_config(tmp_path, corpus={"source": "files", "paths": [str(corpus)]})
+    results = tmp_path / "results"
+    tokens = results / MODEL / "corpus" / "tokens.parquet"
+    done = subprocess.run(
+        [
+            str(SNAKEMAKE),
+            str(tokens),
+            "--cores",
+            "1",
+            "--configfile",
+            str(config),
+            "--config",
+            f"results_dir={results}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    log = (results / "logs" / MODEL / "corpus.log").read_text()
+    assert "config key 'corpus.paths'" in log and str(corpus) in log, log[-2000:]
+    assert "corpus.context_length" in log
+    assert "Traceback" not in log, log[-3000:]
+    assert not tokens.exists()

@@ -8,7 +8,9 @@
   max-activation position of at least ``maxact_min_share`` of the feature's top contexts.
 - :func:`circuit_rule`: per circuit cluster, the conjunction of its defining contributors that
   name tokens (the target token, source tokens at offset delta through heads, upstream features
-  named by their WeightLens tokens); OR over the clusters.
+  named by their WeightLens tokens), one condition per offset: conditions at the same offset
+  are intersected and one that shares no token with the clause there is left out, so every
+  clause can hold; OR over the clusters.
 - :func:`union`: one rule OR another.
 
 A feature that lacks a derivation's input gets a rule without clauses and a ``missing`` reason.
@@ -149,13 +151,43 @@ def _cluster_clause(
                 continue
         else:
             continue
-        condition = Condition(offset, tokens, source)
-        if any(c.offset == condition.offset and c.token_ids == tokens for c in conditions):
-            continue
-        conditions.append(condition)
+        _add_condition(conditions, Condition(offset, tokens, source), evidence.cluster, notes)
     if not conditions:
         return None
     return Clause(tuple(conditions), f"cluster {evidence.cluster}")
+
+
+def _add_condition(
+    conditions: list[Condition], candidate: Condition, cluster: int, notes: list[str]
+) -> None:
+    """Add ``candidate`` to a clause's ``conditions`` so that the clause stays satisfiable.
+
+    A clause keeps one condition per offset. A candidate at a new offset is appended; one at an
+    offset the clause already constrains is intersected with it: the intersection replaces the
+    condition there (sources joined by ``&``; the same tokens when the candidate only agrees), and
+    an empty intersection leaves the candidate out with a note, since "the token is one of S AND
+    one of T" with disjoint S, T can hold nowhere. The earlier condition wins: the target token is
+    what the members share, the contributors come most frequent first.
+    """
+    for i, existing in enumerate(conditions):
+        if existing.offset != candidate.offset:
+            continue
+        allowed = set(candidate.token_ids)
+        keep = [j for j, t in enumerate(existing.token_ids) if t in allowed]
+        if not keep:
+            notes.append(
+                f"cluster {cluster}: {candidate.source} at {candidate.offset} "
+                f"(tokens {list(candidate.token_ids[:8])}) shares no token with "
+                f"{existing.source}: left out"
+            )
+            return
+        sources = existing.source.split(" & ")
+        source = " & ".join(sources + [candidate.source] * (candidate.source not in sources))
+        weights = None if existing.weights is None else tuple(existing.weights[j] for j in keep)
+        tokens = tuple(existing.token_ids[j] for j in keep)
+        conditions[i] = Condition(existing.offset, tokens, source, weights)
+        return
+    conditions.append(candidate)
 
 
 def circuit_rule(
@@ -175,7 +207,10 @@ def circuit_rule(
     ``cl_max_conditions`` conditions in all): a head at offset delta -> the source token(s) common
     at ``target + delta``; an upstream feature -> "one of its validated WeightLens tokens" at
     ``target + delta`` (delta 0 when the contribution set has none); a token embedding -> that
-    token at its offset. ``upstream_tokens``: (layer, feature) -> validated token ids.
+    token at its offset. A condition at an offset the clause already constrains narrows the
+    condition there to the tokens both allow, or is left out (and noted) when they share none:
+    no clause is emitted that can hold nowhere (docs/rules.md, "Rules that can hold").
+    ``upstream_tokens``: (layer, feature) -> validated token ids.
     ``status``: the feature's clustering status (named in the missing reason).
     """
     config = config or RuleConfig()
@@ -186,8 +221,10 @@ def circuit_rule(
     clauses = []
     for evidence in clusters:
         clause = _cluster_clause(evidence, upstream_tokens or {}, config, notes)
-        if clause is not None:
+        if clause is not None and clause.satisfiable:
             clauses.append(clause)
+        elif clause is not None:  # cannot happen (_add_condition); never emit a dead clause
+            notes.append(f"cluster {evidence.cluster}: contradictory conditions, left out")
     if not clauses:
         return Rule(
             int(layer),

@@ -106,6 +106,24 @@ class Clause:
     conditions: tuple[Condition, ...]
     label: str = ""
 
+    def tokens_at(self) -> dict[int, tuple[int, ...]]:
+        """Per offset, the tokens that satisfy every condition there (the intersection of their
+        token sets, in the first condition's order); empty at an offset where they contradict."""
+        out: dict[int, tuple[int, ...]] = {}
+        for condition in self.conditions:
+            if condition.offset in out:
+                allowed = set(condition.token_ids)
+                out[condition.offset] = tuple(t for t in out[condition.offset] if t in allowed)
+            else:
+                out[condition.offset] = tuple(dict.fromkeys(condition.token_ids))
+        return out
+
+    @property
+    def satisfiable(self) -> bool:
+        """Whether some token sequence makes the clause hold: conditions at different offsets
+        are independent, so this is every offset's intersection being non-empty."""
+        return all(self.tokens_at().values())
+
     def holds(self, tokens: np.ndarray) -> np.ndarray:
         """(n, L) bool: every condition holds at the position."""
         out = np.ones(tokens.shape, dtype=bool)
