@@ -15,6 +15,13 @@ same forward pass, the transcoder's encoder and the sparse shard writer; their r
     python benchmarks/bench_cache.py                        # embedded Gemma 3 270M if built
     python benchmarks/bench_cache.py --model tiny-llama     # a tiny random model (seconds)
     python benchmarks/bench_cache.py --device cuda --density 0.02
+    python benchmarks/bench_cache.py --writer-only          # the sparse writer alone, one thread
+
+``--writer-only`` times :class:`ActivationCacheWriter` alone on random (contexts, positions,
+features) batches whose entries fire independently with probability ``--density`` (the measured
+density is printed), against a floor measured in the same run on the same batches: the
+non-zeros found, sorted by feature and written raw with numpy (``np.flatnonzero``,
+``np.argsort``, ``ndarray.tofile``), with no statistics, maxima or parquet.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuit_insights.data.cache import ARTIFACTS
+from circuit_insights.data.cache import ARTIFACTS, ActivationCacheWriter
 from circuit_insights.data.cache_split import cache_split
 from circuit_insights.data.shards import make_shards
 from circuit_insights.models.shapes import benchmark_model
@@ -57,7 +64,7 @@ def corpus_tokens(model: SubjectModel, n_contexts: int, context_length: int) -> 
 
         contexts = tokenize_contexts(
             itertools.cycle(lee_documents()),
-            model.tokenizer,
+            model.tokenizer,  # type: ignore[arg-type]  # a PreTrainedTokenizerBase
             context_length=context_length,
             bos_token_id=model.bos_token_id,
             max_contexts=n_contexts,
@@ -127,6 +134,102 @@ def bare_forward(model: SubjectModel, tokens: np.ndarray, layer: int, batch_size
     return time.perf_counter() - started
 
 
+def random_batches(
+    n_contexts: int, context_length: int, n_features: int, density: float, batch_size: int
+) -> list[torch.Tensor]:
+    """(batch, context_length, n_features) float32 batches; each entry fires independently with
+    probability ``density``, with a log-normal value (JumpReLU-like); BOS (position 0) fires
+    like any other position."""
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for start in range(0, n_contexts, batch_size):
+        shape = (min(batch_size, n_contexts - start), context_length, n_features)
+        values = torch.exp(torch.randn(shape, generator=generator))
+        fires = torch.rand(shape, generator=generator) < density
+        batches.append(torch.where(fires, values, torch.zeros(())))
+    return batches
+
+
+def write_with_cache_writer(
+    batches: list[torch.Tensor], shards: list, folder: str
+) -> tuple[float, float]:
+    """Wall and CPU seconds of ActivationCacheWriter over ``batches``, closing included."""
+    out_paths = {
+        shard: {kind: f"{folder}/{kind}/{shard.name}.parquet" for kind in ARTIFACTS}
+        for shard in shards
+    }
+    wall, cpu = time.perf_counter(), time.process_time()
+    with ActivationCacheWriter(shards, out_paths) as writer:
+        first = 0
+        for batch in batches:
+            writer.add_batch(torch.arange(first, first + len(batch)), batch)
+            first += len(batch)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def write_raw_floor(batches: list[torch.Tensor], folder: str) -> tuple[float, float]:
+    """Wall and CPU seconds of the floor: each batch's non-zeros found, sorted by feature
+    (stable, so (feature, context, position) order) and their five columns written raw."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    with open(f"{folder}/raw.bin", "wb") as out:
+        first = 0
+        for batch in batches:
+            dense = batch.numpy()
+            n_positions, n_features = dense.shape[1], dense.shape[2]
+            flat = np.flatnonzero(dense != 0)
+            row, feature = np.divmod(flat, n_features)
+            order = np.argsort(feature.astype(np.int16), kind="stable")
+            row = row[order]
+            feature[order].astype(np.int32).tofile(out)
+            (first + row // n_positions).astype(np.int32).tofile(out)
+            position = (row % n_positions).astype(np.int32)
+            position.tofile(out)
+            dense.reshape(-1)[flat[order]].tofile(out)
+            (position == 0).tofile(out)  # the excluded column
+            first += len(batch)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def writer_only(args: argparse.Namespace) -> None:
+    """Non-zeros per second of the writer alone against the raw numpy floor, same batches."""
+    threads = args.threads if args.threads is not None else 1
+    torch.set_num_threads(threads)
+    batches = random_batches(
+        args.contexts, args.context_length, args.features, args.density, args.batch_size
+    )
+    nnz = sum(int(torch.count_nonzero(batch)) for batch in batches)
+    density = nnz / sum(batch.numel() for batch in batches)
+    shards = make_shards(args.features, args.shard_size)
+    writer_times, floor_times = [], []
+    for _ in range(args.repeats):  # interleaved, so drifting machine load hits both
+        with tempfile.TemporaryDirectory() as folder:
+            writer_times.append(write_with_cache_writer(batches, shards, folder))
+        with tempfile.TemporaryDirectory() as folder:
+            floor_times.append(write_raw_floor(batches, folder))
+    writer_wall = nnz / min(wall for wall, _ in writer_times)
+    writer_cpu = nnz / min(cpu for _, cpu in writer_times)
+    floor_wall = nnz / min(wall for wall, _ in floor_times)
+    floor_cpu = nnz / min(cpu for _, cpu in floor_times)
+    print(
+        f"writer only: {args.contexts} contexts x {args.context_length} positions x "
+        f"{args.features} features in {len(shards)} shards, batch {args.batch_size} contexts, "
+        f"{threads} torch thread(s), best of {args.repeats}"
+    )
+    print(f"firing density        : {density:8.4f}  (calibrated to {args.density}: i.i.d. entries)")
+    print(f"non-zeros             : {nnz:8d}  ({nnz / len(batches):.0f} per batch)")
+    print(
+        f"writer                : {writer_wall / 1e6:8.2f} M non-zeros/s wall, "
+        f"{writer_cpu / 1e6:.2f} M/s of process CPU time"
+    )
+    print(
+        f"floor (numpy raw)     : {floor_wall / 1e6:8.2f} M non-zeros/s wall, "
+        f"{floor_cpu / 1e6:.2f} M/s of process CPU time"
+    )
+    print(
+        f"ratio writer / floor  : {writer_wall / floor_wall:8.2f}  (wall; target writer >= 10 M/s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(EMBEDDED) if EMBEDDED.is_dir() else "tiny-llama")
@@ -137,14 +240,27 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.02, help="calibrated firing density")
     parser.add_argument("--calibration-contexts", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=512)
-    parser.add_argument("--contexts", type=int, default=64)
+    parser.add_argument("--contexts", type=int, default=None, help="default 64; 1024 writer-only")
     parser.add_argument("--context-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="default 2; 1 writer-only")
+    parser.add_argument("--repeats", type=int, default=None, help="default 2; 5 writer-only")
+    parser.add_argument(
+        "--writer-only",
+        action="store_true",
+        help="time the sparse writer alone on random batches against a raw numpy floor",
+    )
     args = parser.parse_args()
     if not 0.0 < args.density < 1.0:
         parser.error(f"--density must be in (0, 1), got {args.density}")
+    if args.writer_only:
+        args.contexts = args.contexts if args.contexts is not None else 1024
+        args.repeats = args.repeats if args.repeats is not None else 5
+        writer_only(args)
+        return
+    args.contexts = args.contexts if args.contexts is not None else 64
+    args.threads = args.threads if args.threads is not None else 2
+    args.repeats = args.repeats if args.repeats is not None else 2
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, args.device, getattr(torch, args.dtype))

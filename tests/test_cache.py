@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections import Counter
 from pathlib import Path
@@ -344,7 +345,7 @@ def test_bfloat16_activations_are_cached(tmp_path: Path):
     shards = [Shard(0, 12)]
     paths = write_cache(tmp_path, activations, shards)
     rows = read_feature_activations(paths[shards[0]]["activations"])
-    rebuilt = dense_from_sparse(rows, np.arange(4) * 3 + 10, N_POS, shards[0])
+    rebuilt = dense_from_sparse(rows, (np.arange(4) * 3 + 10).tolist(), N_POS, shards[0])
     assert torch.equal(rebuilt, activations.float())
 
 
@@ -372,3 +373,134 @@ def test_python_work_per_batch_does_not_grow_with_elements(tmp_path: Path):
     small = python_calls_of_one_batch(tmp_path / "small", batch=1, density=0.01)
     large = python_calls_of_one_batch(tmp_path / "large", batch=8, density=0.3)  # ~240x the nnz
     assert large <= small * 1.05 + 10
+
+
+def reference_cache(
+    dense: np.ndarray,
+    excluded: np.ndarray,
+    context_ids: np.ndarray,
+    shard: Shard,
+    spec: LogHistogramSpec,
+) -> dict[str, pd.DataFrame]:
+    """The three artifacts of ``shard`` from first principles, on the whole dense array.
+
+    ``dense``: (contexts, pos, features) float32; ``excluded``: (contexts, pos) bool. Rows in
+    (feature, context, position) order; maxima per (feature, context) over counted positions,
+    the earliest position on ties; statistics by counting.
+    """
+    part = dense[..., shard.start : shard.stop]  # (contexts, pos, shard.size)
+    context, position, feature = np.nonzero(part)
+    order = np.lexsort((position, context, feature))
+    context, position, feature = context[order], position[order], feature[order]
+    activations = pd.DataFrame(
+        {
+            "feature": (feature + shard.start).astype(np.int32),
+            "context": context_ids[context].astype(np.int32),
+            "position": position.astype(np.int32),
+            "activation": part[context, position, feature],
+            "excluded": excluded[context, position],
+        }
+    )
+    counted = np.where(excluded[..., None], np.float32(0), part)  # (contexts, pos, shard.size)
+    fires = counted > 0
+    best = counted.max(axis=1)  # (contexts, shard.size)
+    where = np.argmax(counted, axis=1)  # the first position of the maximum
+    maxima_feature, maxima_context = np.nonzero((best > 0).T)
+    maxima = pd.DataFrame(
+        {
+            "feature": (maxima_feature + shard.start).astype(np.int32),
+            "context": context_ids[maxima_context].astype(np.int32),
+            "max_activation": best[maxima_context, maxima_feature],
+            "max_position": where[maxima_context, maxima_feature].astype(np.int32),
+        }
+    )
+    n_active = fires.sum(axis=(0, 1))
+    values = counted.transpose(2, 0, 1).reshape(shard.size, -1).astype(np.float64)
+    counts = np.zeros((shard.size, spec.n_bins), np.int64)
+    for column, row in enumerate(values):
+        counts[column] = np.bincount(spec.bin_index(row[row > 0]), minlength=spec.n_bins)
+    with np.errstate(invalid="ignore"):
+        minimum = np.where(n_active > 0, np.where(fires, counted, np.inf).min(axis=(0, 1)), np.nan)
+        maximum = np.where(n_active > 0, best.max(axis=0), np.nan)
+        mean = values.sum(axis=1) / n_active
+    quantiles = histogram_quantiles(counts, [0.5, 0.9, 0.99], spec, minimum, maximum)
+    n_tokens = int((~excluded).sum())
+    stats = pd.DataFrame(
+        {
+            "feature": np.arange(shard.start, shard.stop, dtype=np.int32),
+            "n_tokens_total": np.full(shard.size, n_tokens, np.int64),
+            "n_active_tokens": n_active.astype(np.int64),
+            "n_active_excluded_tokens": ((part > 0) & excluded[..., None]).sum(axis=(0, 1)),
+            "n_active_contexts": fires.any(axis=1).sum(axis=0).astype(np.int64),
+            "frequency": n_active / n_tokens,
+            "mean_activation": mean,
+            "max_activation": maximum.astype(np.float32),
+            "quantile_50": quantiles[:, 0].astype(np.float32),
+            "quantile_90": quantiles[:, 1].astype(np.float32),
+            "quantile_99": quantiles[:, 2].astype(np.float32),
+        }
+    )
+    return {"activations": activations, "maxima": maxima, "feature_stats": stats}
+
+
+@pytest.mark.parametrize("background_writes", [True, False])
+@pytest.mark.parametrize("max_buffered_rows", [300, 8_000_000])  # many partial flushes / none
+def test_streamed_files_equal_a_first_principles_reference(
+    tmp_path: Path, max_buffered_rows: int, background_writes: bool
+):
+    """Random batches of uneven sizes through the writer equal, value by value, the reference
+    computed on the whole dense array; each row group holds one bucket, rows sorted within."""
+    n_contexts, n_positions, n_features = 37, 24, 96
+    activations = sparse_activations(
+        n_contexts, n_features, density=0.06, seed=7, n_pos=n_positions
+    )
+    activations[4, 3:6, 10] = 2.5  # a tie over three positions
+    generator = torch.Generator().manual_seed(8)
+    extra = torch.rand((n_contexts, n_positions), generator=generator) < 0.1
+    excluded = extra.clone()
+    excluded[:, 0] = True  # BOS
+    context_ids = np.cumsum(np.arange(n_contexts) % 3 + 1) + 5  # increasing, uneven gaps
+    shards = make_shards(n_features, 40)  # 40, 40, 16 features
+    paths = output_paths(tmp_path, shards)
+    bucket_features = 6
+    with ActivationCacheWriter(
+        shards,
+        paths,
+        bucket_features=bucket_features,
+        max_buffered_rows=max_buffered_rows,
+        background_writes=background_writes,
+    ) as writer:
+        begin = 0
+        for size in itertools.cycle([1, 5, 2, 7, 3]):
+            end = min(begin + size, n_contexts)
+            writer.add_batch(
+                torch.as_tensor(context_ids[begin:end]), activations[begin:end], extra[begin:end]
+            )
+            begin = end
+            if begin == n_contexts:
+                break
+    spec = LogHistogramSpec()
+    dense = activations.numpy()
+    for shard in shards:
+        expected = reference_cache(dense, excluded.numpy(), context_ids, shard, spec)
+        rows = pq.read_table(paths[shard]["activations"]).to_pandas()
+        pd.testing.assert_frame_equal(
+            rows.sort_values("feature", kind="stable", ignore_index=True),
+            expected["activations"],
+        )
+        assert read_feature_activations(paths[shard]["activations"]).equals(expected["activations"])
+        pd.testing.assert_frame_equal(read_maxima(paths[shard]["maxima"]), expected["maxima"])
+        stats = pd.read_parquet(paths[shard]["feature_stats"])
+        exact = [column for column in stats.columns if column != "mean_activation"]
+        pd.testing.assert_frame_equal(stats[exact], expected["feature_stats"][exact])
+        np.testing.assert_allclose(  # float64 sums in another order: equal to rounding
+            stats["mean_activation"], expected["feature_stats"]["mean_activation"], rtol=1e-12
+        )
+        for artifact in ("activations", "maxima"):
+            parquet = pq.ParquetFile(paths[shard][artifact])
+            for group in range(parquet.metadata.num_row_groups):
+                table = parquet.read_row_group(group).to_pandas()
+                bucket = (table["feature"].to_numpy() - shard.start) // bucket_features
+                assert bucket.min() == bucket.max()
+                keys = ["feature", "context"] + (["position"] if artifact == "activations" else [])
+                assert table.equals(table.sort_values(keys, ignore_index=True))

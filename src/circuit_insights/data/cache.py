@@ -17,7 +17,8 @@ per feature shard the writer streams three parquet artifacts (schemas in
 Memory: rows wait in one buffer per (shard, sparse artifact) of at most
 ``max_buffered_rows / (2 * n_shards)`` rows (plus one batch); when a buffer is full, every bucket
 holding at least ``1 / (2 * n_buckets)`` of it is written as a row group, which frees at least
-half of it. Statistics take
+half of it; with ``background_writes`` (the default) the row groups of one flush are encoded
+and written on a background thread while the next batches are processed. Statistics take
 ``n_features * (n_histogram_bins + 8) * 8`` bytes. Nothing else is kept: a context arrives whole
 in one batch, so its maxima are final when the batch is done.
 
@@ -34,6 +35,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -137,7 +139,10 @@ def histogram_quantiles(
     float64, NaN where a feature has no values.
     """
     n = counts.sum(axis=1)  # (n_features,)
-    cumulative = np.cumsum(counts, axis=1)  # (n_features, n_bins)
+    # Row-wise cumulative counts from one flat cumsum (~5x faster than cumsum along axis 1).
+    cumulative = np.cumsum(counts.reshape(-1)).reshape(counts.shape)  # (n_features, n_bins)
+    if len(cumulative) > 1:
+        cumulative[1:] -= cumulative[:-1, -1:]
     representative = spec.bin_values()
     out = np.full((counts.shape[0], len(quantiles)), np.nan)
     has_values = n > 0
@@ -150,18 +155,63 @@ def histogram_quantiles(
     return out
 
 
+class _ParquetWrites:
+    """Row groups written in order, on one background thread (``background``) or inline.
+
+    Arrow encodes and writes without the GIL, so in the background the next batches are found,
+    sorted and counted while a flush is written. At most one flush is in flight: the next one
+    waits for it (and raises its error, if any) before it is queued.
+    """
+
+    def __init__(self, background: bool) -> None:
+        self.executor = (
+            ThreadPoolExecutor(1, thread_name_prefix="activation-cache-writes")
+            if background
+            else None
+        )
+        self.pending: Future[None] | None = None
+
+    def write(self, writer: pq.ParquetWriter, tables: list[pa.Table], row_group_rows: int) -> None:
+        if self.executor is None:
+            _write_tables(writer, tables, row_group_rows)
+            return
+        self.wait()
+        self.pending = self.executor.submit(_write_tables, writer, tables, row_group_rows)
+
+    def wait(self) -> None:
+        """Wait for the flush in flight; raise its error."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def shutdown(self) -> None:
+        """Stop the thread after the write in progress (its error is dropped)."""
+        self.pending = None
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_tables(writer: pq.ParquetWriter, tables: list[pa.Table], row_group_rows: int) -> None:
+    for table in tables:
+        writer.write_table(table, row_group_size=row_group_rows)
+
+
 class _FeatureBucketBuffer:
     """Rows of one artifact of one shard, written as one row group per feature bucket.
 
     Rows arrive in chunks sorted by (feature, context, position) with contexts increasing over
-    the stream, so a stable sort by feature of the concatenated chunks keeps that order, and a
+    the stream. Each chunk is kept with the bounds of its buckets; a bucket's row group is the
+    concatenation of its slices of every chunk, in stream order, stably sorted by feature: so a
     feature's rows over the row groups of its bucket, in file order, are in (context, position)
-    order too.
+    order too. Sorting one bucket at a time keeps the sort and its gathers in cache. Rows of
+    buckets not yet written are compacted into one chunk ordered by bucket, stream order within
+    a bucket.
     """
 
     def __init__(
         self,
         writer: pq.ParquetWriter,
+        writes: _ParquetWrites,
         schema: pa.Schema,
         shard: Shard,
         bucket_features: int,
@@ -169,13 +219,20 @@ class _FeatureBucketBuffer:
         row_group_rows: int,
     ) -> None:
         self.writer = writer
+        self.writes = writes
         self.schema = schema
         self.shard = shard
         self.bucket_features = bucket_features
         self.n_buckets = math.ceil(shard.size / bucket_features)
         self.max_rows = max_rows
         self.row_group_rows = row_group_rows
+        # First feature of each bucket, and one past the shard: searchsorted gives the bounds.
+        self.edges = np.minimum(
+            shard.start + np.arange(self.n_buckets + 1) * bucket_features, shard.stop
+        ).astype(np.int32)
         self.chunks: list[dict[str, np.ndarray]] = []
+        self.bounds: list[np.ndarray] = []  # per chunk: (n_buckets + 1,) row bounds of buckets
+        self.sizes = np.zeros(self.n_buckets, np.int64)  # buffered rows per bucket
         self.n_rows = 0
 
     def add(self, chunk: dict[str, np.ndarray]) -> None:
@@ -183,7 +240,10 @@ class _FeatureBucketBuffer:
         n = len(chunk["feature"])
         if n == 0:
             return
+        bounds = np.searchsorted(chunk["feature"], self.edges)  # (n_buckets + 1,)
         self.chunks.append(chunk)
+        self.bounds.append(bounds)
+        self.sizes += np.diff(bounds)
         self.n_rows += n
         if self.n_rows > self.max_rows:
             self.flush(everything=False)
@@ -192,33 +252,52 @@ class _FeatureBucketBuffer:
         """Write the large buckets (``everything=False``) or all buckets as row groups."""
         if self.n_rows == 0:
             return
-        columns = {
-            name: np.concatenate([chunk[name] for chunk in self.chunks])
+        if everything:
+            flushed = self.sizes > 0
+        else:
+            flushed = self.sizes >= max(1, self.n_rows // (2 * self.n_buckets))
+        names = self.schema.names
+        tables = []
+        for index in np.flatnonzero(flushed):
+            columns = self._bucket_rows(int(index))
+            if len(columns["feature"]) > 1:
+                local = columns["feature"] - self.edges[index]  # (rows,) in [0, bucket_features)
+                if self.bucket_features <= 256:  # numpy's stable sort is a radix sort for
+                    local = local.astype(np.uint8)  # 8- and 16-bit keys: one pass for 8 bits
+                elif self.bucket_features <= np.iinfo(np.int16).max:
+                    local = local.astype(np.int16)
+                order = np.argsort(local, kind="stable")
+                columns = {name: values[order] for name, values in columns.items()}
+            arrays = [pa.array(columns[name]) for name in names]
+            tables.append(pa.Table.from_arrays(arrays, schema=self.schema))
+        self.writes.write(self.writer, tables, self.row_group_rows)
+        kept = np.flatnonzero(~flushed & (self.sizes > 0))
+        self.n_rows = int(self.sizes[kept].sum())
+        if self.n_rows == 0:
+            self.chunks, self.bounds = [], []
+            self.sizes[:] = 0
+            return
+        parts = [self._bucket_rows(int(index)) for index in kept]
+        remaining = {name: np.concatenate([part[name] for part in parts]) for name in names}
+        bounds = np.zeros(self.n_buckets + 1, np.int64)
+        self.sizes[flushed] = 0
+        bounds[1:] = np.cumsum(self.sizes)
+        self.chunks, self.bounds = [remaining], [bounds]
+
+    def _bucket_rows(self, index: int) -> dict[str, np.ndarray]:
+        """Buffered rows of bucket ``index`` in stream order (chunk by chunk)."""
+        slices = [
+            (chunk, bounds[index], bounds[index + 1])
+            for chunk, bounds in zip(self.chunks, self.bounds, strict=True)
+            if bounds[index + 1] > bounds[index]
+        ]
+        if len(slices) == 1:
+            chunk, begin, end = slices[0]
+            return {name: chunk[name][begin:end] for name in self.schema.names}
+        return {
+            name: np.concatenate([chunk[name][begin:end] for chunk, begin, end in slices])
             for name in self.schema.names
         }
-        local = columns["feature"] - self.shard.start  # (n_rows,) in [0, shard.size)
-        if self.shard.size <= np.iinfo(np.int16).max:
-            local = local.astype(np.int16)  # numpy's stable sort is a radix sort for 16 bits
-        order = np.argsort(local, kind="stable")
-        columns = {name: values[order] for name, values in columns.items()}
-        bucket = local[order] // self.bucket_features  # (n_rows,) sorted
-        bounds = np.searchsorted(bucket, np.arange(self.n_buckets + 1))  # (n_buckets + 1,)
-        sizes = np.diff(bounds)
-        if everything:
-            flushed = sizes > 0
-        else:
-            flushed = sizes >= max(1, self.n_rows // (2 * self.n_buckets))
-        for index in np.flatnonzero(flushed):
-            start, stop = bounds[index], bounds[index + 1]
-            table = pa.Table.from_arrays(
-                [pa.array(columns[name][start:stop]) for name in self.schema.names],
-                schema=self.schema,
-            )
-            self.writer.write_table(table, row_group_size=self.row_group_rows)
-        kept = np.repeat(~flushed, sizes)  # (n_rows,)
-        remaining = {name: values[kept] for name, values in columns.items()}
-        self.n_rows = int(kept.sum())
-        self.chunks = [remaining] if self.n_rows else []
 
 
 @dataclass
@@ -228,8 +307,8 @@ class _SparseBatch:
     ``feature`` is local to the covered range; ``batch_index`` indexes the batch's contexts.
     """
 
-    feature: np.ndarray  # (nnz,) int64
-    batch_index: np.ndarray  # (nnz,) int64
+    feature: np.ndarray  # (nnz,) int32 (int64 past 2**31 elements)
+    batch_index: np.ndarray  # (nnz,) int32 (int64 past 2**31 elements)
     position: np.ndarray  # (nnz,) int32
     activation: np.ndarray  # (nnz,) float32
     excluded: np.ndarray  # (nnz,) bool
@@ -249,7 +328,10 @@ class ActivationCacheWriter:
     default; ``frozenset()`` for a model without BOS). ``bucket_features``: consecutive features
     per bucket; every row group of the activations and maxima files holds one bucket.
     ``max_buffered_rows``: rows held in memory over all shards and both sparse artifacts
-    together (about 17 bytes each), plus one batch. ``row_group_rows``: the largest row group.
+    together (about 17 bytes each), plus one batch, plus the rows of one flush being written.
+    ``row_group_rows``: the largest row group. ``background_writes``: encode and write the row
+    groups on one background thread (the same bytes, in the same order), so that the next batches
+    are processed meanwhile; False writes inline.
     """
 
     def __init__(
@@ -263,6 +345,7 @@ class ActivationCacheWriter:
         bucket_features: int = 32,
         max_buffered_rows: int = 8_000_000,
         row_group_rows: int = 1_000_000,
+        background_writes: bool = True,
     ) -> None:
         self.shards = sorted(shards)
         if not self.shards:
@@ -313,6 +396,7 @@ class ActivationCacheWriter:
         self.temporary_stats: dict[Shard, Path] = {}
         rows_per_buffer = max(1, max_buffered_rows // (2 * len(self.shards)))
         self.exit_stack = contextlib.ExitStack()
+        self.writes = _ParquetWrites(background_writes)
         try:
             for shard in self.shards:
                 for artifact, schema, dictionary, sorted_by in (
@@ -337,7 +421,13 @@ class ActivationCacheWriter:
                     )
                     self.parquet_writers.append(writer)
                     self.buffers[shard, artifact] = _FeatureBucketBuffer(
-                        writer, schema, shard, bucket_features, rows_per_buffer, row_group_rows
+                        writer,
+                        self.writes,
+                        schema,
+                        shard,
+                        bucket_features,
+                        rows_per_buffer,
+                        row_group_rows,
                     )
                 self.temporary_stats[shard] = self.exit_stack.enter_context(
                     atomic_path(out_paths[shard]["feature_stats"])
@@ -385,35 +475,45 @@ class ActivationCacheWriter:
         sparse = _sparse_by_feature(activations[..., first:last], excluded_mask)
         _check_values(sparse.activation)
 
-        counted = ~sparse.excluded
-        feature = sparse.feature[counted]
-        batch_index = sparse.batch_index[counted]
-        position = sparse.position[counted]
-        value = sparse.activation[counted]
-        maxima_index, max_value, max_position = _maxima(feature, batch_index, position, value)
+        if sparse.excluded.any():
+            counted = ~sparse.excluded
+            feature = sparse.feature[counted]
+            batch_index = sparse.batch_index[counted]
+            position = sparse.position[counted]
+            value = sparse.activation[counted]
+        else:  # nothing excluded: the counted rows are all rows, no copies
+            feature, batch_index = sparse.feature, sparse.batch_index
+            position, value = sparse.position, sparse.activation
+        maxima_index, max_value, max_position = _maxima(
+            feature, batch_index, position, value, n_positions
+        )
 
         # Everything below mutates state; nothing below raises on bad input.
         self.last_context = int(contexts[-1])
         self.n_tokens_total += int((~excluded_mask).sum().item())
-        self._update_statistics(sparse, feature, value, maxima_index)
+        maxima_feature = feature[maxima_index]  # (n_maxima,) sorted
+        self._update_statistics(sparse, feature, value, maxima_feature, max_value)
         global_context = contexts.astype(np.int32)
+        start = np.int32(self.start)
         activation_rows = {
-            "feature": (sparse.feature + self.start).astype(np.int32),
+            "feature": sparse.feature + start,
             "context": global_context[sparse.batch_index],
             "position": sparse.position,
             "activation": sparse.activation,
             "excluded": sparse.excluded,
         }
         maxima_rows = {
-            "feature": (feature[maxima_index] + self.start).astype(np.int32),
+            "feature": maxima_feature + start,
             "context": global_context[batch_index[maxima_index]],
             "max_activation": max_value,
             "max_position": max_position,
         }
+        shard_edges = [[shard.start, shard.stop] for shard in self.shards]
         for artifact, rows in (("activations", activation_rows), ("maxima", maxima_rows)):
-            bounds = np.searchsorted(
-                rows["feature"], [[shard.start, shard.stop] for shard in self.shards]
-            )
+            if len(self.shards) == 1:
+                self.buffers[self.shards[0], artifact].add(rows)
+                continue
+            bounds = np.searchsorted(rows["feature"], shard_edges)
             for shard, (begin, end) in zip(self.shards, bounds, strict=True):
                 if end > begin:
                     chunk = {name: values[begin:end] for name, values in rows.items()}
@@ -426,6 +526,8 @@ class ActivationCacheWriter:
         try:
             for buffer in self.buffers.values():
                 buffer.flush(everything=True)
+            self.writes.wait()
+            self.writes.shutdown()
             for writer in self.parquet_writers:
                 writer.close()
             statistics = self.feature_statistics()
@@ -496,6 +598,7 @@ class ActivationCacheWriter:
 
     def _discard(self, error: BaseException) -> None:
         self.closed = True
+        self.writes.shutdown()
         for writer in self.parquet_writers:
             with contextlib.suppress(Exception):
                 writer.close()
@@ -545,30 +648,44 @@ class ActivationCacheWriter:
         sparse: _SparseBatch,
         feature: np.ndarray,
         value: np.ndarray,
-        maxima_index: np.ndarray,
+        maxima_feature: np.ndarray,
+        max_value: np.ndarray,
     ) -> None:
-        """Fold one batch into the streaming statistics; O(nnz) numpy, O(1) Python calls."""
+        """Fold one batch into the streaming statistics; O(nnz) numpy, O(1) Python calls.
+
+        ``feature`` / ``value``: the counted rows, sorted by feature; ``maxima_feature`` /
+        ``max_value``: their per (feature, context) maxima, in the same order.
+        """
         n_features = len(self.n_active_tokens)
-        self.n_active_tokens += np.bincount(feature, minlength=n_features)
-        self.n_active_excluded_tokens += np.bincount(
-            sparse.feature[sparse.excluded], minlength=n_features
-        )
+        n_active = np.bincount(feature, minlength=n_features)  # (n_features,)
+        self.n_active_tokens += n_active
+        if len(feature) < len(sparse.feature):
+            self.n_active_excluded_tokens += np.bincount(
+                sparse.feature[sparse.excluded], minlength=n_features
+            )
         self.activation_sum += np.bincount(feature, weights=value, minlength=n_features)
-        histogram_cell = feature * self.histogram.n_bins + self.histogram.bin_index(value)
+        n_bins = self.histogram.n_bins
+        cell_dtype = np.dtype(np.int32 if n_features * n_bins <= _MAX_INT32 else np.int64)
+        histogram_cell = feature.astype(cell_dtype)  # (nnz,) feature * n_bins + bin
+        histogram_cell *= n_bins
+        histogram_cell += self.histogram.bin_index(value).astype(cell_dtype, copy=False)
         counts = self.histogram_counts.reshape(-1)  # a view: (n_features * n_bins,)
-        counts += np.bincount(histogram_cell, minlength=len(counts))  # faster than np.add.at
-        maxima_feature = feature[maxima_index]  # sorted, one entry per (feature, context)
-        self.n_active_contexts += np.bincount(maxima_feature, minlength=n_features)
+        # numpy >= 2 adds in place ~10x faster than a bincount over all n_features * n_bins cells
+        np.add.at(counts, histogram_cell, 1)
+        n_contexts = np.bincount(maxima_feature, minlength=n_features)  # (n_features,)
+        self.n_active_contexts += n_contexts
         if len(feature):
-            # ``feature`` is sorted, so each feature is one segment and ``present`` is unique:
-            # plain fancy-index updates instead of the slower ufunc.at.
-            starts = np.flatnonzero(np.r_[True, feature[1:] != feature[:-1]])
-            present = feature[starts]
+            # ``feature`` is sorted, so each present feature is one segment, found from the
+            # counts; plain fancy-index updates instead of the slower ufunc.at. The maximum over
+            # a feature's rows is the maximum of its per-context maxima (fewer of them).
+            present = np.flatnonzero(n_active)
+            starts = (np.cumsum(n_active) - n_active)[present]
+            maxima_starts = (np.cumsum(n_contexts) - n_contexts)[present]
             self.activation_min[present] = np.minimum(
                 self.activation_min[present], np.minimum.reduceat(value, starts)
             )
             self.activation_max[present] = np.maximum(
-                self.activation_max[present], np.maximum.reduceat(value, starts)
+                self.activation_max[present], np.maximum.reduceat(max_value, maxima_starts)
             )
 
 
@@ -592,11 +709,11 @@ def _sparse_by_feature(
         index = torch.nonzero(activations.permute(2, 0, 1))  # (nnz, 3): feature, batch, position
         values = activations[index[:, 1], index[:, 2], index[:, 0]]  # (nnz,)
         row_excluded = excluded[index[:, 1], index[:, 2]]  # (nnz,)
-        index_np = index.to(device="cpu", dtype=torch.int32).numpy()
+        index_np = index.to(device="cpu", dtype=torch.int32).numpy().T  # (3, nnz) view
         return _SparseBatch(
-            feature=index_np[:, 0].astype(np.int64),
-            batch_index=index_np[:, 1].astype(np.int64),
-            position=index_np[:, 2],
+            feature=np.ascontiguousarray(index_np[0]),
+            batch_index=np.ascontiguousarray(index_np[1]),
+            position=np.ascontiguousarray(index_np[2]),
             activation=values.detach().to(device="cpu", dtype=torch.float32).numpy(),
             excluded=row_excluded.to("cpu").numpy(),
         )
@@ -605,22 +722,29 @@ def _sparse_by_feature(
         if dense.dtype not in (torch.float32, torch.float64, torch.float16):
             dense = dense.to(torch.float32)  # bfloat16 has no numpy dtype
         dense_np = dense.numpy()
-        n_positions, n_columns = dense_np.shape[1], dense_np.shape[2]
-        # One pass over the flat array (np.nonzero on 3 dimensions costs ~1.7x as much).
-        flat_index = np.flatnonzero(dense_np)  # (nnz,) into the (batch * pos * n_features) array
-        value_np = dense_np.reshape(-1)[flat_index].astype(np.float32)
-        row, feature = np.divmod(flat_index, n_columns)  # row = batch * pos + position
-        batch_index, position = np.divmod(row, n_positions)
-        excluded_np = excluded.numpy().reshape(-1)[row]
-    key = feature.astype(np.int16) if activations.shape[2] <= np.iinfo(np.int16).max else feature
-    order = np.argsort(key, kind="stable")  # (nnz,)
-    return _SparseBatch(
-        feature=feature[order].astype(np.int64),
-        batch_index=batch_index[order].astype(np.int64),
-        position=position[order].astype(np.int32),
-        activation=value_np[order],
-        excluded=excluded_np[order],
-    )
+        n_batch, n_positions, n_columns = dense_np.shape
+        # ``!= 0`` then a flatnonzero of the bool mask: ~5x faster than flatnonzero of floats
+        # (the same entries: NaN counts as non-zero, -0.0 as zero, either way).
+        flat_index = np.flatnonzero(dense_np != 0)  # (nnz,) into the (batch, pos, n_columns) array
+        if dense_np.size <= _MAX_INT32:  # int32: vectorised division by a scalar, half the bytes
+            flat_index = flat_index.astype(np.int32)
+        row = flat_index // n_columns  # (nnz,) batch * n_positions + position
+        feature = flat_index - row * n_columns
+        key = feature.astype(np.int16) if n_columns <= np.iinfo(np.int16).max else feature
+        order = np.argsort(key, kind="stable")  # (nnz,) radix sort for 16-bit keys
+        feature, row = feature[order], row[order]
+        if dense_np.flags.c_contiguous:
+            value_np = dense_np.reshape(-1)[flat_index[order]]
+        else:  # a slice of the feature axis: index its (batch * pos, n_columns) view
+            value_np = dense_np.reshape(n_batch * n_positions, n_columns)[row, feature]
+        batch_index = row // n_positions
+        return _SparseBatch(
+            feature=feature.astype(np.int32, copy=False),
+            batch_index=batch_index.astype(np.int32, copy=False),
+            position=(row - batch_index * n_positions).astype(np.int32, copy=False),
+            activation=value_np.astype(np.float32, copy=False),
+            excluded=excluded.numpy().reshape(-1)[row],
+        )
 
 
 def _check_values(values: np.ndarray) -> None:
@@ -636,19 +760,29 @@ def _check_values(values: np.ndarray) -> None:
 
 
 def _maxima(
-    feature: np.ndarray, batch_index: np.ndarray, position: np.ndarray, value: np.ndarray
+    feature: np.ndarray,
+    batch_index: np.ndarray,
+    position: np.ndarray,
+    value: np.ndarray,
+    n_positions: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (feature, context) segment of counted rows sorted by (feature, batch, position).
 
     Returns the index of each segment's first row, its maximum value and the position of its
-    first maximum (the earliest position on ties).
+    first maximum (the earliest position on ties). One ``reduceat`` finds both: the bits of a
+    non-negative float32 order as int32 do, so the maximum of ``bits << 32 | (n_positions - 1 -
+    position)`` is the maximum value at its earliest position.
     """
     if len(feature) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int32)
-    is_start = np.r_[True, (feature[1:] != feature[:-1]) | (batch_index[1:] != batch_index[:-1])]
+    is_start = np.empty(len(feature), dtype=bool)
+    is_start[0] = True
+    np.not_equal(feature[1:], feature[:-1], out=is_start[1:])
+    is_start[1:] |= batch_index[1:] != batch_index[:-1]
     starts = np.flatnonzero(is_start)  # (n_segments,)
-    segment = np.cumsum(is_start) - 1  # (nnz,)
-    max_value = np.maximum.reduceat(value, starts)  # (n_segments,)
-    at_max = np.flatnonzero(value == max_value[segment])  # rows equal to their segment's max
-    first_at_max = at_max[np.r_[True, segment[at_max][1:] != segment[at_max][:-1]]]
-    return starts, max_value, position[first_at_max]
+    key = value.astype(np.float32, copy=False).view(np.int32).astype(np.int64) << 32
+    key |= n_positions - 1 - position.astype(np.int64)
+    best = np.maximum.reduceat(key, starts)  # (n_segments,)
+    max_value = (best >> 32).astype(np.int32).view(np.float32)
+    max_position = (n_positions - 1 - (best & 0xFFFFFFFF)).astype(np.int32)
+    return starts, max_value, max_position
