@@ -244,3 +244,20 @@ def test_clean_loss_computed_once_gives_the_same_report(tmp_path) -> None:
         read_clean_loss(path, "tiny", changed)
     with pytest.raises(InputError, match="missing.json"):
         read_clean_loss(tmp_path / "missing.json", "tiny", tokens)
+
+
+def test_a_caching_split_shorter_than_train_contexts_stops_the_job_naming_key_and_file():
+    """Never a silent cap: 5 contexts held, 8 asked -> the key, both counts and the file."""
+    import numpy as np
+
+    from circuit_insights.pipeline.stages.train_transcoder import training_contexts
+
+    tokens = np.arange(5 * 4, dtype=np.int32).reshape(5, 4)
+    assert training_contexts(tokens, 3, model_name="m", tokens_path="t.parquet").shape == (3, 4)
+    assert training_contexts(tokens, 5, model_name="m", tokens_path="t.parquet").shape == (5, 4)
+    with pytest.raises(InputError) as caught:
+        training_contexts(tokens, 8, model_name="m", tokens_path="results/m/corpus/tokens.parquet")
+    text = str(caught.value)
+    assert "models.m.transcoders.train_contexts" in text
+    assert "8 contexts" in text and "holds 5" in text
+    assert "results/m/corpus/tokens.parquet" in text

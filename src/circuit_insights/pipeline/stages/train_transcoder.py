@@ -7,6 +7,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from circuit_insights.core.errors import InputError
 from circuit_insights.core.io import write_json_atomic
 from circuit_insights.models.loading import load_subject_model
 from circuit_insights.pipeline.locations import model_location
@@ -16,6 +19,25 @@ from circuit_insights.transcoders.loading import (
 from circuit_insights.transcoders.splicing import mlp_pairs, spliced_loss_report
 
 log = logging.getLogger(__name__)
+
+
+def training_contexts(
+    cache_tokens: np.ndarray, wanted: int, *, model_name: str, tokens_path: str
+) -> np.ndarray:
+    """The first ``wanted`` contexts of the caching split, (wanted, context_length).
+
+    The config check at start bounds ``train_contexts`` by ``corpus.max_contexts``; whether the
+    corpus holds that many is known only once it is tokenised, so a shorter caching split stops
+    the job here (never a silent cap) naming the key and the tokens file.
+    """
+    held = len(cache_tokens)
+    if held < wanted:
+        raise InputError(
+            f"config key 'models.{model_name}.transcoders.train_contexts': {wanted} contexts, "
+            f"but the corpus's caching split ({tokens_path}) holds {held}: lower it, or give "
+            "a larger corpus (corpus.paths / corpus.max_contexts)"
+        )
+    return cache_tokens[:wanted]
 
 
 def run_train_transcoder(
@@ -42,7 +64,9 @@ def run_train_transcoder(
     model.check_layer(layer)
     _, cache_tokens = load_contexts(tokens_path, "cache")
     _, eval_tokens = load_contexts(tokens_path, "eval")
-    train_tokens = cache_tokens[: settings["train_contexts"]]
+    train_tokens = training_contexts(
+        cache_tokens, settings["train_contexts"], model_name=model_name, tokens_path=tokens_path
+    )
     started = time.perf_counter()
     x, y = mlp_pairs(
         model, train_tokens, layer, settings["input_hook"], settings["output_hook"], batch_size
