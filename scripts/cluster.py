@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 configure_logging(snakemake.log[0])
 run_cluster_stage(
     clustering_config=snakemake.params.clustering,
+    attribution_config=snakemake.params.attribution,
     contributions_path=snakemake.input.contributions,
     totals_path=snakemake.input.totals,
     weightlens_path=snakemake.input.weightlens,

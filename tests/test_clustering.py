@@ -659,15 +659,88 @@ def test_heads_reading_the_first_position_are_one_element_whatever_the_target():
     sets = {i: frozenset({("head", 1, 0, -(10 + i % 25))}) for i in range(100)}
     contributions, totals = contributions_frame(sets)
     contributions.loc[contributions["kind"] == "head", "position"] = 0  # sources at BOS
-    occurrences = contribution_occurrences(contributions, anchor_first_position=True)
+    bos = 1001  # contributions_frame's source token of layer-1 heads
+    occurrences = contribution_occurrences(
+        contributions, anchor_first_position=True, bos_token_id=bos
+    )
     assert set(occurrences["element"]) == {("head", 1, 0, FIRST_POSITION)}
     assert sorted(set(occurrences["delta"])) == list(range(-34, -9))  # the true offsets
     assert len(set(contribution_occurrences(contributions)["element"])) == 25
-    clusters, _ = cluster_shard(contributions, totals, None, None)
+    clusters, _ = cluster_shard(contributions, totals, None, BosTokenizer(bos))
     assert clusters["defining_labels"].iloc[0] == ["L1.H0@first"]
     assert "the first position (BOS" in clusters["trigger_patterns"].iloc[0][0]
     assert clusters["status"].iloc[0] == "clustered"
     unanchored, _ = cluster_shard(
-        contributions, totals, None, None, ClusteringConfig(anchor_first_position=False)
+        contributions,
+        totals,
+        None,
+        BosTokenizer(bos),
+        ClusteringConfig(anchor_first_position=False),
     )
     assert unanchored["status"].iloc[0] == "no_contributors"  # 4 of 100 each: below rho
+
+
+def test_position_zero_is_anchored_only_where_it_holds_a_bos():
+    """A model whose contexts start without BOS: position 0 holds text like any other position,
+    so a head reading it keeps its true offset (and with no BOS token at all, nothing is
+    anchored)."""
+    sets = {i: frozenset({("head", 1, 0, -(10 + i % 25))}) for i in range(100)}
+    contributions, totals = contributions_frame(sets)
+    contributions.loc[contributions["kind"] == "head", "position"] = 0
+    for bos in (5, None):  # the BOS is another token / the tokenizer has none
+        occurrences = contribution_occurrences(
+            contributions, anchor_first_position=True, bos_token_id=bos
+        )
+        assert FIRST_POSITION not in {element[3] for element in occurrences["element"]}
+        assert len(set(occurrences["element"])) == 25
+        clusters, _ = cluster_shard(contributions, totals, None, BosTokenizer(bos))
+        assert clusters["status"].iloc[0] == "no_contributors"
+        assert not any("first position" in p for p in clusters["trigger_patterns"].iloc[0])
+
+
+class BosTokenizer(FakeTokenizer):
+    def __init__(self, bos_token_id: int | None) -> None:
+        self.bos_token_id = bos_token_id
+
+
+def filler_tables(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One planted mechanism (head L1.H0 two positions back and upstream feature L0#5, each
+    well above the threshold) in 60 samples; half the samples also carry two of four filler
+    features that attribution kept only to reach keep_top (share 0.005 < threshold 0.02)."""
+    rng = np.random.default_rng(seed)
+    sets = {}
+    for sample in range(60):
+        members = {("head", 1, 0, -2), ("feature", 0, 5)}
+        if sample % 2:
+            members |= {("feature", 0, 100 + int(f)) for f in rng.choice(4, 2, replace=False)}
+        sets[sample] = frozenset(members)
+    contributions, totals = contributions_frame(sets)
+    fillers = contributions["source_feature"].fillna(-1).to_numpy() >= 100
+    contributions.loc[fillers, "share"] = 0.005
+    contributions.loc[~fillers & contributions["kind"].isin(["head", "feature"]), "share"] = 0.4
+    return contributions, totals
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_mechanism_is_one_cluster_when_keep_top_fillers_stay_out(seed):
+    """Samples with and without fillers are at Jaccard distance 0.5: clustered on the fillers
+    the one mechanism splits; on the contributors above the threshold it is one cluster."""
+    contributions, totals = filler_tables(seed)
+    default, _ = cluster_shard(contributions, totals, None, None, attribution_threshold=0.02)
+    real = default[default["cluster"] >= 0]
+    assert len(real) == 1
+    assert sorted(real["defining_labels"].iloc[0]) == sorted(["L1.H0@-2", "L0#5"])
+    assert int(real["n_samples"].iloc[0]) == 60
+    with_fillers, _ = cluster_shard(
+        contributions,
+        totals,
+        None,
+        None,
+        ClusteringConfig(fillers=True),
+        attribution_threshold=0.02,
+    )
+    assert (with_fillers["cluster"] >= 0).sum() >= 2
+    # The threshold compares float32 shares: a share stored exactly at it is significant.
+    at_threshold = contributions.assign(share=np.float32(0.02))
+    kept = contribution_occurrences(at_threshold, significant_share=0.02)
+    assert len(kept) == len(contribution_occurrences(at_threshold))

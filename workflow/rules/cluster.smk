@@ -33,5 +33,6 @@ rule cluster:
     params:
         model=tokenizer_params,
         clustering=config_section("clustering"),
+        attribution=config_section("attribution", ["threshold"]),
     script:
         "../../scripts/cluster.py"

@@ -63,6 +63,8 @@ def cluster_shard(
     weightlens_df: pd.DataFrame | None = None,
     tokenizer: object | None = None,
     config: ClusteringConfig | None = None,
+    *,
+    attribution_threshold: float = 0.0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cluster every feature of one attribution shard: ``(clusters_df, assignments_df)``.
 
@@ -70,7 +72,10 @@ def cluster_shard(
     (and ``fires``, unless ``include_not_firing``) are clustered; the others get cluster -1 and
     their reason in the assignments. ``weightlens_df`` (``WEIGHTLENS_SCHEMA``; rows of the
     upstream layers) names the validated tokens of upstream features in trigger patterns.
-    ``tokenizer`` renders token ids (``<id>`` without one). Columns: :data:`CLUSTERS_SCHEMA`
+    ``tokenizer`` renders token ids (``<id>`` without one) and names the BOS token (head
+    elements reading a BOS at position 0 are anchored, ``ClusteringConfig.anchor_first_position``).
+    ``attribution_threshold``: the attribution's ``threshold``; unless ``config.fillers``,
+    contributors below it (the ``keep_top`` fillers) stay out of the contribution sets. Columns: :data:`CLUSTERS_SCHEMA`
     (one row per (feature, cluster), plus cluster -1 for the feature's noise samples) and
     :data:`CLUSTER_ASSIGNMENTS_SCHEMA` (one row per totals row).
     """
@@ -88,6 +93,8 @@ def cluster_shard(
         min_share=config.min_share,
         positive_only=config.positive_only,
         anchor_first_position=config.anchor_first_position,
+        bos_token_id=getattr(tokenizer, "bos_token_id", None),
+        significant_share=0.0 if config.fillers else attribution_threshold,
     )
     occurrences = top_occurrences(occurrences, config.top_per_sample)
     output_kinds = contributions_df["kind"].isin(["logit", "top_token"])

@@ -57,9 +57,17 @@ class ClusteringConfig:
     off by default: the source token is already a head element's context, and token identities
     split clusters by vocabulary instead of by mechanism)."""
     anchor_first_position: bool = True
-    """A head reading the context's first position (BOS: the attention sink) gets the offset
-    :data:`FIRST_POSITION` instead of ``-target``. Its offset otherwise only says where the
-    target is, so one sink head would split into an element per target position."""
+    """A head reading a BOS token at the context's first position (the attention sink) gets the
+    offset :data:`FIRST_POSITION` instead of ``-target``. Its offset otherwise only says where
+    the target is, so one sink head would split into an element per target position. Only a
+    BOS is anchored (the source token is the tokenizer's ``bos_token_id``): in a model whose
+    contexts start without BOS, position 0 holds text like any other position."""
+    fillers: bool = False
+    """Cluster on the attribution's ``keep_top`` fillers too. The attribution keeps the
+    ``keep_top`` largest contributors of every sample even below ``attribution.threshold``, so
+    that no sample is left without contributors; those fillers differ from sample to sample
+    and put samples of one mechanism at Jaccard distance >= 0.5 (one mechanism split in two).
+    False (default): a contribution set holds only contributors at or above the threshold."""
     rho: float = 0.05
     """Drop elements present in fewer than ``rho`` of the feature's samples."""
     min_count: int = 2
@@ -191,13 +199,20 @@ def contribution_occurrences(
     min_share: float = 0.0,
     positive_only: bool = False,
     anchor_first_position: bool = False,
+    bos_token_id: int | None = None,
+    significant_share: float = 0.0,
 ) -> pd.DataFrame:
     """One row per contributor occurrence: ``feature, sample, element, delta, token, value``.
 
     ``element`` is the contributor's key (see :data:`Element`); a feature element can occur at
     several positions of one sample (one row each). ``token`` is the token at the source position.
-    ``anchor_first_position``: a head element whose source ``position`` is 0 takes the offset
-    :data:`FIRST_POSITION` (the ``delta`` column keeps the true offset).
+    ``anchor_first_position``: a head element whose source ``position`` is 0 and whose source
+    token is ``bos_token_id`` takes the offset :data:`FIRST_POSITION` (the ``delta`` column keeps
+    the true offset); without a ``bos_token_id`` nothing is anchored.
+    ``significant_share``: the attribution's threshold; rows whose ``share`` is below it are the
+    ``keep_top`` fillers and are dropped (0 keeps them). ``share`` is stored as float32 and
+    compared with the threshold rounded to float32: rounding is monotone, so every row the
+    attribution found significant is kept.
     """
     for name in ("feature", "sample", "kind", "layer", "head", "source_feature", "delta", "token"):
         if name not in contributions_df.columns:
@@ -210,6 +225,11 @@ def contribution_occurrences(
         rows = contributions_df[contributions_df["kind"] == ELEMENT_KINDS[kind]]
         if min_share > 0 and "share" in rows.columns:
             rows = rows[rows["share"].to_numpy(dtype=np.float64) >= min_share]
+        if significant_share > 0:
+            if "share" not in rows.columns:
+                raise InputError("contributions table lacks column 'share'")
+            stored = rows["share"].to_numpy(dtype=np.float32)
+            rows = rows[stored >= np.float32(significant_share)]
         if positive_only:
             rows = rows[rows["value"].to_numpy(dtype=np.float64) > 0]
         if rows.empty:
@@ -225,10 +245,11 @@ def contribution_occurrences(
         elif kind == "head":
             layer, head = _int_column(rows, "layer"), _int_column(rows, "head")
             offset = delta
-            if anchor_first_position:
+            if anchor_first_position and bos_token_id is not None:
                 if "position" not in rows.columns:
                     raise InputError("contributions table lacks column 'position'")
-                offset = np.where(_int_column(rows, "position") == 0, FIRST_POSITION, delta)
+                at_bos = (_int_column(rows, "position") == 0) & (token == int(bos_token_id))
+                offset = np.where(at_bos, FIRST_POSITION, delta)
             elements = [
                 ("head", int(a), int(b), int(c))
                 for a, b, c in zip(layer, head, offset, strict=True)
@@ -296,6 +317,8 @@ def contribution_sets(
     positive_only: bool = False,
     top_per_sample: int | None = None,
     anchor_first_position: bool = False,
+    bos_token_id: int | None = None,
+    significant_share: float = 0.0,
 ) -> dict[tuple[int, int], frozenset[Element]]:
     """Per ``(feature, sample)`` of ``contributions_df``, the set of its significant contributors.
 
@@ -310,6 +333,8 @@ def contribution_sets(
         min_share=min_share,
         positive_only=positive_only,
         anchor_first_position=anchor_first_position,
+        bos_token_id=bos_token_id,
+        significant_share=significant_share,
     )
     occurrences = top_occurrences(occurrences, top_per_sample)
     sets: dict[tuple[int, int], set[Element]] = {

@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 def run_cluster_stage(
     *,
     clustering_config: Mapping[str, Any],
+    attribution_config: Mapping[str, Any],
     contributions_path: str,
     totals_path: str,
     weightlens_path: str,
@@ -22,7 +23,10 @@ def run_cluster_stage(
     clusters_path: str,
     assignments_path: str,
 ) -> None:
-    """Rule cluster: each feature's samples clustered by their circuits (contribution sets)."""
+    """Rule cluster: each feature's samples clustered by their circuits (contribution sets).
+
+    ``attribution_config`` holds the attribution's ``threshold``: contributors below it are the
+    ``keep_top`` fillers, left out of the sets unless ``clustering.fillers``."""
     import pandas as pd
     from transformers import AutoTokenizer
 
@@ -35,6 +39,7 @@ def run_cluster_stage(
         pd.read_parquet(weightlens_path),
         AutoTokenizer.from_pretrained(model_location(model_config, model_files)),
         ClusteringConfig.from_mapping(clustering_config),
+        attribution_threshold=float(attribution_config["threshold"]),
     )
     write_clusters(clusters, assignments, clusters_path, assignments_path)
     real = clusters[clusters["cluster"] >= 0]
