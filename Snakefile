@@ -36,6 +36,8 @@ include: "workflow/rules/cluster.smk"
 include: "workflow/rules/explain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/evaluate_rules.smk"
+include: "workflow/rules/delphi_rules.smk"
+include: "workflow/rules/delphi_llm.smk"
 include: "workflow/rules/summarize.smk"
 include: "workflow/rules/report.smk"
 

@@ -21,4 +21,5 @@ run_summarize_stage(
     rule_evaluation_files=list(snakemake.input.rule_evaluation),
     cluster_files=list(snakemake.input.clusters),
     explanation_files=list(snakemake.input.explanations),
+    delphi_files=list(snakemake.input.delphi_scores),
 )

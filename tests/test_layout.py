@@ -19,6 +19,7 @@ RANKS: dict[str, int] = {
     "transcoders": 1,
     "llm": 1,
     "data": 1,
+    "interop": 1,
     "weightlens": 2,
     "circuitlens": 2,
     "explain": 2,

@@ -82,6 +82,7 @@ class FakeOpenAIServer:
                     fake.call_times.append(time.monotonic())
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                counted = True
                 try:
                     outcome = fake.handler(body, number)
                     if outcome is None:  # the server dies: no answer, connection dropped
@@ -89,6 +90,11 @@ class FakeOpenAIServer:
                         return
                     status, content, delay = outcome
                     time.sleep(delay)
+                    # Done before the answer leaves: a client that sends its next request as
+                    # soon as it has this answer must not find this one still counted.
+                    with fake._lock:
+                        fake.in_flight -= 1
+                        counted = False
                     if status != 200:
                         self._send(status, {"error": {"message": content}})
                         return
@@ -105,8 +111,9 @@ class FakeOpenAIServer:
                         },
                     )
                 finally:
-                    with fake._lock:
-                        fake.in_flight -= 1
+                    if counted:
+                        with fake._lock:
+                            fake.in_flight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
         self.httpd.daemon_threads = True

@@ -54,6 +54,8 @@ BENCHMARKS: list[tuple[str, float, float | None]] = [
     (f"{MODEL}/layer3/evaluate/cl_full/{SHARD}.tsv", 9.0, 1100.0),
     (f"{MODEL}/layer8/evaluate/maxact/{SHARD}.tsv", 11.0, 1050.0),
     (f"{MODEL}/layer3/evaluate_rules/{SHARD}.tsv", 25.0, 1400.0),
+    (f"{MODEL}/layer3/delphi_rules/{SHARD}.tsv", 2.0, 300.0),
+    (f"{MODEL}/layer3/delphi_llm/{SHARD}.tsv", 6.0, 350.0),
     (f"{MODEL}/layer8/twera/{SHARD}.tsv", 3.0, 800.0),
 ]
 

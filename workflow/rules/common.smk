@@ -10,6 +10,7 @@ from circuit_insights.data.shards import SHARD_NAME_REGEX, make_shards  # noqa: 
 from circuit_insights.pipeline import paths  # noqa: E402
 from circuit_insights.pipeline import params as rule_params  # noqa: E402
 from circuit_insights.pipeline.params import (  # noqa: E402
+    DELPHI_RULE_KEYS,
     EVALUATE_KEYS,
     EVALUATE_RULES_KEYS,
     EXPLAIN_KEYS,
@@ -255,6 +256,26 @@ def rule_evaluation_files(wildcards):
     ]
 
 
+def delphi_raters():
+    """The raters of the delphi scores: rule (rules.variants given), llm (scores.variants, or
+    evaluate.variants when null, non-empty)."""
+    raters = ["rule"] if config["rules"]["variants"] else []
+    variants = config["scores"]["variants"]
+    if variants is None:
+        variants = config["evaluate"]["variants"]
+    return raters + (["llm"] if variants else [])
+
+
+def delphi_score_files(wildcards):
+    """Every delphi-scores file of {model}: raters x layers x shards."""
+    return [
+        paths.delphi_scores_file(RESULTS, wildcards.model, layer, rater, name)
+        for rater in delphi_raters()
+        for layer in model_config(wildcards)["layers"]
+        for name in shard_names(wildcards.model)
+    ]
+
+
 def explanation_files(wildcards):
     """Every explanations table of {model}: layers x shards (the summary counts LLM requests)."""
     return [
@@ -309,6 +330,10 @@ def report_files(wildcards):
                     files.append(
                         paths.rule_evaluation_file(RESULTS, model, layer, name)
                     )
+                files += [
+                    paths.delphi_scores_file(RESULTS, model, layer, rater, name)
+                    for rater in delphi_raters()
+                ]
                 if layer in twera_layers(model):
                     files.append(
                         paths.layer_artifact(RESULTS, model, layer, "twera", name)
@@ -369,6 +394,10 @@ def all_targets():
                     targets.append(
                         paths.rule_evaluation_file(RESULTS, model, layer, name)
                     )
+                targets += [
+                    paths.delphi_scores_file(RESULTS, model, layer, rater, name)
+                    for rater in delphi_raters()
+                ]
                 if layer in twera_layers(model):
                     targets.append(
                         paths.layer_artifact(RESULTS, model, layer, "twera", name)

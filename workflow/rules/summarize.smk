@@ -7,6 +7,7 @@ rule summarize:
         evaluation=evaluation_files,
         weightlens=weightlens_files,
         rule_evaluation=rule_evaluation_files,
+        delphi_scores=delphi_score_files,
         clusters=cluster_files,
         explanations=explanation_files,
     output:

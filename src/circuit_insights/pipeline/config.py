@@ -209,9 +209,10 @@ def _check_variants(config: Mapping[str, Any]) -> None:
         ("explain.variants", VARIANTS),
         ("evaluate.variants", VARIANTS),
         ("rules.variants", EXECUTABLE_VARIANTS),
+        ("scores.variants", VARIANTS),
     ):
         section, name = key.split(".")
-        unknown = [v for v in config[section][name] if v not in known]
+        unknown = [v for v in config[section][name] or () if v not in known]
         if unknown:
             raise InputError(
                 f"config key {key!r}: {unknown[0]!r} is not a variant (choose from "
@@ -235,12 +236,15 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
             raise InputError(
                 f"config key 'models.{name}': model names may hold letters, digits, -_."
             )
-    missing = sorted(set(config["evaluate"]["variants"]) - set(config["explain"]["variants"]))
-    if missing:
-        raise InputError(
-            f"config key 'evaluate.variants': {missing} are not in explain.variants, "
-            "so they have no descriptions to score"
-        )
+    for key in ("evaluate.variants", "scores.variants"):
+        section, name = key.split(".")
+        scored = config[section].get(name) or ()
+        missing = sorted(set(scored) - set(config["explain"]["variants"]))
+        if missing:
+            raise InputError(
+                f"config key {key!r}: {missing} are not in explain.variants, "
+                "so they have no descriptions to score"
+            )
     llm = config["llm"]
     if not llm["url"]:
         from circuit_insights.pipeline.paths import EMBEDDED_LLMS, EMBEDDED_PREFIX, is_embedded

@@ -42,6 +42,21 @@ EVALUATE_KEYS = ("features_per_shard", "preset", "seed", "top_selection", "varia
 EVALUATE_RULES_KEYS = ("preset", "seed", "top_selection")
 """Keys of ``evaluate`` that the rule rater reads (its sample selection is FADE's)."""
 
+DELPHI_RULE_KEYS = (
+    "batch_size",
+    "example_length",
+    "fuzz_threshold",
+    "fuzz_type",
+    "n_non_activating",
+    "n_per_quantile",
+    "n_quantiles",
+    "non_activating_with_replacement",
+    "scorers",
+)
+"""Keys of ``scores`` that the exact rule scores read: the drawing of the examples and the
+scores, not what only the LLM's requests use (``structured_output``, ``max_tokens``,
+``simulation_max_tokens``) nor which descriptions the LLM rates."""
+
 LLM_MODEL_KEYS = ("model", "served_model_name", "url")
 """Keys of ``llm`` naming the model that answers: params of every job that asks the LLM."""
 

@@ -87,6 +87,12 @@ def rule_evaluation_file(results: str, model: str, layer: int | str, shard: str)
     return f"{results}/{model}/layer{layer}/evaluation-rules/{shard}.parquet"
 
 
+def delphi_scores_file(results: str, model: str, layer: int | str, rater: str, shard: str) -> str:
+    """Detection, fuzzing and simulation of one shard (rules delphi_rules / delphi_llm), by
+    ``rater`` ``rule`` (every executable rule, exactly) or ``llm`` (the compared descriptions)."""
+    return f"{results}/{model}/layer{layer}/delphi-{rater}/{shard}.parquet"
+
+
 def summary_file(results: str, model: str, name: str) -> str:
     """One of a model's summary outputs, e.g. ``results/m/summary/summary.parquet``."""
     return f"{results}/{model}/summary/{name}"

@@ -167,8 +167,8 @@ def _plan_from_inputs(
     inputs: ModelInputs, slug: str, *, tokenizer: object | None, max_features: int | None
 ) -> ModelPlan:
     """Read the WeightLens, evaluation and explanation tables whole (the summary covers every
-    feature), choose the features with a page, then read clusters, samples, contributions and
-    TWERA of those features only."""
+    feature), choose the features with a page, then read clusters, samples, contributions,
+    TWERA and delphi scores of those features only."""
     frames = load_model_frames(
         inputs,
         tables=("weightlens", "evaluation", "explanations", "rule_evaluation"),
@@ -185,6 +185,7 @@ def _plan_from_inputs(
         inputs, "contributions", features=chosen, columns=CONTRIBUTION_COLUMNS
     )
     frames.twera = read_table(inputs, "twera", features=chosen)
+    frames.delphi = read_table(inputs, "delphi", features=chosen)
     return ModelPlan(
         frames=frames,
         slug=slug,

@@ -32,7 +32,8 @@ __all__ = [
 ]
 
 #: The tables the report reads, by the name it gives them: WeightLens, FADE evaluation,
-#: rule-rated evaluation, explanations, clusters, samples, attribution contributions, TWERA.
+#: rule-rated evaluation, explanations, clusters, samples, attribution contributions, TWERA,
+#: delphi scores (both raters).
 TABLES: tuple[str, ...] = (
     "weightlens",
     "evaluation",
@@ -42,6 +43,7 @@ TABLES: tuple[str, ...] = (
     "samples",
     "contributions",
     "twera",
+    "delphi",
 )
 
 #: Tables keyed by other columns than ``layer`` / ``feature``: renamed to those on reading
@@ -118,6 +120,8 @@ class ModelFrames:
     twera: pd.DataFrame | None = None
     """Optional TWERA ranking of upstream connections (``WEIGHTLENS_TWERA_SCHEMA`` with
     ``target_layer`` / ``target_feature`` renamed ``layer`` / ``feature``)."""
+    delphi: pd.DataFrame | None = None
+    """Detection, fuzzing and simulation rows (``DELPHI_SCORES_SCHEMA``) of both raters."""
 
 
 def read_table(

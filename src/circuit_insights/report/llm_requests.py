@@ -23,11 +23,15 @@ _ASKED = ("ok", "empty", "unparseable", "error")
 
 
 def llm_request_counts(
-    explanations: pd.DataFrame | None, evaluations: pd.DataFrame | None
+    explanations: pd.DataFrame | None,
+    evaluations: pd.DataFrame | None,
+    delphi_scores: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per (stage, layer): ``explain`` from the explanation rows of the LLM variants
     (a row per request), ``evaluate`` from the LLM-rated FADE rows (``llm_calls``,
-    ``llm_error_calls``, and the unusable rest of ``llm_failed_calls``)."""
+    ``llm_error_calls``, and the unusable rest of ``llm_failed_calls``), ``delphi`` from the
+    LLM-rated delphi scores rows of the ``all`` group (the usage of a (feature, variant, score)
+    repeats on its per-quantile rows)."""
     rows = []
     if explanations is not None and len(explanations):
         asked = explanations[
@@ -55,6 +59,23 @@ def llm_request_counts(
             rows.append(
                 {
                     "stage": "evaluate",
+                    "layer": int(layer),
+                    "requests": int(part["llm_calls"].sum()),
+                    "failed": int(errors.sum()),
+                    "unusable": int((part["llm_failed_calls"] - errors).sum()),
+                }
+            )
+    if (
+        delphi_scores is not None
+        and len(delphi_scores)
+        and {"llm_calls", "llm_failed_calls", "group", "rater"} <= set(delphi_scores.columns)
+    ):
+        rated = delphi_scores[(delphi_scores["rater"] == "llm") & (delphi_scores["group"] == "all")]
+        for layer, part in rated.groupby("layer"):
+            errors = part["llm_error_calls"] if "llm_error_calls" in part else 0 * part["llm_calls"]
+            rows.append(
+                {
+                    "stage": "delphi",
                     "layer": int(layer),
                     "requests": int(part["llm_calls"].sum()),
                     "failed": int(errors.sum()),

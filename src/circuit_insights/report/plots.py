@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from circuit_insights.core.io import atomic_path
+from circuit_insights.report.delphi_table import DELPHI_HEADLINE, RATERS
 from circuit_insights.report.paper import RULE_METHODS, RULE_METRICS, order_variants
 from circuit_insights.report.scores import order_metrics
 from circuit_insights.report.stats import MIN_FEATURES_FOR_CI
@@ -161,6 +162,52 @@ def plot_rule_comparison(table: pd.DataFrame, path: str | os.PathLike[str]) -> P
             axes.set_xlabel("layer")
             axes.set_title(f"{metric} · {classification.replace('_', '-')}", fontsize=9)
             axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png")
+    return out
+
+
+def plot_delphi_scores(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """One PNG: a panel per (rater, score), the headline figure's mean by layer of each variant
+    with its CI (``DELPHI_TABLE_SCHEMA`` rows); cells with fewer than
+    :data:`MIN_FEATURES_FOR_CI` features are drawn without a CI."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    raters = [r for r in RATERS if r in set(table["rater"])] or ["rule"]
+    scores = [s for s in DELPHI_HEADLINE if s in set(table["score"])] or list(DELPHI_HEADLINE)
+    figure = Figure(figsize=(3.6 * len(scores), 3.2 * len(raters)), dpi=100)
+    FigureCanvasAgg(figure)
+    for row, rater in enumerate(raters):
+        for col, score in enumerate(scores):
+            axes = figure.add_subplot(len(raters), len(scores), row * len(scores) + col + 1)
+            cells = table[
+                (table["rater"] == rater)
+                & (table["score"] == score)
+                & (table["figure"] == DELPHI_HEADLINE[score])
+                & (table["n"] > 0)
+            ]
+            variants = list(dict.fromkeys(cells["variant"]))
+            width = 0.6 / max(1, len(variants))
+            for i, variant in enumerate(variants):
+                part = cells[cells["variant"] == variant].sort_values("layer")
+                x = part["layer"].to_numpy(float) + (i - (len(variants) - 1) / 2) * width
+                mean = part["mean"].to_numpy(float)
+                low = np.nan_to_num(np.clip(mean - part["ci_low"].to_numpy(float), 0, None))
+                high = np.nan_to_num(np.clip(part["ci_high"].to_numpy(float) - mean, 0, None))
+                axes.errorbar(
+                    x, mean, yerr=np.vstack([low, high]), marker="o", capsize=3, label=variant
+                )
+            chance = 0.0 if score == "simulation" else 0.5
+            axes.axhline(chance, color="grey", linewidth=0.8, linestyle=":")
+            if variants and col == 0:
+                axes.legend(fontsize=7, loc="best")
+            axes.set_ylim(-1.05 if score == "simulation" else -0.02, 1.05)
+            axes.set_title(f"{score}, {DELPHI_HEADLINE[score].replace('_', ' ')} ({rater})")
+            axes.set_xlabel("layer")
     figure.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

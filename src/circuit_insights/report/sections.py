@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from circuit_insights.core.tokens import TokenDisplay
+from circuit_insights.report.delphi_table import DELPHI_HEADLINE, RATERS
 from circuit_insights.report.paper import (
     FADE_METRICS,
     LLM_FREE_VARIANT,
@@ -185,6 +186,35 @@ def rule_score_rows(rows: pd.DataFrame | None) -> list[dict[str, Any]]:
                 ],
             }
         )
+    return out
+
+
+def delphi_score_rows(rows: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """The feature's delphi scores (``group`` all): one row per (rater, variant), exact rule
+    scores first, each score's headline figure (detection and fuzzing balanced accuracy,
+    simulation correlation) with its reason when missing."""
+    if rows is None or rows.empty or "group" not in rows.columns:
+        return []
+    rows = rows[rows["group"] == "all"]
+    out = []
+    raters = {name: i for i, name in enumerate(RATERS)}
+    keys = sorted(
+        {(str(r), str(v)) for r, v in zip(rows["rater"], rows["variant"], strict=True)},
+        key=lambda k: (raters.get(k[0], len(raters)), k[1]),
+    )
+    for rater, variant in keys:
+        part = rows[(rows["rater"] == rater) & (rows["variant"] == variant)]
+        cells = []
+        for score, figure in DELPHI_HEADLINE.items():
+            row = part[part["score"] == score]
+            record = row.iloc[0].to_dict() if len(row) else {}
+            cells.append(
+                {
+                    "value": as_float(record.get(figure)),
+                    "reason": text(record.get("reason")) if record else "not scored",
+                }
+            )
+        out.append({"rater": rater, "variant": variant, "cells": cells})
     return out
 
 

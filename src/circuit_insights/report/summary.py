@@ -27,9 +27,16 @@ from circuit_insights.data.schemas import (
     TOKEN_SHARES_SCHEMA,
 )
 from circuit_insights.report import claims
+from circuit_insights.report.delphi_table import (
+    DELPHI_NOTE,
+    DELPHI_TABLE_SCHEMA,
+    delphi_table,
+    delphi_table_markdown,
+    delphi_table_views,
+)
 from circuit_insights.report.llm_requests import llm_request_counts, llm_requests_markdown
 from circuit_insights.report.paper import PAPER_CLUSTERS_PER_FEATURE
-from circuit_insights.report.plots import plot_metrics, plot_rule_comparison
+from circuit_insights.report.plots import plot_delphi_scores, plot_metrics, plot_rule_comparison
 from circuit_insights.report.render import write_page
 from circuit_insights.report.rule_comparison import RULE_NOTE, rule_comparison_table
 from circuit_insights.report.scores import concat_frames, summarize_model
@@ -71,6 +78,7 @@ def write_summary(
     rule_evaluation_frames: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
     clusters_frames: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
     explanation_frames: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
+    delphi_frames: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
 ) -> dict[str, Path]:
     """Write the summary of one model into ``out_dir``, every file atomically.
 
@@ -85,8 +93,10 @@ def write_summary(
     (``clusters_frames``): ``cluster_coverage.parquet`` / ``.md`` (clusters per feature and
     noise share per layer); with explanation tables (``explanation_frames``) or LLM-rated
     evaluations: ``llm_requests.parquet`` / ``.md`` (requests, failed and unusable per stage and
-    layer, :mod:`circuit_insights.report.llm_requests`). Returns name -> path (``plot_<metric>``
-    for plots).
+    layer, :mod:`circuit_insights.report.llm_requests`); with delphi scores (``delphi_frames``,
+    :mod:`circuit_insights.evaluation.delphi`): ``delphi_table.parquet`` / ``.md`` / ``.html``
+    (:mod:`circuit_insights.report.delphi_table`) and ``delphi_scores.parquet`` (every row of
+    the scores files). Returns name -> path (``plot_<metric>`` for plots).
     """
     out = Path(out_dir)
     evaluation = concat_frames(evaluation_frames, "evaluation frames")
@@ -187,8 +197,34 @@ def write_summary(
             f"# {claims_title}, rule-rated\n\n{claims.CLAIMS_NOTE}\n\n"
             + claims.claims_markdown(checks),
         )
+    delphi = concat_frames(delphi_frames, "delphi scores frames")
+    if len(delphi):
+        written["delphi_scores"] = out / "delphi_scores.parquet"
+        write_parquet_atomic(delphi, written["delphi_scores"])
+        scored = delphi_table(delphi, model=model, n_boot=n_boot, seed=seed)
+        written["delphi_table"] = out / "delphi_table.parquet"
+        write_parquet_atomic(scored, written["delphi_table"], schema=DELPHI_TABLE_SCHEMA)
+        delphi_title = (
+            f"Detection, fuzzing and simulation of {model}"
+            if model
+            else "Detection, fuzzing and simulation"
+        )
+        written["delphi_table_md"] = _write_text(
+            out / "delphi_table.md",
+            f"# {delphi_title}\n\n{DELPHI_NOTE}\n\n" + delphi_table_markdown(scored),
+        )
+        written["delphi_table_html"] = write_page(
+            out / "delphi_table.html",
+            "summary_rule_comparison.html",
+            {"title": delphi_title, "note": DELPHI_NOTE, "grids": delphi_table_views(scored)},
+        )
+        written["plot_delphi_scores"] = plot_delphi_scores(
+            scored, out / "plots" / "delphi_scores.png"
+        )
     explanations = concat_frames(explanation_frames, "explanation frames")
-    requests = llm_request_counts(explanations if len(explanations) else None, evaluation)
+    requests = llm_request_counts(
+        explanations if len(explanations) else None, evaluation, delphi if len(delphi) else None
+    )
     if len(requests):
         written["llm_requests"] = out / "llm_requests.parquet"
         write_parquet_atomic(requests, written["llm_requests"])

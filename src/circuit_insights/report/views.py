@@ -37,6 +37,7 @@ from circuit_insights.report.scores import METRICS
 from circuit_insights.report.sections import (
     FeatureScores,
     compact_scores,
+    delphi_score_rows,
     description_view,
     rule_score_rows,
     score_rows,
@@ -183,6 +184,7 @@ def model_view(plan: ModelPlan, summary: pd.DataFrame) -> ModelView:
             "contributions": grouped(frames.contributions, "feature_layer", keep=page_exists),
             "twera": grouped(frames.twera, keep=page_exists),
             "rule_evaluation": grouped(frames.rule_evaluation, keep=page_exists),
+            "delphi": grouped(frames.delphi, keep=page_exists),
         },
         scores=scores_by_feature(summary),
         variants=model_variants(frames),
@@ -266,6 +268,7 @@ def feature_page(
         "descriptions": descriptions,
         "score_rows": score_rows(view.scores.get(key, {}), view.variants, evaluation),
         "rule_score_rows": rule_score_rows(tables["rule_evaluation"].get(key)),
+        "delphi_rows": delphi_score_rows(tables["delphi"].get(key)),
         "rule_metrics": list(RULE_METRICS),
         "metrics": list(METRICS),
         "clusters": clusters,

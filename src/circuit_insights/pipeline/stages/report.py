@@ -25,6 +25,8 @@ REPORT_TABLES: dict[str, str] = {
     "samples": "samples",
     "contributions": "contributions",
     "twera": "twera",
+    "delphi-rule": "delphi",
+    "delphi-llm": "delphi",
 }
 _LAYER_DIR = re.compile(r"^layer(\d+)$")
 

@@ -19,6 +19,7 @@ def run_summarize_stage(
     rule_evaluation_files: Sequence[str] = (),
     cluster_files: Sequence[str] = (),
     explanation_files: Sequence[str] = (),
+    delphi_files: Sequence[str] = (),
 ) -> None:
     """Rule summarize: per-model summary parquet, tables in the paper's form, plots."""
     import pandas as pd
@@ -35,5 +36,6 @@ def run_summarize_stage(
         rule_evaluation_frames=[pd.read_parquet(path) for path in rule_evaluation_files],
         clusters_frames=[pd.read_parquet(path) for path in cluster_files],
         explanation_frames=[pd.read_parquet(path) for path in explanation_files],
+        delphi_frames=[pd.read_parquet(path) for path in delphi_files],
     )
     log.info("summary of %s: %s", model_name, ", ".join(sorted(written)))
