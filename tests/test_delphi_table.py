@@ -141,3 +141,28 @@ def test_write_summary_writes_the_delphi_table_and_plot(tmp_path):
     assert set(table["rater"]) == {"rule"}
     assert "maxact_rule" in written["delphi_table_md"].read_text()
     assert written["plot_delphi_scores"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_claims_are_also_checked_on_the_exact_delphi_scores():
+    """cl_rule beats maxact_rule on detection by 0.2 on every context-dependent feature."""
+    from circuit_insights.report.claims import claim_checks
+
+    features = range(6)
+    cl = score_rows("rule", "cl_rule", 3, [0.8] * 6, [0.5] * 6)
+    maxact = score_rows("rule", "maxact_rule", 3, [0.6] * 6, [0.5] * 6)
+    weightlens = pd.DataFrame({"layer": 3, "feature": list(features), "is_token_based": False})
+    fade = pd.DataFrame(
+        {"layer": 3, "feature": 0, "variant": ["cl_rule"], "rater": "rule", "clarity": 0.5}
+    )
+    checks = claim_checks(fade, weightlens, n_boot=100, delphi_scores=pd.concat([cl, maxact]))
+    row = checks[
+        (checks.metric == "detection") & (checks.method == "cl_rule") & (checks.layer == "all")
+    ].iloc[0]
+    assert row["n"] == 6 and row["mean_difference"] == pytest.approx(0.2)
+    assert row["verdict"] == "cl_rule higher"
+    sim = checks[
+        (checks.metric == "simulation") & (checks.method == "cl_rule") & (checks.layer == "all")
+    ].iloc[0]
+    assert sim["mean_difference"] == pytest.approx(0.0)
+    without = claim_checks(fade, weightlens, n_boot=100)
+    assert "detection" not in set(without["metric"])

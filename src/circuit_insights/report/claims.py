@@ -13,7 +13,9 @@ The claims (the paper's, restated for the executable explanations of ``docs/rule
 - WeightLens explains token-based features at least as clearly as MaxAct:
   ``weightlens_rule`` - ``maxact_rule`` on Clarity, token-based features.
 - CircuitLens helps on context-dependent features: ``wl_cl_rule`` - ``weightlens_rule`` and
-  ``cl_rule`` - ``maxact_rule`` on Clarity, Responsiveness and Purity, context-dependent features.
+  ``cl_rule`` - ``maxact_rule`` on Clarity, Responsiveness and Purity, context-dependent features,
+  and on the exact delphi scores of the rules (detection and fuzzing balanced accuracy,
+  simulation correlation; :mod:`circuit_insights.report.delphi_table`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from circuit_insights.report.delphi_table import feature_delphi_scores
 from circuit_insights.report.paper import CLAIMS, Claim
 from circuit_insights.report.rule_comparison import classification_of
 from circuit_insights.report.scores import concat_frames, require_columns
@@ -81,11 +84,20 @@ def claim_checks(
     claims: Sequence[Claim] = CLAIMS,
     n_boot: int = 1000,
     seed: int = 0,
+    delphi_scores: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Per claim, metric and layer (and ``all`` layers): the paired mean difference with its
     bootstrap CI and the verdict (:data:`CLAIM_COLUMNS`). Only ``rater`` = ``rule`` rows count;
-    features are classed by WeightLens's ``is_token_based``."""
+    features are classed by WeightLens's ``is_token_based``. ``delphi_scores``: the delphi
+    scores rows; their rule-rated headline figures are the metrics ``detection``, ``fuzzing``
+    and ``simulation``."""
     frame = concat_frames(rule_evaluation, "rule evaluation frames")
+    delphi = feature_delphi_scores(delphi_scores)
+    if len(delphi):
+        frame = concat_frames(
+            [frame, delphi[delphi["rater"] == "rule"].drop(columns="reasons")],
+            "rule evaluation frames",
+        )
     wl = concat_frames(weightlens, "WeightLens frames")
     if len(frame) == 0:
         return pd.DataFrame(columns=CLAIM_COLUMNS)
@@ -96,6 +108,8 @@ def claim_checks(
     for claim in claims:
         part = frame[frame["classification"] == claim.classification]
         for metric in claim.metrics:
+            if metric not in part.columns:  # no delphi scores in this run
+                continue
             pairs = paired_differences(part, metric, claim.method, claim.baseline)
             groups = [(str(int(layer)), cell) for layer, cell in pairs.groupby("layer")]
             groups.append((ALL_LAYERS, pairs))

@@ -106,6 +106,7 @@ def write_summary(
         by_rule = evaluation["rater"].astype(str) == "rule"
         rule_rated = concat_frames([rule_rated, evaluation[by_rule]], "rule evaluation frames")
         evaluation = evaluation[~by_rule]
+    delphi = concat_frames(delphi_frames, "delphi scores frames")
     summary = summarize_model(evaluation, weightlens, model=model)
     stats = metric_table(summary, n_boot=n_boot, seed=seed)
     missing = missing_table(summary)
@@ -188,7 +189,13 @@ def write_summary(
         written["plot_rule_comparison"] = plot_rule_comparison(
             comparison, out / "plots" / "rule_comparison.png"
         )
-        checks = claims.claim_checks(rule_rated, weightlens, n_boot=n_boot, seed=seed)
+        checks = claims.claim_checks(
+            rule_rated,
+            weightlens,
+            n_boot=n_boot,
+            seed=seed,
+            delphi_scores=delphi if len(delphi) else None,
+        )
         written["paper_claims"] = out / "paper_claims.parquet"
         write_parquet_atomic(checks, written["paper_claims"])
         claims_title = f"The paper's claims on {model}" if model else "The paper's claims"
@@ -197,7 +204,6 @@ def write_summary(
             f"# {claims_title}, rule-rated\n\n{claims.CLAIMS_NOTE}\n\n"
             + claims.claims_markdown(checks),
         )
-    delphi = concat_frames(delphi_frames, "delphi scores frames")
     if len(delphi):
         written["delphi_scores"] = out / "delphi_scores.parquet"
         write_parquet_atomic(delphi, written["delphi_scores"])
