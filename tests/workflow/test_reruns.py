@@ -392,6 +392,8 @@ def test_a_weightlens_threshold_reruns_only_weightlens_and_what_follows(touched,
         "explain",
         "evaluate",
         "evaluate_rules",
+        "delphi_rules",
+        "delphi_llm",
         "summarize",
         "report",
     }
@@ -404,7 +406,8 @@ def test_an_explain_prompt_key_reruns_only_explain_and_what_follows(touched, tmp
         config["explain"]["prompt"] = {"n_maxact": 3}
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
-    assert rules == {"explain", "evaluate", "evaluate_rules", "summarize", "report"}, rules
+    scorers = {"evaluate", "evaluate_rules", "delphi_rules", "delphi_llm"}  # all read explanations
+    assert rules == {"explain", *scorers, "summarize", "report"}, rules
 
 
 def test_an_evaluate_key_reruns_only_evaluate_summary_and_report(touched, tmp_path):
@@ -412,7 +415,8 @@ def test_an_evaluate_key_reruns_only_evaluate_summary_and_report(touched, tmp_pa
         config["evaluate"]["features_per_shard"] = 2
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
-    assert rules == {"evaluate", "summarize", "report"}, rules
+    # delphi_llm rates the same drawn features as evaluate; the exact delphi scores cover all
+    assert rules == {"evaluate", "delphi_llm", "summarize", "report"}, rules
 
 
 def test_the_shared_evaluate_seed_reruns_both_raters_and_nothing_before(touched, tmp_path):
@@ -420,7 +424,8 @@ def test_the_shared_evaluate_seed_reruns_both_raters_and_nothing_before(touched,
         config["evaluate"]["seed"] = 1
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
-    assert rules == {"evaluate", "evaluate_rules", "summarize", "report"}, rules
+    raters = {"evaluate", "evaluate_rules", "delphi_rules", "delphi_llm"}  # the seed draws examples
+    assert rules == {*raters, "summarize", "report"}, rules
 
 
 def test_a_rule_rater_key_reruns_only_the_rule_rater_summary_and_report(touched, tmp_path):
@@ -429,6 +434,22 @@ def test_a_rule_rater_key_reruns_only_the_rule_rater_summary_and_report(touched,
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
     assert rules == {"evaluate_rules", "summarize", "report"}, rules
+
+
+def test_a_delphi_example_key_reruns_both_delphi_scorers_and_nothing_else(touched, tmp_path):
+    def edit(config):
+        config["scores"]["n_non_activating"] = 4
+
+    rules = dry_run_rules(touched, edited(tmp_path, edit))
+    assert rules == {"delphi_rules", "delphi_llm", "summarize", "report"}, rules
+
+
+def test_a_delphi_llm_only_key_reruns_only_the_llm_rated_scores(touched, tmp_path):
+    def edit(config):
+        config["scores"]["max_tokens"] = 17  # the LLM's answers only; the rules never see it
+
+    rules = dry_run_rules(touched, edited(tmp_path, edit))
+    assert rules == {"delphi_llm", "summarize", "report"}, rules
 
 
 def test_server_and_resource_keys_rerun_nothing(touched, tmp_path):
@@ -453,7 +474,8 @@ def test_an_llm_answer_key_reruns_the_explanations_and_what_follows(touched, tmp
         config["llm"] = {"max_tokens": 123}
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
-    assert rules == {"explain", "evaluate", "evaluate_rules", "summarize", "report"}, rules
+    scorers = {"evaluate", "evaluate_rules", "delphi_rules", "delphi_llm"}
+    assert rules == {"explain", *scorers, "summarize", "report"}, rules
 
 
 def test_the_same_config_with_keys_reordered_reruns_nothing(touched, tmp_path):

@@ -28,7 +28,7 @@ rule delphi_rules:
         runtime=30,
     params:
         model=tokenizer_params,
-        rules=config_section("rules"),
+        rules=config_section("rules", ["variants"]),  # which rule variants it scores
         scores=config_section("scores", DELPHI_RULE_KEYS),
         evaluate=config_section("evaluate", ["seed"]),
     script:
