@@ -16,28 +16,43 @@ same forward pass, the transcoder's encoder and the sparse shard writer; their r
     python benchmarks/bench_cache.py --model tiny-llama     # a tiny random model (seconds)
     python benchmarks/bench_cache.py --device cuda --density 0.02
     python benchmarks/bench_cache.py --writer-only          # the sparse writer alone, one thread
+    python benchmarks/bench_cache.py --all-layers --layers 3,8,13       # one forward, all layers
+    python benchmarks/bench_cache.py --all-layers --model random:gemma-2-2b --narrow 256 \
+        --features 2048 --density 0.006                     # 26 layers, Gemma-2-2B narrowed
 
 ``--writer-only`` times :class:`ActivationCacheWriter` alone on random (contexts, positions,
 features) batches whose entries fire independently with probability ``--density`` (the measured
 density is printed), against a floor measured in the same run on the same batches: the
 non-zeros found, sorted by feature and written raw with numpy (``np.flatnonzero``,
 ``np.argsort``, ``ndarray.tofile``), with no statistics, maxima or parquet.
+
+``--all-layers`` times what a cache job of the workflow does, caching every layer of ``--layers``
+(default: the embedded default's 3, 8, 13, or every layer of a ``random:`` shape) from one forward
+pass (``cache_layers``, raw statistics as rule cache writes them), against (a) one bare forward
+pass to the deepest layer's MLP input and (b) the same forward with every layer's encoder but no
+writer, in the same process, interleaved. Each layer's transcoder is calibrated as above on that
+layer's own inputs. ``--narrow D`` builds a ``random:`` shape with residual width D (MLP 4D,
+head_dim D / heads, the same layer count and architecture) so that 26 layers of Gemma-2-2B run on
+a CPU; keep ``--features`` about as many times D as the real transcoders are (16,384 / 2,304 = 7)
+so that encoding weighs what it does at full size.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from circuit_insights.data.cache import ARTIFACTS, ActivationCacheWriter
-from circuit_insights.data.cache_split import cache_split
+from circuit_insights.data.cache_split import cache_layers, cache_split
 from circuit_insights.data.shards import make_shards
 from circuit_insights.models.shapes import benchmark_model
 from circuit_insights.models.subject import SubjectModel
@@ -46,7 +61,11 @@ from circuit_insights.transcoders.base import Transcoder
 EMBEDDED = Path(__file__).resolve().parents[1] / "resources/models/gemma-3-270m"
 
 
-def load_model(name: str, device: str, dtype: torch.dtype = torch.float32) -> SubjectModel:
+def load_model(
+    name: str, device: str, dtype: torch.dtype = torch.float32, narrow: int | None = None
+) -> SubjectModel:
+    if narrow is not None:
+        return narrowed_shape_model(name, narrow, device=device, dtype=dtype)
     if name.startswith("tiny-"):
         from circuit_insights.models.tiny import tiny_subject_model
 
@@ -54,6 +73,37 @@ def load_model(name: str, device: str, dtype: torch.dtype = torch.float32) -> Su
         model.hf_model.to(device)
         return model
     return benchmark_model(name, device=device, dtype=dtype)
+
+
+def narrowed_shape_model(
+    spec: str, d_model: int, *, device: str, dtype: torch.dtype, vocab_size: int = 32768
+) -> SubjectModel:
+    """A published shape (``random:NAME``) with residual width ``d_model``, MLP width 4 x that,
+    the same heads (head_dim = d_model / heads), layers and architecture, and ``vocab_size``
+    token ids; random weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from circuit_insights.models.shapes import PUBLISHED_SHAPES
+
+    if not spec.startswith("random:"):
+        raise SystemExit(f"--narrow needs a random:NAME model, not {spec!r}")
+    fields = dict(PUBLISHED_SHAPES[spec.removeprefix("random:")])
+    heads_key = "num_attention_heads" if "num_attention_heads" in fields else "n_head"
+    width_key = "hidden_size" if "hidden_size" in fields else "n_embd"
+    head_dim = d_model // fields[heads_key]
+    fields[width_key] = d_model
+    fields["vocab_size"] = vocab_size
+    if "intermediate_size" in fields:
+        fields["intermediate_size"] = 4 * d_model
+    if "head_dim" in fields:
+        fields["head_dim"] = head_dim
+    if "query_pre_attn_scalar" in fields:
+        fields["query_pre_attn_scalar"] = head_dim
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    torch.manual_seed(0)
+    with torch.device(device):
+        hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return SubjectModel(hf_model.eval(), None, name=f"{spec}-narrow{d_model}")
 
 
 def corpus_tokens(model: SubjectModel, n_contexts: int, context_length: int) -> np.ndarray:
@@ -230,6 +280,155 @@ def writer_only(args: argparse.Namespace) -> None:
     )
 
 
+def all_layer_inputs(
+    model: SubjectModel, tokens: np.ndarray, layers: list[int], batch_size: int
+) -> dict[int, torch.Tensor]:
+    """Each layer's MLP input at non-BOS positions, from one forward per batch:
+    {layer: (n_positions, d_model)} float32 on the CPU."""
+    first = 1 if model.bos_token_id is not None else 0
+    rows: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for start in range(0, len(tokens), batch_size):
+        ids = torch.from_numpy(tokens[start : start + batch_size]).to(model.device)
+        values = model.hook_values(ids, {layer: ["mlp_in"] for layer in layers})
+        for layer in layers:
+            x = values[(layer, "mlp_in")]  # (batch, pos, d_model)
+            rows[layer].append(x[:, first:].reshape(-1, x.shape[-1]).float().cpu())
+    return {layer: torch.cat(parts) for layer, parts in rows.items()}
+
+
+def forward_and_encode(
+    model: SubjectModel, transcoders: dict[int, Transcoder], tokens: np.ndarray, batch_size: int
+) -> float:
+    """Seconds of the caching forward (every layer's input read, one pass) and every layer's
+    encoder, without the writer."""
+    requests = {layer: [transcoder.input_hook] for layer, transcoder in transcoders.items()}
+    synchronize(model)
+    started = time.perf_counter()
+    for start in range(0, len(tokens), batch_size):
+        ids = torch.from_numpy(tokens[start : start + batch_size]).to(model.device)
+        values = model.hook_values(ids, requests)
+        with torch.no_grad():
+            for layer, transcoder in transcoders.items():
+                transcoder.encode(values[(layer, transcoder.input_hook)])
+    synchronize(model)
+    return time.perf_counter() - started
+
+
+def all_layers(args: argparse.Namespace) -> None:
+    """Caching every layer from one forward pass against a bare forward to the deepest layer."""
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, args.device, getattr(torch, args.dtype), args.narrow)
+    if args.layers:
+        layers = sorted(int(layer) for layer in args.layers.split(","))
+    elif Path(args.model) == EMBEDDED or Path(args.model).name == EMBEDDED.name:
+        layers = [3, 8, 13]  # the embedded default's
+    else:
+        layers = list(range(model.n_layers))
+    deepest = layers[-1]
+    all_tokens = corpus_tokens(
+        model, args.calibration_contexts + args.contexts, args.context_length
+    )
+    calibration, tokens = (
+        all_tokens[: args.calibration_contexts],
+        all_tokens[args.calibration_contexts :],
+    )
+    inputs = all_layer_inputs(model, calibration, layers, args.batch_size)
+    transcoders = {
+        layer: calibrated_transcoder(model, layer, args.features, inputs[layer], args.density)
+        for layer in layers
+    }
+    del inputs
+    measured = all_layer_inputs(model, tokens, layers, args.batch_size)
+    density = {layer: firing_density(transcoders[layer], measured[layer]) for layer in layers}
+    del measured
+    shards = make_shards(args.features, args.shard_size)
+    n_tokens = tokens.size
+
+    bare_forward(model, tokens[: args.batch_size], deepest, args.batch_size)  # warm-up
+    forward_and_encode(model, transcoders, tokens[: args.batch_size], args.batch_size)
+    times: dict[str, list[tuple[float, float]]] = {"bare": [], "encode": [], "cache": []}
+
+    def timed(name: str, run: Callable[[], object]) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+
+    def cache(repeat: int) -> None:
+        """cache_layers timed alone: the removal of its files afterwards is not the job's."""
+        with tempfile.TemporaryDirectory() as folder:
+            out_paths = {
+                layer: {
+                    shard: {
+                        kind: f"{folder}/layer{layer}/{kind}/{shard.name}.parquet"
+                        for kind in ARTIFACTS
+                    }
+                    for shard in shards
+                }
+                for layer in layers
+            }
+            timed(
+                "cache",
+                lambda: cache_layers(
+                    model,
+                    transcoders,
+                    np.arange(len(tokens)),
+                    tokens,
+                    out_paths,
+                    batch_size=args.batch_size,
+                    exclude_bos=True,
+                    statistics="parts",
+                    label=f"bench {repeat}",
+                ),
+            )
+
+    for repeat in range(args.repeats):  # interleaved in a rotating order: drifting load hits all
+        runs: list[tuple[str, Callable[[], object]]] = [
+            ("bare", lambda: bare_forward(model, tokens, deepest, args.batch_size)),
+            ("encode", lambda: forward_and_encode(model, transcoders, tokens, args.batch_size)),
+            ("cache", functools.partial(cache, repeat)),
+        ]
+        for name, run in runs[repeat % 3 :] + runs[: repeat % 3]:
+            if name == "cache":
+                run()  # times itself
+            else:
+                timed(name, run)
+    # tokens/s, best of the repeats: of wall time, and of this process's CPU time (all threads),
+    # which other processes on a shared machine disturb less
+    wall = {name: n_tokens / min(w for w, _ in runs_) for name, runs_ in times.items()}
+    cpu = {name: n_tokens / min(c for _, c in runs_) for name, runs_ in times.items()}
+    nnz_per_token = sum(density[layer] * args.features for layer in layers)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"all layers: model {model.name} ({args.model}) on {model.device}, {args.dtype}, "
+        f"d_model {model.d_model}, {model.n_layers} layers; cached layers {layers}; "
+        f"{args.features} features per layer in {len(shards)} shards; {args.contexts} contexts "
+        f"x {args.context_length} tokens, batch {args.batch_size}, {args.threads} threads "
+        f"(best of {args.repeats})"
+    )
+    print(
+        "firing density         : "
+        + ", ".join(f"L{layer} {density[layer]:.4f}" for layer in layers)
+        + f"  (calibrated to {args.density}, timed contexts; {nnz_per_token:.0f} non-zeros/token)"
+    )
+    print("tokens/s (wall | of process CPU time):")
+    print(f"bare forward to layer {deepest}: {wall['bare']:8.0f} | {cpu['bare']:8.0f}")
+    print(f"forward + every encoder: {wall['encode']:8.0f} | {cpu['encode']:8.0f}  (no writer)")
+    print(f"caching every layer    : {wall['cache']:8.0f} | {cpu['cache']:8.0f}")
+    for label, top, bottom, note in (
+        ("caching / bare  ", "cache", "bare", "target >= 0.85 on the CPU"),
+        ("encode / bare   ", "encode", "bare", "the encoders' share"),
+        ("caching / encode", "cache", "encode", "the writer's share"),
+    ):
+        print(
+            f"ratio {label} : {wall[top] / wall[bottom]:8.2f} | "
+            f"{cpu[top] / cpu[bottom]:8.2f}  ({note})"
+        )
+    print(f"peak resident memory   : {peak_mib:8.0f} MiB")
+    if model.device.type == "cuda":
+        gpu_mib = torch.cuda.max_memory_allocated(model.device) / 2**20
+        print(f"peak GPU memory        : {gpu_mib:8.0f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(EMBEDDED) if EMBEDDED.is_dir() else "tiny-llama")
@@ -250,9 +449,24 @@ def main() -> None:
         action="store_true",
         help="time the sparse writer alone on random batches against a raw numpy floor",
     )
+    parser.add_argument(
+        "--all-layers",
+        action="store_true",
+        help="cache every layer of --layers from one forward against a bare forward",
+    )
+    parser.add_argument("--layers", default=None, help="--all-layers: e.g. 3,8,13")
+    parser.add_argument(
+        "--narrow", type=int, default=None, help="random:NAME at this residual width"
+    )
     args = parser.parse_args()
     if not 0.0 < args.density < 1.0:
         parser.error(f"--density must be in (0, 1), got {args.density}")
+    if args.all_layers:
+        args.contexts = args.contexts if args.contexts is not None else 64
+        args.threads = args.threads if args.threads is not None else 2
+        args.repeats = args.repeats if args.repeats is not None else 3
+        all_layers(args)
+        return
     if args.writer_only:
         args.contexts = args.contexts if args.contexts is not None else 1024
         args.repeats = args.repeats if args.repeats is not None else 5

@@ -1,8 +1,9 @@
-"""Rule cache_{model}: the sparse activation cache of one layer, every feature shard."""
+"""Rule cache: the sparse activation cache of one corpus chunk, every layer, every shard."""
 
 from typing import TYPE_CHECKING
 
 from circuit_insights.models.loading import set_threads
+from circuit_insights.pipeline.locations import layer_files
 from circuit_insights.pipeline.logs import configure_logging
 from circuit_insights.pipeline.stages.cache import run_cache
 
@@ -13,13 +14,15 @@ if TYPE_CHECKING:
 
 configure_logging(snakemake.log[0])
 set_threads(snakemake.threads)
+inputs = dict(snakemake.input.items())
 run_cache(
     model_config=snakemake.params.model,
     cache_config=snakemake.params.cache,
     tokens_path=snakemake.input.tokens,
-    layer=int(snakemake.wildcards.layer),
+    chunk_name=snakemake.wildcards.chunk,
+    layers=snakemake.params.layers,
     model_files=snakemake.input.model,
-    transcoder_files=snakemake.input.transcoder,
-    outputs={kind: list(files) for kind, files in snakemake.output.items()},
+    transcoder_files=layer_files(inputs, "transcoder", snakemake.params.layers),
+    out_dir=snakemake.output.chunk,
     model_name=snakemake.params.model_name,
 )

@@ -25,6 +25,7 @@ run_evaluate_stage(
     transcoder_files=snakemake.input.transcoder,
     selection_path=snakemake.input.selection,
     explanations_path=snakemake.input.explanations,
+    imported_path=snakemake.input.imported or None,
     heldout_path=snakemake.input.heldout,
     tokens_path=snakemake.input.tokens,
     out_path=snakemake.output.evaluation,

@@ -18,4 +18,6 @@ run_report_stage(
     out_index=snakemake.output.index,
     max_features=snakemake.params.max_features,
     tables=list(snakemake.input.tables),
+    graphs=snakemake.params.graphs,
+    label_variants=snakemake.params.labels,
 )

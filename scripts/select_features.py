@@ -1,4 +1,4 @@
-"""Rule select_features: the seeded draw of one shard's features for the later stages."""
+"""Rule select_features: one shard's named features and seeded draw for the later stages."""
 
 from typing import TYPE_CHECKING
 
@@ -15,5 +15,6 @@ run_select_features(
     samples_path=snakemake.input.samples,
     shard_name=snakemake.wildcards.shard,
     explain_config=snakemake.params.explain,
+    named=list(snakemake.params.named),
     out_path=snakemake.output.selection,
 )

@@ -21,6 +21,7 @@ from circuit_insights.report.summary import write_summary
 from circuit_insights.transcoders.base import Transcoder
 from circuit_insights.transcoders.splicing import spliced_loss_report
 from circuit_insights.transcoders.training import TrainingReport
+from tests.test_delphi_table import score_rows
 from tests.test_summary import fixture_evaluation, fixture_weightlens
 from tools import readme_blocks as readme
 
@@ -41,8 +42,9 @@ BENCHMARKS: list[tuple[str, float, float | None]] = [
     (f"{MODEL}/summarize.tsv", 8.0, 400.0),
     (f"{MODEL}/layer3/train_transcoder.tsv", 100.0, 2000.0),
     (f"{MODEL}/layer8/train_transcoder.tsv", 150.25, 2560.0),
-    (f"{MODEL}/layer3/cache.tsv", 40.0, 1500.0),
-    (f"{MODEL}/layer8/cache.tsv", 50.0, 1600.0),
+    (f"{MODEL}/cache/c000000-002000.tsv", 40.0, 1500.0),
+    (f"{MODEL}/cache/c002000-004000.tsv", 50.0, 1600.0),
+    (f"{MODEL}/layer3/merge_cache/{SHARD}.tsv", 2.0, 150.0),
     (f"{MODEL}/layer3/sample/{SHARD}.tsv", 5.0, 200.0),
     (f"{MODEL}/layer3/select_features/{SHARD}.tsv", 1.0, 100.0),
     (f"{MODEL}/layer3/weightlens/{SHARD}.tsv", 60.0, 1200.0),
@@ -57,6 +59,9 @@ BENCHMARKS: list[tuple[str, float, float | None]] = [
     (f"{MODEL}/layer3/delphi_rules/{SHARD}.tsv", 2.0, 300.0),
     (f"{MODEL}/layer3/delphi_llm/{SHARD}.tsv", 6.0, 350.0),
     (f"{MODEL}/layer8/twera/{SHARD}.tsv", 3.0, 800.0),
+    (f"{MODEL}/import_explanations/neuronpedia.tsv", 1.5, 200.0),
+    (f"{MODEL}/label_graph.tsv", 1.0, 180.0),
+    (f"{MODEL}/export.tsv", 2.5, 250.0),
 ]
 
 #: Rule train_transcoder's report of two layers: training figures and the spliced-loss figures.
@@ -166,6 +171,7 @@ def run_results(tmp_path_factory) -> Path:
         n_boot=50,
         rule_evaluation_frames=[rule_rated(weightlens)],
         clusters_frames=clusters(),
+        delphi_frames=[score_rows("rule", "cl_rule", 3, [0.5, 0.7, 0.9], [0.1, 0.2, 0.3])],
     )
     for path in results.rglob("*"):
         os.utime(path, (RUN_TIME, RUN_TIME))
@@ -202,8 +208,8 @@ def test_every_benchmark_directive_of_the_rules_is_read() -> None:
     assert len(patterns) == smk_text.count("benchmark:")
     rules = {p.rule for p in patterns}
     assert {"cache", "evaluate", "evaluate_rules", "train_transcoder", "report"} <= rules
-    cache = next(p for p in patterns if p.rule == "cache")  # rule cache_{model}
-    assert cache.regex.fullmatch(f"{MODEL}/layer3/cache.tsv")
+    cache = next(p for p in patterns if p.rule == "cache")  # rule cache, per corpus chunk
+    assert cache.regex.fullmatch(f"{MODEL}/cache/c000000-002000.tsv")
 
 
 def test_job_time_by_rule_sums_the_benchmark_files(run_results: Path) -> None:

@@ -18,7 +18,7 @@ was made from and the run's date (the newest modification time of those files):
 - ``{model}/transcoders``: quality of the trained transcoders, from each
   ``{results}/{model}/layer{L}/transcoder/report.json`` (rule train_transcoder);
 - ``{model}/token-based-shares``, ``{model}/cluster-coverage``, ``{model}/rule-comparison``,
-  ``{model}/metric-table``: the summary's own markdown files (rule summarize), as they are, less
+  ``{model}/paper-claims``, ``{model}/delphi-scores``, ``{model}/metric-table``: the summary's own markdown files (rule summarize), as they are, less
   their ``# title`` line, with their other headings moved two levels down.
 """
 
@@ -51,6 +51,7 @@ SUMMARY_BLOCKS: dict[str, str] = {
     "cluster-coverage": "cluster_coverage.md",
     "rule-comparison": "rule_comparison.md",
     "paper-claims": "paper_claims.md",
+    "delphi-scores": "delphi_table.md",
     "metric-table": "metric_table.md",
 }
 """Per-model block kind -> the summary file (``{results}/{model}/summary/``) shown as it is."""

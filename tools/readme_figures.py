@@ -2,7 +2,7 @@
 
 Each block between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` whose NAME is
 `run-time` or `MODEL/KIND` (KIND: transcoders, token-based-shares, cluster-coverage,
-rule-comparison, paper-claims, metric-table) is rewritten from the run's files
+rule-comparison, paper-claims, delphi-scores, metric-table) is rewritten from the run's files
 (:mod:`tools.readme_blocks`; docs/CONVENTIONS.md). Run from the repository root:
 ``python -m tools.readme_figures``.
 """

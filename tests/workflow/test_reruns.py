@@ -168,7 +168,7 @@ def test_deleting_one_shard_output_reruns_only_that_shards_jobs(results) -> None
         assert not any(other in output for output in outputs), f"{rule} reruns shard {other}"
         shard_names = {name for output in outputs for name in SHARDS if name in output}
         assert shard_names <= {deleted}, (rule, outputs)  # that shard's jobs, or gathers
-    assert f"cache_{MODEL}" not in {rule for rule, _ in planned}
+    assert not {"cache", "merge_cache"} & {rule for rule, _ in planned}
     snakemake(results, str(target))
     assert parses_as_complete_parquet(target)
 
@@ -189,10 +189,11 @@ def _descendants(pid: int) -> list[int]:
 
 
 def test_job_killed_mid_write_leaves_nothing_complete_and_is_redone(results, completed) -> None:
-    """SIGKILL to the whole Snakemake process group while the cache job writes its shards."""
+    """SIGKILL to the whole Snakemake process group while the cache job writes its chunk."""
     for kind in CACHE_KINDS:
         shutil.rmtree(layer_dir(results) / kind)
-    partial_dir = layer_dir(results) / "activations"
+    partial_dir = results / MODEL / "cache_chunks"  # rule cache's folder of each corpus chunk
+    shutil.rmtree(partial_dir)
     process = subprocess.Popen(
         # --nolock: the killed Snakemake cannot remove its lock, and `--unlock` would also remove
         # the locks of other runs in this working directory.
@@ -205,7 +206,7 @@ def test_job_killed_mid_write_leaves_nothing_complete_and_is_redone(results, com
     )
     try:
         deadline = time.monotonic() + 600
-        while not list(partial_dir.glob(".*.partial")):
+        while not list(partial_dir.rglob(".*.partial")):
             assert process.poll() is None, "the cache job ended before it was killed"
             assert time.monotonic() < deadline, "the cache job never started writing"
             time.sleep(0.05)
@@ -222,12 +223,12 @@ def test_job_killed_mid_write_leaves_nothing_complete_and_is_redone(results, com
         process.wait(timeout=30)
 
     # Killed mid-write: temporaries only; nothing under an output's name that is not complete.
-    assert list(partial_dir.glob(".*.partial")), "the kill must catch the job mid-write"
-    for kind in CACHE_KINDS:
-        for path in (layer_dir(results) / kind).glob("*"):
+    assert list(partial_dir.rglob(".*.partial")), "the kill must catch the job mid-write"
+    for folder in [partial_dir, *(layer_dir(results) / kind for kind in CACHE_KINDS)]:
+        for path in folder.rglob("*.parquet"):
             if not path.name.startswith("."):
                 assert parses_as_complete_parquet(path), f"{path} looks complete but is not"
-    stale = sorted(p.name for p in layer_dir(results).rglob(".*.partial"))
+    stale = sorted(p.name for p in results.rglob(".*.partial"))
 
     cache_outputs = [
         str(artifact(results, kind, shard)) for kind in CACHE_KINDS for shard in SHARDS
@@ -241,7 +242,7 @@ def test_job_killed_mid_write_leaves_nothing_complete_and_is_redone(results, com
                 pd.read_parquet(artifact(completed, kind, shard)),
             )
     assert planned_jobs(snakemake(results, *cache_outputs, "-n").stdout) == []
-    leftover = sorted(p.name for p in layer_dir(results).rglob(".*.partial"))
+    leftover = sorted(p.name for p in results.rglob(".*.partial"))
     assert set(leftover) <= set(stale), "the rerun itself leaves no temporaries"
     print(f"temporaries of the killed job: {len(stale)}, left after the rerun: {len(leftover)}")
 
@@ -360,6 +361,10 @@ def touched_run(results: Path, config: Path) -> Path:
         snakemake(results, *map(str, missing_models))
     for path in planned_outputs():
         assert results in path.parents, f"{path}: only results are faked"
+        # Folder outputs: rule cache's per corpus chunk, rule export's delphi runs.
+        if "cache_chunks" in path.parts or path.parts[-2:] == ("export", "delphi"):
+            path.mkdir(parents=True, exist_ok=True)
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
     subprocess.run(  # -R corpus: every job from corpus on (not the embedded model builds)
@@ -396,9 +401,11 @@ def test_a_weightlens_threshold_reruns_only_weightlens_and_what_follows(touched,
         "delphi_llm",
         "summarize",
         "report",
+        "export",  # rule export writes every variant's descriptions with the summary's scores
     }
     assert rules <= {"weightlens"} | downstream, rules
-    assert not rules & {"corpus", "train_transcoder", f"cache_{MODEL}", "sample", "attribution"}
+    before = {"corpus", "train_transcoder", "cache", "merge_cache", "sample", "attribution"}
+    assert not rules & before
 
 
 def test_an_explain_prompt_key_reruns_only_explain_and_what_follows(touched, tmp_path):
@@ -407,7 +414,7 @@ def test_an_explain_prompt_key_reruns_only_explain_and_what_follows(touched, tmp
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
     scorers = {"evaluate", "evaluate_rules", "delphi_rules", "delphi_llm"}  # all read explanations
-    assert rules == {"explain", *scorers, "summarize", "report"}, rules
+    assert rules == {"explain", *scorers, "summarize", "report", "export"}, rules
 
 
 def test_an_evaluate_key_reruns_only_evaluate_summary_and_report(touched, tmp_path):
@@ -416,7 +423,7 @@ def test_an_evaluate_key_reruns_only_evaluate_summary_and_report(touched, tmp_pa
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
     # delphi_llm rates the same drawn features as evaluate; the exact delphi scores cover all
-    assert rules == {"evaluate", "delphi_llm", "summarize", "report"}, rules
+    assert rules == {"evaluate", "delphi_llm", "summarize", "report", "export"}, rules
 
 
 def test_the_shared_evaluate_seed_reruns_both_raters_and_nothing_before(touched, tmp_path):
@@ -425,7 +432,7 @@ def test_the_shared_evaluate_seed_reruns_both_raters_and_nothing_before(touched,
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
     raters = {"evaluate", "evaluate_rules", "delphi_rules", "delphi_llm"}  # the seed draws examples
-    assert rules == {*raters, "summarize", "report"}, rules
+    assert rules == {*raters, "summarize", "report", "export"}, rules
 
 
 def test_a_rule_rater_key_reruns_only_the_rule_rater_summary_and_report(touched, tmp_path):
@@ -433,7 +440,7 @@ def test_a_rule_rater_key_reruns_only_the_rule_rater_summary_and_report(touched,
         config["rules"]["n_synthetic"] = 5
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
-    assert rules == {"evaluate_rules", "summarize", "report"}, rules
+    assert rules == {"evaluate_rules", "summarize", "report", "export"}, rules
 
 
 def test_a_delphi_example_key_reruns_both_delphi_scorers_and_nothing_else(touched, tmp_path):
@@ -441,7 +448,7 @@ def test_a_delphi_example_key_reruns_both_delphi_scorers_and_nothing_else(touche
         config["scores"]["n_non_activating"] = 4
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
-    assert rules == {"delphi_rules", "delphi_llm", "summarize", "report"}, rules
+    assert rules == {"delphi_rules", "delphi_llm", "summarize", "report", "export"}, rules
 
 
 def test_a_delphi_llm_only_key_reruns_only_the_llm_rated_scores(touched, tmp_path):
@@ -449,7 +456,7 @@ def test_a_delphi_llm_only_key_reruns_only_the_llm_rated_scores(touched, tmp_pat
         config["scores"]["max_tokens"] = 17  # the LLM's answers only; the rules never see it
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
-    assert rules == {"delphi_llm", "summarize", "report"}, rules
+    assert rules == {"delphi_llm", "summarize", "report", "export"}, rules
 
 
 def test_server_and_resource_keys_rerun_nothing(touched, tmp_path):
@@ -475,7 +482,7 @@ def test_an_llm_answer_key_reruns_the_explanations_and_what_follows(touched, tmp
 
     rules = dry_run_rules(touched, edited(tmp_path, edit))
     scorers = {"evaluate", "evaluate_rules", "delphi_rules", "delphi_llm"}
-    assert rules == {"explain", *scorers, "summarize", "report"}, rules
+    assert rules == {"explain", *scorers, "summarize", "report", "export"}, rules
 
 
 def test_the_same_config_with_keys_reordered_reruns_nothing(touched, tmp_path):
@@ -496,3 +503,60 @@ def test_a_weightlens_threshold_does_not_rerun_twera(touched_two_layers, tmp_pat
     config["models"][MODEL]["weightlens"] = {"t_tok": 6.0}
     rules = dry_run_rules(touched_two_layers, write_config(tmp_path / "t_tok.yaml", config))
     assert "weightlens" in rules and "twera" not in rules, rules
+
+
+def test_naming_features_reruns_only_the_shards_they_are_in(touched, tmp_path):
+    """select_features gets only its shard's named features as params: naming features of the
+    first shard reruns that shard's jobs (and the gathers), nothing of the second."""
+
+    def edit(config):
+        config["models"][MODEL]["features"] = {LAYER: [5, "7-9"]}
+
+    done = subprocess.run(
+        default_trigger_command(touched, edited(tmp_path, edit), "-n"),
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    planned = planned_jobs(done.stdout)
+    selects = [outputs for rule, outputs in planned if rule == "select_features"]
+    assert selects == [[str(artifact(touched, "features", SHARDS[0]))]]
+    for rule, outputs in planned:
+        assert not any(SHARDS[1] in output for output in outputs), (rule, outputs)
+    rules = {rule for rule, _ in planned} - ALWAYS
+    assert {"attribution", "cluster", "explain", "evaluate"} <= rules, rules
+    assert not rules & {"corpus", "train_transcoder", "cache", "merge_cache", "sample"}, rules
+
+
+def test_an_import_runs_its_rows_and_their_scores_and_reruns_none_of_ours(touched, tmp_path):
+    """An imported variant (models.<m>.imports) is read by its own job and scored by its own
+    evaluate jobs; no job of our variants reruns."""
+    import json
+
+    export = tmp_path / "theirs.json"
+    source = f"{LAYER}-circuit-insights-transcoder-256"  # the CI transcoder's default source set
+    entry = {"modelId": MODEL, "layer": source, "index": "5", "description": "cats"}
+    export.write_text(json.dumps([entry]))
+
+    def edit(config):
+        config["models"][MODEL]["imports"] = {
+            "theirs": {"format": "neuronpedia", "path": str(export)}
+        }
+
+    done = subprocess.run(
+        default_trigger_command(touched, edited(tmp_path, edit), "-n"),
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    planned = planned_jobs(done.stdout)
+    rules = {rule for rule, _ in planned} - ALWAYS
+    assert {"import_explanations", "evaluate"} <= rules, rules
+    assert rules <= {"import_explanations", "evaluate", "summarize", "report", "export"}, rules
+    evaluated = [o for rule, outputs in planned if rule == "evaluate" for o in outputs]
+    assert len(evaluated) == len(SHARDS)
+    assert all("/evaluation/theirs/" in output for output in evaluated), evaluated

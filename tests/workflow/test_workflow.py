@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,12 +82,33 @@ def shards(results: Path) -> list[str]:
 
 def test_dry_run_of_the_default_config_lists_every_rule(tmp_path):
     done = snakemake(tmp_path, "-n", "--forceall", config="config/config.yaml")
-    for rule in ("build_embedded_model", "corpus", "train_transcoder", f"cache_{MODEL}", "sample"):
+    rules = ("build_embedded_model", "corpus", "train_transcoder", "cache", "merge_cache", "sample")
+    for rule in rules:
         assert rule in done.stdout, rule
     assert (
         "train_transcoder        3" in done.stdout.replace("\t", " ")
         or done.stdout.count("rule train_transcoder") == 3
     )
+
+
+def test_dry_run_in_chunks_caches_each_chunk_once_and_merges_every_chunk(tmp_path):
+    """cache.chunk_contexts 100 cuts the CI config's 240 context ids into 3 chunks: one cache job
+    per chunk (one forward pass for every layer), and every (layer, shard) merged from all 3."""
+    chunked = 'cache={"chunk_contexts": 100, "shard_size": 128, "batch_size": 16}'
+    done = snakemake(tmp_path / "out", "-n", extra_config=(chunked,))
+    blocks = re.split(r"\n(?=(?:local)?rule \S+:)", done.stdout)
+
+    def field(block: str, name: str) -> list[str]:
+        found = re.search(rf"^\s+{name}: (.*)$", block, re.MULTILINE)
+        assert found, block
+        return sorted(found.group(1).split(", "))
+
+    chunks = sorted(d for b in blocks if b.startswith("rule cache:") for d in field(b, "output"))
+    assert [Path(d).name for d in chunks] == ["c000000-000100", "c000100-000200", "c000200-000240"]
+    merges = [b for b in blocks if b.startswith("rule merge_cache:")]
+    assert len(merges) == len(shards(tmp_path))
+    for block in merges:
+        assert field(block, "input") == chunks
 
 
 def test_every_expected_output_exists_and_nothing_partial(results):
@@ -98,7 +120,12 @@ def test_every_expected_output_exists_and_nothing_partial(results):
             results
         )
     assert not list(results.rglob("*.partial"))
-    assert (results / "logs" / MODEL / f"layer{LAYER}" / "cache.log").is_file()
+    # One corpus chunk (the default cache.chunk_contexts), merged per shard.
+    assert [p.name for p in (results / "logs" / MODEL / "cache").glob("*.log")] == [
+        "c000000-000240.log"
+    ]
+    merge_logs = (results / "logs" / MODEL / f"layer{LAYER}" / "merge_cache").glob("*.log")
+    assert sorted(p.stem for p in merge_logs) == shards(results)
 
 
 def test_tokens_start_with_bos_and_split(results):
@@ -254,10 +281,10 @@ def _planned_resources(dry_run_stdout: str) -> dict[str, set[str]]:
 def test_jobs_that_run_the_model_ask_for_a_gpu_on_a_cuda_device(tmp_path, device, gpus):
     config = _bad_config(tmp_path, **{f"models.{MODEL}.device": device})
     planned = _planned_resources(snakemake(tmp_path / "out", "-n", config=config).stdout)
-    model_rules = ("train_transcoder", f"cache_{MODEL}", "weightlens", "attribution", "evaluate")
+    model_rules = ("train_transcoder", "cache", "weightlens", "attribution", "evaluate")
     for rule in model_rules:
         assert planned[rule] and all(f"gpu={gpus}" in line for line in planned[rule]), rule
-    for rule in ("corpus", "sample", "cluster", "explain", "summarize"):
+    for rule in ("corpus", "merge_cache", "sample", "cluster", "explain", "summarize"):
         assert all("gpu=1" not in line for line in planned[rule]), rule
 
 
@@ -646,3 +673,308 @@ def test_the_server_dying_during_explain_fails_the_run_and_a_rerun_sends_only_th
     assert answered["cached"].sum() == 2  # the two answers from before the server died
     assert len(dying.forwarded) == 2 and back.forwarded
     assert not set(dying.forwarded) & set(back.forwarded)  # none of them was asked again
+
+
+# --- across the border (issue 22): graphs labelled, exports read back, a graph run -------------
+
+
+def _ci_target():
+    from circuit_insights.pipeline.config import load_config
+    from circuit_insights.pipeline.interop import transcoder_set
+
+    config = load_config(ROOT / "config/ci.yaml", ROOT / "workflow/schemas/config.schema.yaml")
+    return config, transcoder_set(config, MODEL)
+
+
+def _final_rows(results: Path) -> pd.DataFrame:
+    frames = [
+        pd.read_parquet(layer_dir(results) / "explanations" / f"{name}.parquet")
+        for name in shards(results)
+    ]
+    explained = pd.concat(frames, ignore_index=True)
+    return explained[explained["is_final"]]
+
+
+def _fields_differ(a, b, path: str = "") -> list[str]:
+    """Every path at which two JSON values differ (keys, their order, values)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if list(a) != list(b):
+            return [f"{path}: keys {list(a)} != {list(b)}"]
+        return [d for key in a for d in _fields_differ(a[key], b[key], f"{path}.{key}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} != {len(b)} items"]
+        return [
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for d in _fields_differ(x, y, f"{path}[{i}]")
+        ]
+    return [] if a == b and type(a) is type(b) else [path]
+
+
+def test_labels_go_into_a_copy_of_the_graph_and_nothing_else_changes(results, tmp_path):
+    """Rule label_graph's stage on the CI run's explanations: each feature node's clerp becomes
+    the first described variant of labels.variants, a feature none describes keeps its label,
+    and no other field of the file changes."""
+    from circuit_insights.interop.graph_example import write_example_graph
+    from circuit_insights.pipeline.config import load_schema
+    from circuit_insights.pipeline.interop import target_params
+    from circuit_insights.pipeline.stages.label_graph import run_label_graph_stage
+
+    config, target = _ci_target()
+    final = _final_rows(results)
+    described = final[final["description"].notna() & (final["description"] != "")]
+    order = load_schema(ROOT / "workflow/schemas/config.schema.yaml")["properties"]["labels"][
+        "properties"
+    ]["variants"]["default"]
+    by_llm = sorted(set(described.loc[described["variant"] == "cl_full", "feature"]))
+    by_rule_only = sorted(
+        set(described.loc[described["variant"] == "weightlens", "feature"]) - set(by_llm)
+    )
+    undescribed = sorted(
+        set(range(target.width)) - set(described.loc[described["variant"].isin(order), "feature"])
+    )
+    assert by_llm and by_rule_only
+    chosen = {LAYER: by_llm[:2] + by_rule_only[:2] + undescribed[:1]}
+    source = tmp_path / "cat.json"
+    write_example_graph(
+        source, target=target, features=chosen, prompt_tokens=["<bos>", "The", " cat", " sat"]
+    )
+    graph = json.loads(source.read_text())
+    for node in graph["nodes"]:
+        if node["feature_type"] == "cross layer transcoder":
+            node["clerp"] = "the user's own label"
+    source.write_text(json.dumps(graph, indent=2))
+
+    written = run_label_graph_stage(
+        graph_path=str(source),
+        explanation_files=[
+            str(layer_dir(results) / "explanations" / f"{name}.parquet") for name in shards(results)
+        ],
+        label_variants=order,
+        target_config=target_params(config, MODEL),
+        out_dir=str(tmp_path / "graph"),
+    )
+    assert written == tmp_path / "graph" / "cat.json"
+    labelled = json.loads(written.read_text())
+    expected_labels = {}
+    for feature in chosen[LAYER]:
+        rows = described[described["feature"] == feature].set_index("variant")["description"]
+        expected_labels[feature] = next((rows[v] for v in order if v in rows.index), None)
+    if undescribed:  # the CI run's features without any label variant's description
+        assert expected_labels[undescribed[0]] is None
+    differences = _fields_differ(graph, labelled)
+    expected = []
+    for number, node in enumerate(graph["nodes"]):
+        if node["feature_type"] != "cross layer transcoder":
+            continue
+        feature = int(node["node_id"].split("_")[1])
+        label = expected_labels[feature]
+        if label is not None:
+            expected.append(f".nodes[{number}].clerp")
+            assert labelled["nodes"][number]["clerp"] == label
+        else:
+            assert labelled["nodes"][number]["clerp"] == "the user's own label"
+    assert differences == expected  # nothing else changed, keys in their order
+    index = json.loads((tmp_path / "graph" / "graph-metadata.json").read_text())
+    assert index == {"graphs": [graph["metadata"]]}
+
+
+def test_the_exports_read_back_with_the_same_descriptions_ids_and_scores(results):
+    """Rule export (on by default) on the CI run: Neuronpedia's export and the delphi runs, read
+    back by the importers, give every final description of every variant with its ids, and the
+    summary's scores."""
+    from circuit_insights.interop.delphi import read_delphi, read_delphi_scores
+    from circuit_insights.interop.neuronpedia import read_neuronpedia
+
+    _, target = _ci_target()
+    final = _final_rows(results)
+    described = final[final["description"].notna() & (final["description"] != "")]
+    expected = sorted(
+        (int(r.layer), int(r.feature), str(r.variant), str(r.description))
+        for r in described.itertuples()
+    )
+    export = results / MODEL / "export"
+    from_neuronpedia = read_neuronpedia(export / "neuronpedia.json", target=target)
+    assert (from_neuronpedia["source_id"] == f"{LAYER}-{target.source_set}").all()
+    got = sorted(
+        (int(r.layer), int(r.feature), str(r.method), str(r.description))
+        for r in from_neuronpedia.itertuples()
+    )
+    assert got == expected
+    from_delphi = read_delphi(export / "delphi", target=target)
+    assert (from_delphi["source_id"] == f"layers.{LAYER}.mlp").all()
+    got = sorted(
+        (int(r.layer), int(r.feature), str(r.method), str(r.description))
+        for r in from_delphi.itertuples()
+    )
+    assert got == expected
+    llm = described[described["llm_model"] != ""]
+    assert set(
+        from_delphi.loc[from_delphi["method"].isin(set(llm["variant"])), "explainer_model"]
+    ) == set(llm["llm_model"])
+
+    summary = pd.read_parquet(results / MODEL / "summary" / "summary.parquet")
+    scored = summary[summary["value"].notna() & summary["variant"].isin(set(described["variant"]))]
+    keys = set(zip(described["layer"], described["feature"], described["variant"], strict=True))
+    scored = scored[
+        [k in keys for k in zip(scored["layer"], scored["feature"], scored["variant"], strict=True)]
+    ]
+    assert len(scored) > 0
+    expected_scores = sorted(
+        (int(r.layer), int(r.feature), str(r.variant), str(r.metric), float(r.value))
+        for r in scored.itertuples()
+    )
+    entries = json.loads((export / "neuronpedia.json").read_text())
+    got_scores = sorted(
+        (
+            target.source_ids[e["layer"]],
+            int(e["index"]),
+            e["typeName"],
+            s["explanationScoreTypeName"],
+            s["value"],
+        )
+        for e in entries
+        for s in e["scores"]
+    )
+    assert got_scores == expected_scores
+    delphi_scores = read_delphi_scores(export / "delphi", target=target)
+    got_scores = sorted(
+        (int(r.layer), int(r.feature), str(r.method), str(r.scorer), float(r.score))
+        for r in delphi_scores.itertuples()
+    )
+    assert got_scores == expected_scores
+
+
+def test_the_graph_example_runs_end_to_end_from_select_features_on(results, tmp_path):
+    """config/examples/graph.yaml's keys (a graph's features named, features_per_shard 0, the
+    label order) and an imported variant on a copy of the CI run, at the CI run's size: only
+    select_features and what follows run; the graph's features go through attribution,
+    explanation and FADE, the labelled graph, the report's graph page, the imported variant's
+    scores (our own export of cl_full read back: the same scores as cl_full) and its mark in
+    the metric table. The graph names the CI run's drawn features and one that never fires, so
+    every LLM request is answered from the run's response cache: the LLM is a stand-in server
+    that lists the model and refuses every completion."""
+    import shutil
+
+    from circuit_insights.interop.graph_example import write_example_graph
+    from circuit_insights.pipeline.config import load_config
+
+    example = yaml.safe_load((ROOT / "config/examples/graph.yaml").read_text())
+    example_graph = json.loads((ROOT / example["models"][MODEL]["graph"]).read_text())
+    load_config(ROOT / "config/examples/graph.yaml", ROOT / "workflow/schemas/config.schema.yaml")
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    _, target = _ci_target()
+    drawn, silent = [], []
+    for name in shards(copy):
+        selection = pd.read_parquet(layer_dir(copy) / "features" / f"{name}.parquet")
+        drawn += sorted(selection.loc[selection["selected"], "feature"])
+        samples = pd.read_parquet(layer_dir(copy) / "samples" / f"{name}.parquet")
+        shard = parse_shard(name)
+        fired = set(samples.loc[samples["kind"] == "quantile", "feature"])
+        silent += sorted(set(range(shard.start, shard.stop)) - fired)[:1]  # none, maybe
+    named = sorted(drawn + silent[:1])
+    graph = tmp_path / "graph.json"
+    metadata = example_graph["metadata"]
+    write_example_graph(
+        graph,
+        target=target,
+        features={LAYER: named},
+        prompt_tokens=metadata["prompt_tokens"],
+        token_ids=[
+            int(n["node_id"].split("_")[1]) for n in example_graph["nodes"] if n["layer"] == "E"
+        ],
+        n_layers=18,
+        slug=metadata["slug"],
+    )
+    export = tmp_path / "theirs.json"  # our CI run's export, read back as an imported variant
+    shutil.copy(copy / MODEL / "export" / "neuronpedia.json", export)
+
+    config = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
+    config["models"][MODEL]["graph"] = str(graph)
+    config["models"][MODEL]["imports"] = {
+        "theirs": {"format": "neuronpedia", "path": str(export), "method": "cl_full"}
+    }
+    config["explain"]["features_per_shard"] = example["explain"]["features_per_shard"]
+    config["labels"] = example["labels"]
+    config["rules"]["variants"] = []  # the rule rater (3-4 min here) is the CI run's to test
+    path = tmp_path / "graph-ci.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    server = _OpenAIStandIn("smollm2")  # lists the model; any completion would fail (501)
+    try:
+        llm = ("llm=" + json.dumps({"url": server.url, "model": "smollm2", "max_retries": 0}),)
+        # --forcerun select_features: the copy has no Snakemake metadata of its params (the
+        # named features), and what follows reruns because its inputs are newer.
+        again = ("--forcerun", "select_features")
+        planned = snakemake(copy, "-n", *again, config=str(path), extra_config=llm).stdout
+        rules = set(re.findall(r"^(?:local)?rule (\w+):", planned, re.MULTILINE))
+        assert "select_features" in rules and "label_graph" in rules, rules
+        assert not rules & {
+            "corpus",
+            "train_transcoder",
+            "cache",
+            "merge_cache",
+            "sample",
+            "weightlens",
+        }
+        snakemake(copy, *again, config=str(path), extra_config=llm)
+    finally:
+        server.stop()
+
+    for name in shards(copy):  # the named features, nothing drawn
+        selection = pd.read_parquet(layer_dir(copy) / "features" / f"{name}.parquet")
+        shard = parse_shard(name)
+        assert sorted(selection.loc[selection["selected"], "feature"]) == [
+            f for f in named if shard.start <= f < shard.stop
+        ]
+        assert set(selection.loc[selection["selected"], "reason"]) == {"named"}
+    final = _final_rows(copy)
+    llm_rows = final[final["variant"] == "cl_full"]
+    assert sorted(llm_rows["feature"]) == named  # the LLM variants on the named features only
+
+    # the labelled graph: the first described variant of labels.variants, as the rule says
+    (written,) = (copy / MODEL / "graph").glob(f"{metadata['slug']}.json")
+    labelled = json.loads(written.read_text())
+    described = final[final["description"].notna() & (final["description"] != "")]
+    for node in labelled["nodes"]:
+        if node["feature_type"] != "cross layer transcoder":
+            continue
+        rows = described[described["feature"] == int(node["node_id"].split("_")[1])]
+        by_variant = dict(zip(rows["variant"], rows["description"], strict=True))
+        expected = next(
+            (by_variant[v] for v in config["labels"]["variants"] if v in by_variant), ""
+        )
+        assert node["clerp"] == expected
+    assert (
+        json.loads((copy / MODEL / "graph" / "graph-metadata.json").read_text())["graphs"][0][
+            "slug"
+        ]
+        == metadata["slug"]
+    )
+
+    # the imported copy of cl_full gets cl_full's scores on the features both describe
+    metrics = ["clarity", "responsiveness", "purity", "faithfulness"]
+    for name in shards(copy):
+        ours = pd.read_parquet(layer_dir(copy) / "evaluation" / "cl_full" / f"{name}.parquet")
+        theirs = pd.read_parquet(layer_dir(copy) / "evaluation" / "theirs" / f"{name}.parquet")
+        assert len(theirs) and set(theirs["feature"]) <= set(ours["feature"])
+        joined = theirs.merge(ours, on="feature", suffixes=("_theirs", "_ours"))
+        for metric in metrics:
+            pd.testing.assert_series_equal(
+                joined[f"{metric}_theirs"], joined[f"{metric}_ours"], check_names=False
+            )
+    imported = pd.read_parquet(copy / MODEL / "imported" / "theirs.parquet")
+    assert len(imported) == target.width and imported["is_final"].all()
+    assert set(imported["step"]) <= {"imported", "missing_input"}
+    table = (copy / MODEL / "summary" / "metric_table.md").read_text()
+    assert f"| theirs (imported: neuronpedia: {export}" in table
+
+    # the report's graph page: every graph feature, linked to its page
+    page = (copy / "report" / MODEL / "graph.html").read_text()
+    for feature in named:
+        assert f'href="layer{LAYER}/feature{feature:06d}.html"' in page
+        assert (copy / "report" / MODEL / f"layer{LAYER}" / f"feature{feature:06d}.html").is_file()
+    assert "(imported: neuronpedia:" in (copy / "report" / "index.html").read_text()

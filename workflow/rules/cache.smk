@@ -1,37 +1,31 @@
-# The sparse activation cache: one forward pass per (model, layer) writes every feature shard,
-# for the caching split and (heldout_*) the held-out evaluation split.
-# A rule per model, because the shard list (its outputs) depends on the model's feature count.
+# The sparse activation cache, per (model, corpus chunk): the chunk's contexts (both splits) run
+# once through the model to the deepest configured layer, every layer's transcoder input read on
+# the way and encoded into that layer's shards. Rule merge_cache joins the chunks per (layer,
+# shard) into the files every later stage reads; chunks run in parallel and rerun alone.
 
-for cached_model in config["models"]:
 
-    rule:
-        name:
-            f"cache_{cached_model}"
-        input:
-            model=embedded_model_files_of(cached_model),
-            tokens=paths.tokens_file(RESULTS, cached_model),
-            transcoder=transcoder_files_of(cached_model),
-        output:
-            activations=shard_outputs(cached_model, "activations"),
-            maxima=shard_outputs(cached_model, "maxima"),
-            feature_stats=shard_outputs(cached_model, "feature_stats"),
-            heldout_activations=shard_outputs(cached_model, "heldout_activations"),
-            heldout_maxima=shard_outputs(cached_model, "heldout_maxima"),
-            heldout_feature_stats=shard_outputs(cached_model, "heldout_feature_stats"),
-        log:
-            f"{RESULTS}/logs/{cached_model}/layer{{layer}}/cache.log",
-        benchmark:
-            f"{RESULTS}/benchmarks/{cached_model}/layer{{layer}}/cache.tsv"
-        conda:
-            "../../envs/circuit-insights.yaml"
-        threads: config["threads"]
-        resources:
-            mem_mb=lambda wildcards, attempt: 6000 * attempt,  # model + one batch of activations
-            runtime=240,
-            gpu=gpus_of(cached_model),
-        params:
-            model_name=cached_model,
-            model=rule_params.subject_params(config, cached_model, transcoders="load"),
-            cache=config_section("cache", ["batch_size", "exclude_bos"]),
-        script:
-            "../../scripts/cache.py"
+rule cache:
+    input:
+        unpack(all_layer_transcoders),
+        model=embedded_model_files,
+        tokens=paths.tokens_file(RESULTS, "{model}"),
+    output:
+        chunk=directory(paths.cache_chunk_dir(RESULTS, "{model}", "{chunk}")),
+    log:
+        f"{RESULTS}/logs/{{model}}/cache/{{chunk}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/cache/{{chunk}}.tsv"
+    conda:
+        "../../envs/circuit-insights.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=cache_mem_mb,  # model + every layer's statistics; doubled on the retry
+        runtime=240,
+        gpu=model_gpus,
+    params:
+        model_name="{model}",
+        model=subject_and_transcoder_params,
+        cache=config_section("cache", ["batch_size", "exclude_bos", "shard_size"]),
+        layers=configured_layers,
+    script:
+        "../../scripts/cache.py"

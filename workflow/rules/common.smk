@@ -7,8 +7,10 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from circuit_insights.pipeline.config import gpus_for_device  # noqa: E402
 from circuit_insights.pipeline.preflight import start_checks  # noqa: E402
 from circuit_insights.data.shards import SHARD_NAME_REGEX, make_shards  # noqa: E402
+from circuit_insights.data import cache_chunks  # noqa: E402
 from circuit_insights.pipeline import paths  # noqa: E402
 from circuit_insights.pipeline import params as rule_params  # noqa: E402
+from circuit_insights.pipeline import interop as rule_interop  # noqa: E402
 from circuit_insights.pipeline.params import (  # noqa: E402
     DELPHI_RULE_KEYS,
     EVALUATE_KEYS,
@@ -42,6 +44,7 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_.\-]+",
     layer=r"\d+",
     shard=SHARD_NAME_REGEX,  # f000000-000512; seven digits and more past a million
+    chunk=cache_chunks.CHUNK_NAME_REGEX,  # c000000-016384: a range of context ids
     variant=r"[a-z_]+",
 
 
@@ -94,6 +97,105 @@ def attribution_selection(wildcards):
     }
 
 
+NAMED_FEATURES = {
+    model: rule_interop.named_features(config, model) for model in config["models"]
+}
+"""Per model, the features its config names (models.<m>.features and the feature nodes of
+models.<m>.graph), per layer: read once at parse time (checked at start)."""
+
+
+def shard_named_features(wildcards):
+    """The named features of {model} in {layer}'s {shard}: rule select_features's params, so an
+    edit of the list reruns only the shards whose named features change."""
+    return rule_interop.shard_named_features(
+        NAMED_FEATURES[wildcards.model], wildcards.layer, wildcards.shard
+    )
+
+
+def evaluated_variants(model):
+    """The variants FADE scores for ``model``: evaluate.variants and the model's imported
+    variants (models.<m>.imports, unless their evaluate is false)."""
+    return [
+        *config["evaluate"]["variants"],
+        *rule_interop.evaluated_imports(config, model),
+    ]
+
+
+def import_source(wildcards):
+    """The file or folder of imported variant {variant} of {model}."""
+    return rule_interop.imports(config, wildcards.model)[wildcards.variant]["path"]
+
+
+def import_params(wildcards):
+    """The keys of models.{model}.imports.{variant} that reading it uses (not evaluate)."""
+    block = rule_interop.imports(config, wildcards.model)[wildcards.variant]
+    return rule_params.pick(
+        block,
+        ("explainer_model", "format", "method", "path"),
+        f"models.{wildcards.model}.imports.{wildcards.variant}",
+    )
+
+
+def interop_target_params(wildcards):
+    """How other tools name {model} and its transcoders (models.<m>.interop, layers, width)."""
+    return rule_params.canonical(rule_interop.target_params(config, wildcards.model))
+
+
+def imported_of_variant(wildcards):
+    """The rows of {variant} when it is an imported variant of {model} (rule evaluate)."""
+    if wildcards.variant not in rule_interop.imports(config, wildcards.model):
+        return []
+    return paths.imported_file(RESULTS, wildcards.model, wildcards.variant)
+
+
+def imported_files_of(model):
+    """The rows of every imported variant of ``model``."""
+    return [
+        paths.imported_file(RESULTS, model, name)
+        for name in rule_interop.imports(config, model)
+    ]
+
+
+def graph_file(wildcards):
+    """models.{model}.graph: the attribution graph rule label_graph labels."""
+    return rule_interop.graph_path(config, wildcards.model)
+
+
+def graph_explanation_files(wildcards):
+    """The explanations of the shards that hold a feature node of {model}'s graph, and the
+    rows of its imported variants named in labels.variants."""
+    files = []
+    graph = rule_interop.graph_features_of(config, wildcards.model)
+    for layer, features in graph.items():
+        for name in shard_names(wildcards.model):
+            if rule_interop.shard_named_features({layer: features}, layer, name):
+                files.append(
+                    paths.layer_artifact(
+                        RESULTS, wildcards.model, layer, "explanations", name
+                    )
+                )
+    labels = set(rule_interop.label_variants(config, wildcards.model))
+    return files + [
+        paths.imported_file(RESULTS, wildcards.model, name)
+        for name in rule_interop.imports(config, wildcards.model)
+        if name in labels
+    ]
+
+
+def graph_label_params(wildcards):
+    """labels.variants for {model}: its fallback order of label variants."""
+    return rule_interop.label_variants(config, wildcards.model)
+
+
+def our_explanation_files(wildcards):
+    """Every explanations table of {model} (layers x shards), not the imported rows."""
+    return [
+        paths.layer_artifact(RESULTS, wildcards.model, layer, "explanations", name)
+        for layer in model_config(wildcards)["layers"]
+        for name in shard_names(wildcards.model)
+    ]
+
+
 def model_gpus(wildcards):
     """Resource gpu of a job running {model}: 1 on a cuda device, else 0 (profiles cap it)."""
     return gpus_of(wildcards.model)
@@ -117,12 +219,25 @@ def shard_names(model):
     ]
 
 
-def shard_outputs(model, kind):
-    """Per-shard output patterns (with a {layer} wildcard) of one model's cache rule."""
+def cache_chunk_dirs(wildcards):
+    """Rule cache's folder of every corpus chunk of {model}: corpus.max_contexts context ids in
+    chunks of cache.chunk_contexts (known before the corpus is tokenised)."""
+    chunks = cache_chunks.make_chunks(
+        config["corpus"]["max_contexts"], config["cache"]["chunk_contexts"]
+    )
     return [
-        paths.layer_artifact(RESULTS, model, "{layer}", kind, name)
-        for name in shard_names(model)
+        paths.cache_chunk_dir(RESULTS, wildcards.model, chunk.name) for chunk in chunks
     ]
+
+
+def cache_mem_mb(wildcards, attempt):
+    """Memory of a cache job: the model, each layer's streaming statistics (~6 KB per feature:
+    the log histogram and the exact sums) and, on the CPU, each layer's transcoder weights
+    (~20 KB per feature up to d_model 2560); doubled on the retry."""
+    block = model_config(wildcards)
+    per_feature_kb = 6 if gpus_of(wildcards.model) else 26
+    features = len(block["layers"]) * block["transcoders"]["n_features"]
+    return attempt * (6000 + features * per_feature_kb // 1000)
 
 
 def embedded_model_files_of(model):
@@ -235,11 +350,11 @@ def layer_transcoder_files(wildcards):
 
 
 def evaluation_files(wildcards):
-    """Every FADE evaluation file of {model}: layers x variants x shards."""
+    """Every FADE evaluation file of {model}: layers x variants (imported ones too) x shards."""
     return [
         paths.evaluation_file(RESULTS, wildcards.model, layer, variant, name)
         for layer in model_config(wildcards)["layers"]
-        for variant in config["evaluate"]["variants"]
+        for variant in evaluated_variants(wildcards.model)
         for name in shard_names(wildcards.model)
     ]
 
@@ -277,12 +392,13 @@ def delphi_score_files(wildcards):
 
 
 def explanation_files(wildcards):
-    """Every explanations table of {model}: layers x shards (the summary counts LLM requests)."""
+    """Every explanations table of {model}: layers x shards (the summary counts LLM requests),
+    and the rows of its imported variants (the summary marks them with their source)."""
     return [
         paths.layer_artifact(RESULTS, wildcards.model, layer, "explanations", name)
         for layer in model_config(wildcards)["layers"]
         for name in shard_names(wildcards.model)
-    ]
+    ] + imported_files_of(wildcards.model)
 
 
 def cluster_files(wildcards):
@@ -324,7 +440,7 @@ def report_files(wildcards):
                 ]
                 files += [
                     paths.evaluation_file(RESULTS, model, layer, variant, name)
-                    for variant in config["evaluate"]["variants"]
+                    for variant in evaluated_variants(model)
                 ]
                 if config["rules"]["variants"]:
                     files.append(
@@ -338,7 +454,34 @@ def report_files(wildcards):
                     files.append(
                         paths.layer_artifact(RESULTS, model, layer, "twera", name)
                     )
+        files += imported_files_of(model)
     return files
+
+
+def report_graphs(wildcards):
+    """Model -> its attribution graph (models.<m>.graph), for the models with one."""
+    return rule_params.canonical(
+        {
+            model: rule_interop.graph_path(config, model)
+            for model in config["models"]
+            if rule_interop.graph_path(config, model)
+        }
+    )
+
+
+def report_graph_files(wildcards):
+    """The attribution graphs the report shows (declared, so that an edit reruns it)."""
+    return sorted(set(report_graphs(wildcards).values()))
+
+
+def report_label_variants(wildcards):
+    """Model -> labels.variants for it (the graph page's labels), for the models with a graph."""
+    return rule_params.canonical(
+        {
+            model: rule_interop.label_variants(config, model)
+            for model in report_graphs(wildcards)
+        }
+    )
 
 
 def model_locations(wildcards):
@@ -373,6 +516,13 @@ def all_targets():
     targets = [paths.report_index(RESULTS)]
     for model, block in config["models"].items():
         targets.append(paths.summary_file(RESULTS, model, "metric_table.md"))
+        if rule_interop.graph_path(config, model):
+            targets.append(paths.graph_dir(RESULTS, model))
+        if config["export"]["enabled"]:
+            targets += [
+                paths.export_file(RESULTS, model),
+                paths.export_delphi_dir(RESULTS, model),
+            ]
         for layer in block["layers"]:
             for name in shard_names(model):
                 targets += [
@@ -388,7 +538,7 @@ def all_targets():
                 ]
                 targets += [
                     paths.evaluation_file(RESULTS, model, layer, variant, name)
-                    for variant in config["evaluate"]["variants"]
+                    for variant in evaluated_variants(model)
                 ]
                 if config["rules"]["variants"]:
                     targets.append(

@@ -1,5 +1,6 @@
 # FADE scores per (model, layer, shard, variant): Clarity, Responsiveness, Purity, Faithfulness of
-# each explained feature's description, rated by the same LLM (docs/fade.md).
+# each explained feature's description, rated by the same LLM (docs/fade.md). An imported variant
+# (models.<m>.imports) is scored on the features evaluate.variants are compared on.
 
 
 rule evaluate:
@@ -13,6 +14,7 @@ rule evaluate:
         explanations=paths.layer_artifact(
             RESULTS, "{model}", "{layer}", "explanations", "{shard}"
         ),
+        imported=imported_of_variant,  # an imported variant's rows (models.<m>.imports)
         heldout=paths.layer_artifact(
             RESULTS, "{model}", "{layer}", "heldout_activations", "{shard}"
         ),

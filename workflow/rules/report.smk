@@ -10,6 +10,7 @@ rule report:
         models=all_embedded_model_files,
         tables=report_files,
         tokens=expand(paths.tokens_file(RESULTS, "{model}"), model=config["models"]),
+        graphs=report_graph_files,
     output:
         index=paths.report_index(RESULTS),
     log:
@@ -24,5 +25,7 @@ rule report:
     params:
         locations=model_locations,
         max_features=config["report"]["max_features"],
+        graphs=report_graphs,
+        labels=report_label_variants,
     script:
         "../../scripts/report.py"

@@ -1,5 +1,6 @@
-# Per (model, layer, shard): the seeded draw of the features that attribution, explain and
-# evaluate work on, made once and written down (those stages read the file, not the seed).
+# Per (model, layer, shard): the features that attribution, explain and evaluate work on, made
+# once and written down (those stages read the file, not the seed): the shard's named features
+# (models.<m>.features, models.<m>.graph) and the seeded draw.
 rule select_features:
     input:
         samples=paths.layer_artifact(
@@ -20,5 +21,6 @@ rule select_features:
         runtime=5,
     params:
         explain=config_section("explain", SELECTION_KEYS),
+        named=shard_named_features,
     script:
         "../../scripts/select_features.py"

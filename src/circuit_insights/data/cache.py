@@ -12,14 +12,16 @@ per feature shard the writer streams three parquet artifacts (schemas in
   maximum activation and its position; written the same way;
 - ``feature_stats``: one row per feature of the shard (dead ones included) with counts, mean,
   max and quantiles of the active values, from a fixed log-spaced histogram per feature
-  (:class:`LogHistogramSpec`), so memory does not grow with the corpus.
+  (:class:`~circuit_insights.data.cache_stats.LogHistogramSpec`), so memory does not grow with
+  the corpus; or (``statistics="parts"``) the raw counters behind them, which the merge of
+  corpus chunks adds up exactly (:mod:`circuit_insights.data.cache_merge`).
 
 Memory: rows wait in one buffer per (shard, sparse artifact) of at most
 ``max_buffered_rows / (2 * n_shards)`` rows (plus one batch); when a buffer is full, every bucket
 holding at least ``1 / (2 * n_buckets)`` of it is written as a row group, which frees at least
 half of it; with ``background_writes`` (the default) the row groups of one flush are encoded
 and written on a background thread while the next batches are processed. Statistics take
-``n_features * (n_histogram_bins + 8) * 8`` bytes. Nothing else is kept: a context arrives whole
+``n_features * (n_histogram_bins + 40) * 8`` bytes. Nothing else is kept: a context arrives whole
 in one batch, so its maxima are final when the batch is done.
 
 Conventions: an activation "fires" when it is non-zero (activations must be non-negative, as the
@@ -39,7 +41,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -49,110 +50,57 @@ import torch
 
 from circuit_insights.core.errors import InputError
 from circuit_insights.core.io import atomic_path
+from circuit_insights.data.cache_stats import (
+    STATS_QUANTILES,
+    FeatureStatistics,
+    LogHistogramSpec,
+    histogram_quantiles,
+)
 from circuit_insights.data.schemas import ACTIVATIONS_SCHEMA, FEATURE_STATS_SCHEMA, MAXIMA_SCHEMA
 from circuit_insights.data.shards import Shard
 
-if TYPE_CHECKING:
-    pass
+__all__ = [  # the statistics' spec and quantiles, re-exported where the writer's users look
+    "ARTIFACTS",
+    "STATISTICS_KINDS",
+    "STATS_QUANTILES",
+    "ActivationCacheWriter",
+    "LogHistogramSpec",
+    "histogram_quantiles",
+    "open_sparse_writer",
+]
 log = logging.getLogger(__name__)
 
 
 #: The keys of ``out_paths[shard]``: one parquet artifact each.
 ARTIFACTS: tuple[str, ...] = ("activations", "maxima", "feature_stats")
 
-#: Quantiles of the active values in ``feature_stats``, with their column names.
-STATS_QUANTILES: dict[str, float] = {"quantile_50": 0.5, "quantile_90": 0.9, "quantile_99": 0.99}
+#: What ``feature_stats`` receives: the statistics (``final``, FEATURE_STATS_SCHEMA) or their
+#: raw counters (``parts``, FEATURE_STATS_PARTS_SCHEMA), which merge exactly over corpus chunks.
+STATISTICS_KINDS: tuple[str, ...] = ("final", "parts")
+
+#: Per sparse artifact: schema, dictionary-encoded columns, declared sort order.
+SPARSE_LAYOUT: dict[str, tuple[pa.Schema, list[str], list[str]]] = {
+    "activations": (
+        ACTIVATIONS_SCHEMA,
+        ["feature", "position"],
+        ["feature", "context", "position"],
+    ),
+    "maxima": (MAXIMA_SCHEMA, ["feature", "max_position"], ["feature", "context"]),
+}
 
 _MAX_INT32 = np.iinfo(np.int32).max
 
 
-@dataclass(frozen=True)
-class LogHistogramSpec:
-    """Fixed log-spaced histogram of positive activation values, the same for every feature.
-
-    Bin 0 holds values below ``10**log10_min``, the last bin values at or above
-    ``10**log10_max``; in between, ``bins_per_decade`` bins per power of ten, each spanning the
-    ratio ``r = 10**(1 / bins_per_decade)``. A quantile is estimated by the geometric midpoint of
-    the bin holding its order statistic, clamped to the feature's exact [min, max]; for an order
-    statistic in ``[10**log10_min, 10**log10_max)`` its relative error is at most
-    :attr:`relative_error_bound` ``= sqrt(r) - 1`` (1.8% with the defaults).
-    """
-
-    log10_min: int = -5
-    """Lower edge of the first log bin (values below land in the underflow bin)."""
-    log10_max: int = 5
-    """Upper edge of the last log bin (values at or above land in the overflow bin)."""
-    bins_per_decade: int = 64
-    """Bins per power of ten; sets the error bound and the memory (n_bins int64 per feature)."""
-
-    def __post_init__(self) -> None:
-        if self.log10_max <= self.log10_min:
-            raise InputError(
-                f"LogHistogramSpec: log10_max ({self.log10_max}) must exceed log10_min "
-                f"({self.log10_min})"
-            )
-        if self.bins_per_decade <= 0:
-            raise InputError(
-                f"LogHistogramSpec: bins_per_decade must be positive, got {self.bins_per_decade}"
-            )
-
-    @property
-    def n_log_bins(self) -> int:
-        return (self.log10_max - self.log10_min) * self.bins_per_decade
-
-    @property
-    def n_bins(self) -> int:
-        """All bins: underflow, the log bins, overflow."""
-        return self.n_log_bins + 2
-
-    @property
-    def relative_error_bound(self) -> float:
-        """Largest relative error of a quantile whose value lies inside the log bins."""
-        return 10.0 ** (0.5 / self.bins_per_decade) - 1.0
-
-    def bin_index(self, values: np.ndarray) -> np.ndarray:
-        """Bin of each positive value, in ``[0, n_bins)``."""
-        with np.errstate(divide="ignore"):
-            scaled = (np.log10(values.astype(np.float64)) - self.log10_min) * self.bins_per_decade
-        return np.clip(np.floor(scaled) + 1, 0, self.n_bins - 1).astype(np.int64)
-
-    def bin_values(self) -> np.ndarray:
-        """Representative value of each bin: the geometric midpoint (the edge for under/overflow)."""
-        middle = self.log10_min + (np.arange(self.n_log_bins) + 0.5) / self.bins_per_decade
-        return np.concatenate(
-            [[10.0**self.log10_min], 10.0**middle, [10.0**self.log10_max]]
-        ).astype(np.float64)
-
-
-def histogram_quantiles(
-    counts: np.ndarray,
-    quantiles: Sequence[float],
-    spec: LogHistogramSpec,
-    minimum: np.ndarray,
-    maximum: np.ndarray,
-) -> np.ndarray:
-    """Estimate quantiles per feature from log-spaced histogram counts.
-
-    ``counts``: (n_features, spec.n_bins) int; ``minimum`` / ``maximum``: (n_features,) exact
-    extremes of the counted values. The q-quantile is the order statistic ``x_(k)``,
-    ``k = ceil(q * n)`` (numpy's ``method="inverted_cdf"``). Returns (n_features, len(quantiles))
-    float64, NaN where a feature has no values.
-    """
-    n = counts.sum(axis=1)  # (n_features,)
-    # Row-wise cumulative counts from one flat cumsum (~5x faster than cumsum along axis 1).
-    cumulative = np.cumsum(counts.reshape(-1)).reshape(counts.shape)  # (n_features, n_bins)
-    if len(cumulative) > 1:
-        cumulative[1:] -= cumulative[:-1, -1:]
-    representative = spec.bin_values()
-    out = np.full((counts.shape[0], len(quantiles)), np.nan)
-    has_values = n > 0
-    for column, q in enumerate(quantiles):
-        rank = np.maximum(np.ceil(q * n), 1)  # (n_features,) 1-based order statistic
-        bin_of_rank = (cumulative < rank[:, None]).sum(axis=1)
-        bin_of_rank = np.minimum(bin_of_rank, spec.n_bins - 1)
-        estimate = np.clip(representative[bin_of_rank], minimum, maximum)
-        out[has_values, column] = estimate[has_values]
-    return out
+def open_sparse_writer(path: str | os.PathLike[str], artifact: str) -> pq.ParquetWriter:
+    """A parquet writer of a sparse artifact (``activations`` or ``maxima``) at ``path``, with
+    the layout's dictionary columns and declared sort order."""
+    schema, dictionary, sorted_by = SPARSE_LAYOUT[artifact]
+    return pq.ParquetWriter(
+        path,
+        schema,
+        use_dictionary=dictionary,
+        sorting_columns=[pq.SortingColumn(schema.get_field_index(name)) for name in sorted_by],
+    )
 
 
 class _ParquetWrites:
@@ -331,7 +279,8 @@ class ActivationCacheWriter:
     together (about 17 bytes each), plus one batch, plus the rows of one flush being written.
     ``row_group_rows``: the largest row group. ``background_writes``: encode and write the row
     groups on one background thread (the same bytes, in the same order), so that the next batches
-    are processed meanwhile; False writes inline.
+    are processed meanwhile; False writes inline. ``statistics``: what ``feature_stats`` gets, one
+    of :data:`STATISTICS_KINDS`.
     """
 
     def __init__(
@@ -346,6 +295,7 @@ class ActivationCacheWriter:
         max_buffered_rows: int = 8_000_000,
         row_group_rows: int = 1_000_000,
         background_writes: bool = True,
+        statistics: str = "final",
     ) -> None:
         self.shards = sorted(shards)
         if not self.shards:
@@ -372,21 +322,14 @@ class ActivationCacheWriter:
                 "bucket_features, max_buffered_rows and row_group_rows must be positive, got "
                 f"{bucket_features}, {max_buffered_rows}, {row_group_rows}"
             )
+        if statistics not in STATISTICS_KINDS:
+            raise InputError(f"statistics must be one of {STATISTICS_KINDS}, got {statistics!r}")
         self.feature_offset = feature_offset
-        self.histogram = histogram if histogram is not None else LogHistogramSpec()
+        self.statistics_kind = statistics
         self.start = self.shards[0].start  # first covered feature
         self.stop = self.shards[-1].stop  # one past the last covered feature
-        n_features = self.stop - self.start
-
         # Streaming statistics over the covered range [start, stop), non-excluded positions.
-        self.n_tokens_total = 0
-        self.n_active_tokens = np.zeros(n_features, np.int64)
-        self.n_active_excluded_tokens = np.zeros(n_features, np.int64)
-        self.n_active_contexts = np.zeros(n_features, np.int64)
-        self.activation_sum = np.zeros(n_features, np.float64)
-        self.activation_min = np.full(n_features, np.inf, np.float64)
-        self.activation_max = np.full(n_features, -np.inf, np.float64)
-        self.histogram_counts = np.zeros((n_features, self.histogram.n_bins), np.int64)
+        self.statistics = FeatureStatistics(self.start, self.stop, histogram)
         self.last_context = -1
         self.closed = False
 
@@ -399,26 +342,11 @@ class ActivationCacheWriter:
         self.writes = _ParquetWrites(background_writes)
         try:
             for shard in self.shards:
-                for artifact, schema, dictionary, sorted_by in (
-                    (
-                        "activations",
-                        ACTIVATIONS_SCHEMA,
-                        ["feature", "position"],
-                        ["feature", "context", "position"],
-                    ),
-                    ("maxima", MAXIMA_SCHEMA, ["feature", "max_position"], ["feature", "context"]),
-                ):
+                for artifact, (schema, _, _) in SPARSE_LAYOUT.items():
                     temporary = self.exit_stack.enter_context(
                         atomic_path(out_paths[shard][artifact])
                     )
-                    writer = pq.ParquetWriter(
-                        temporary,
-                        schema,
-                        use_dictionary=dictionary,
-                        sorting_columns=[
-                            pq.SortingColumn(schema.get_field_index(name)) for name in sorted_by
-                        ],
-                    )
+                    writer = open_sparse_writer(temporary, artifact)
                     self.parquet_writers.append(writer)
                     self.buffers[shard, artifact] = _FeatureBucketBuffer(
                         writer,
@@ -481,18 +409,26 @@ class ActivationCacheWriter:
             batch_index = sparse.batch_index[counted]
             position = sparse.position[counted]
             value = sparse.activation[counted]
+            excluded_feature = sparse.feature[sparse.excluded]
         else:  # nothing excluded: the counted rows are all rows, no copies
             feature, batch_index = sparse.feature, sparse.batch_index
             position, value = sparse.position, sparse.activation
+            excluded_feature = sparse.feature[:0]
         maxima_index, max_value, max_position = _maxima(
             feature, batch_index, position, value, n_positions
         )
 
         # Everything below mutates state; nothing below raises on bad input.
         self.last_context = int(contexts[-1])
-        self.n_tokens_total += int((~excluded_mask).sum().item())
         maxima_feature = feature[maxima_index]  # (n_maxima,) sorted
-        self._update_statistics(sparse, feature, value, maxima_feature, max_value)
+        self.statistics.add(
+            n_tokens=int((~excluded_mask).sum().item()),
+            feature=feature,
+            value=value,
+            excluded_feature=excluded_feature,
+            maxima_feature=maxima_feature,
+            max_value=max_value,
+        )
         global_context = contexts.astype(np.int32)
         start = np.int32(self.start)
         activation_rows = {
@@ -530,14 +466,15 @@ class ActivationCacheWriter:
             self.writes.shutdown()
             for writer in self.parquet_writers:
                 writer.close()
-            statistics = self.feature_statistics()
             for shard in self.shards:
-                rows = statistics[
-                    (statistics["feature"] >= shard.start) & (statistics["feature"] < shard.stop)
-                ]
-                table = pa.Table.from_pandas(
-                    rows, schema=FEATURE_STATS_SCHEMA, preserve_index=False
-                )
+                if self.statistics_kind == "parts":
+                    table = self.statistics.parts_table(shard)
+                else:
+                    table = pa.Table.from_pandas(
+                        self.statistics.frame(shard),
+                        schema=FEATURE_STATS_SCHEMA,
+                        preserve_index=False,
+                    )
                 pq.write_table(table, self.temporary_stats[shard])
         except BaseException as error:
             self._discard(error)
@@ -564,35 +501,14 @@ class ActivationCacheWriter:
         elif not self.closed:
             self._discard(exc)
 
+    @property
+    def n_tokens_total(self) -> int:
+        """Non-excluded tokens seen so far."""
+        return self.statistics.n_tokens_total
+
     def feature_statistics(self) -> pd.DataFrame:
         """The statistics so far, one row per covered feature (columns of FEATURE_STATS_SCHEMA)."""
-        n_active = self.n_active_tokens
-        active = n_active > 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mean = np.where(active, self.activation_sum / np.maximum(n_active, 1), np.nan)
-        frequency = (
-            n_active / self.n_tokens_total if self.n_tokens_total else np.full_like(mean, np.nan)
-        )
-        minimum = np.where(active, self.activation_min, np.nan)
-        maximum = np.where(active, self.activation_max, np.nan)
-        quantiles = histogram_quantiles(
-            self.histogram_counts, list(STATS_QUANTILES.values()), self.histogram, minimum, maximum
-        )
-        frame = pd.DataFrame(
-            {
-                "feature": np.arange(self.start, self.stop, dtype=np.int32),
-                "n_tokens_total": np.full(len(n_active), self.n_tokens_total, np.int64),
-                "n_active_tokens": n_active,
-                "n_active_excluded_tokens": self.n_active_excluded_tokens,
-                "n_active_contexts": self.n_active_contexts,
-                "frequency": np.asarray(frequency, np.float64),
-                "mean_activation": mean,
-                "max_activation": maximum.astype(np.float32),
-            }
-        )
-        for column, name in enumerate(STATS_QUANTILES):
-            frame[name] = quantiles[:, column].astype(np.float32)
-        return frame
+        return self.statistics.frame()
 
     # --- internals -------------------------------------------------------------------------
 
@@ -642,51 +558,6 @@ class ActivationCacheWriter:
                 )
             mask |= excluded.to(device=like.device, dtype=torch.bool)
         return mask
-
-    def _update_statistics(
-        self,
-        sparse: _SparseBatch,
-        feature: np.ndarray,
-        value: np.ndarray,
-        maxima_feature: np.ndarray,
-        max_value: np.ndarray,
-    ) -> None:
-        """Fold one batch into the streaming statistics; O(nnz) numpy, O(1) Python calls.
-
-        ``feature`` / ``value``: the counted rows, sorted by feature; ``maxima_feature`` /
-        ``max_value``: their per (feature, context) maxima, in the same order.
-        """
-        n_features = len(self.n_active_tokens)
-        n_active = np.bincount(feature, minlength=n_features)  # (n_features,)
-        self.n_active_tokens += n_active
-        if len(feature) < len(sparse.feature):
-            self.n_active_excluded_tokens += np.bincount(
-                sparse.feature[sparse.excluded], minlength=n_features
-            )
-        self.activation_sum += np.bincount(feature, weights=value, minlength=n_features)
-        n_bins = self.histogram.n_bins
-        cell_dtype = np.dtype(np.int32 if n_features * n_bins <= _MAX_INT32 else np.int64)
-        histogram_cell = feature.astype(cell_dtype)  # (nnz,) feature * n_bins + bin
-        histogram_cell *= n_bins
-        histogram_cell += self.histogram.bin_index(value).astype(cell_dtype, copy=False)
-        counts = self.histogram_counts.reshape(-1)  # a view: (n_features * n_bins,)
-        # numpy >= 2 adds in place ~10x faster than a bincount over all n_features * n_bins cells
-        np.add.at(counts, histogram_cell, 1)
-        n_contexts = np.bincount(maxima_feature, minlength=n_features)  # (n_features,)
-        self.n_active_contexts += n_contexts
-        if len(feature):
-            # ``feature`` is sorted, so each present feature is one segment, found from the
-            # counts; plain fancy-index updates instead of the slower ufunc.at. The maximum over
-            # a feature's rows is the maximum of its per-context maxima (fewer of them).
-            present = np.flatnonzero(n_active)
-            starts = (np.cumsum(n_active) - n_active)[present]
-            maxima_starts = (np.cumsum(n_contexts) - n_contexts)[present]
-            self.activation_min[present] = np.minimum(
-                self.activation_min[present], np.minimum.reduceat(value, starts)
-            )
-            self.activation_max[present] = np.maximum(
-                self.activation_max[present], np.maximum.reduceat(max_value, maxima_starts)
-            )
 
 
 def _sparse_by_feature(

@@ -75,6 +75,27 @@ FEATURE_STATS_SCHEMA = pa.schema(
     ]
 )
 
+#: The raw, exactly mergeable counters behind ``feature_stats`` of one shard over one corpus
+#: chunk (``circuit_insights.data.cache_stats.FeatureStatistics``), one row per feature: the
+#: counts as in FEATURE_STATS_SCHEMA; the exact extremes of the active values (null for a feature
+#: that never fires); ``sum_cells``, the exact sum as 32 int64 cells (one per group of 8 float32
+#: exponents); the log histogram as its non-empty bins and their counts. The histogram's spec is
+#: in the file's metadata. Written per chunk by rule cache, merged by rule merge_cache.
+FEATURE_STATS_PARTS_SCHEMA = pa.schema(
+    [
+        pa.field("feature", pa.int32(), nullable=False),
+        pa.field("n_tokens_total", pa.int64(), nullable=False),
+        pa.field("n_active_tokens", pa.int64(), nullable=False),
+        pa.field("n_active_excluded_tokens", pa.int64(), nullable=False),
+        pa.field("n_active_contexts", pa.int64(), nullable=False),
+        pa.field("activation_min", pa.float32()),
+        pa.field("activation_max", pa.float32()),
+        pa.field("sum_cells", pa.list_(pa.int64()), nullable=False),
+        pa.field("histogram_bins", pa.list_(pa.int16()), nullable=False),
+        pa.field("histogram_counts", pa.list_(pa.int64()), nullable=False),
+    ]
+)
+
 # --- sampling --------------------------------------------------------------------------------
 
 #: Sampled contexts per feature (``circuit_insights.data.sampling``). ``kind`` is ``quantile``
@@ -96,16 +117,20 @@ SAMPLES_SCHEMA = pa.schema(
     ]
 )
 
-#: The seeded choice of features of one shard that attribution, explanation and evaluation work
-#: on (``circuit_insights.data.selection``), drawn once by rule select_features. One row per
-#: feature with at least ``explain.min_samples`` quantile samples, sorted by ``feature``;
-#: ``selected`` marks the features of the draw (all of them when ``explain.features_per_shard`` is
-#: null); ``n_quantile_samples`` counts the feature's quantile samples.
+#: The choice of features of one shard that attribution, explanation and evaluation work on
+#: (``circuit_insights.data.selection``), made once by rule select_features. One row per feature
+#: with at least ``explain.min_samples`` quantile samples, and one per named feature
+#: (``models.<m>.features`` / ``models.<m>.graph``) whatever its samples, sorted by ``feature``;
+#: ``selected`` marks the features worked on: the named ones and the seeded draw
+#: (``explain.features_per_shard``; all eligible ones when null); ``reason`` says why a row is
+#: there: ``named``, ``drawn`` (in the draw, not named) or ``eligible`` (not selected);
+#: ``n_quantile_samples`` counts the feature's quantile samples.
 FEATURE_SELECTION_SCHEMA = pa.schema(
     [
         pa.field("feature", pa.int32(), nullable=False),
         pa.field("n_quantile_samples", pa.int32(), nullable=False),
         pa.field("selected", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
     ]
 )
 

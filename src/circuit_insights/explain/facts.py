@@ -1,6 +1,7 @@
 """What the variants read about one feature: :class:`FeatureInputs` (its WeightLens facts, top
-contexts, circuit clusters and executable rules), as display strings and rules. Built from the
-stage tables by :func:`circuit_insights.explain.inputs.build_feature_inputs`."""
+contexts, circuit clusters, executable rules and imported explanations), as display strings and
+rules. Built from the stage tables by :func:`circuit_insights.explain.inputs.build_feature_inputs`
+(imported explanations: :func:`circuit_insights.explain.imported.imported_inputs`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 from circuit_insights.explain.executable.rule import Rule
 
-__all__ = ["ClusterFacts", "FeatureInputs", "MarkedContext", "WeightLensFacts"]
+__all__ = ["ClusterFacts", "FeatureInputs", "ImportedText", "MarkedContext", "WeightLensFacts"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,23 @@ class ClusterFacts:
 
 
 @dataclass(frozen=True)
+class ImportedText:
+    """One feature's explanation from another tool (a row of ``interop.table.IMPORTED_COLUMNS``):
+    the first of the file's explanations of the feature, in file order."""
+
+    description: str
+    source: str
+    """The format it came from (``neuronpedia``, ``delphi``)."""
+    explainer_model: str = ""
+    source_id: str = ""
+    """Neuronpedia's source id, or delphi's module."""
+    method: str = ""
+    """Neuronpedia's ``typeName``, or delphi's run name."""
+    n_explanations: int = 1
+    """The file's explanations of the feature (only the first is used)."""
+
+
+@dataclass(frozen=True)
 class FeatureInputs:
     """Everything any variant needs to describe one feature."""
 
@@ -76,12 +94,21 @@ class FeatureInputs:
     rules: tuple[tuple[str, str, Rule], ...] = ()
     """(variant, readable text, rule) of the executable variants
     (:mod:`circuit_insights.explain.executable`)."""
+    imported: tuple[tuple[str, ImportedText], ...] = ()
+    """(variant, explanation) of the imported variants that have one for this feature."""
 
     def rule(self, variant: str) -> tuple[str, Rule] | None:
         """The readable text and rule of an executable variant (None when not derived)."""
         for name, text, rule in self.rules:
             if name == variant:
                 return text, rule
+        return None
+
+    def imported_text(self, variant: str) -> ImportedText | None:
+        """The imported explanation of ``variant`` (None when the file has none)."""
+        for name, text in self.imported:
+            if name == variant:
+                return text
         return None
 
     def described_clusters(self, max_clusters: int) -> list[ClusterFacts]:

@@ -15,12 +15,17 @@ and how it describes a feature:
   (:mod:`circuit_insights.explain.executable`): :class:`MaxTokenRule`, :class:`WeightLensRule`,
   :class:`CircuitRule`, :class:`UnionRule`. Its description is the rule's readable text
   (WeightLens's own text for :class:`WeightLensRule`), its row's ``raw_text`` the rule as JSON.
+- :class:`Imported`: an explanation written elsewhere (Neuronpedia, delphi), brought in from
+  a file; its name comes from the config (``models.<m>.imports``), so it is not in the table
+  but added to a copy of it (``variants.with_imports``). Its row keeps the explainer model
+  (``llm_model``) and, as JSON in ``raw_text``, the source, file, source id and method.
 
 Nothing outside the table names a variant: code asks the variant object (``TABLE[name]``).
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +62,8 @@ __all__ = [
     "ClusterPrompt",
     "ExecutableVariant",
     "FeaturePrompt",
+    "IMPORTED_EXPLANATION",
+    "Imported",
     "LLMFreeVariant",
     "LLMVariant",
     "MaxTokenRule",
@@ -135,11 +142,24 @@ class DerivedRule(Reads):
         return None
 
 
+class ImportedExplanation(Reads):
+    what = "the feature's explanation in the imported file"
+
+    def missing(self, inputs: FeatureInputs, variant: str, config: ExplainConfig) -> str | None:
+        text = inputs.imported_text(variant)
+        if text is None:
+            return "no explanation of this feature in the imported file"
+        if not text.description.strip():
+            return "the imported explanation is empty"
+        return None
+
+
 TOP_CONTEXTS = TopContexts()
 WEIGHTLENS_TOKENS = WeightLensTokens()
 WEIGHTLENS_DESCRIPTION = WeightLensDescription()
 CLUSTERS = Clusters()
 DERIVED_RULE = DerivedRule()
+IMPORTED_EXPLANATION = ImportedExplanation()
 
 
 # --- variants ----------------------------------------------------------------------------------
@@ -245,14 +265,24 @@ class LLMFreeVariant(Variant):
     """A variant rendered without an LLM (a "rule" variant): one ``rule`` row per feature."""
 
     needs_llm: ClassVar[bool] = False
+    step: ClassVar[str] = "rule"
+    """The ``step`` of its rows."""
 
     @abstractmethod
     def description(self, inputs: FeatureInputs, config: ExplainConfig) -> str:
         """The description of a feature that has every input the variant reads."""
 
     def rule_json(self, inputs: FeatureInputs) -> str | None:
-        """The row's ``raw_text``: the executable rule as JSON (None for variants without)."""
+        """The executable rule as JSON (None for variants without)."""
         return None
+
+    def raw_text(self, inputs: FeatureInputs) -> str | None:
+        """The row's ``raw_text``: :meth:`rule_json` unless the kind keeps something else."""
+        return self.rule_json(inputs)
+
+    def author(self, inputs: FeatureInputs) -> str:
+        """The row's ``llm_model``: the model that wrote the description ("" for none)."""
+        return ""
 
 
 @dataclass(frozen=True)
@@ -270,6 +300,48 @@ class TokenTemplate(LLMFreeVariant):
             "suppressed": token_list(facts.suppressed_tokens, k, empty="no particular tokens"),
         }
         return template(self.name).substitute(values).strip()
+
+
+@dataclass(frozen=True)
+class Imported(LLMFreeVariant):
+    """An explanation written elsewhere, read from ``path`` in format ``source`` (a format of
+    ``interop.formats.FORMATS``): its description as it came, its row's ``llm_model`` the
+    explainer model the file names, ``raw_text`` the provenance as JSON (``source``, ``file``,
+    ``source_id``, ``method``, ``explainer_model``, ``n_explanations``). A feature without an
+    explanation in the file gets a ``missing_input`` row naming the file."""
+
+    step: ClassVar[str] = "imported"
+    source: str = ""
+    path: str = ""
+
+    def missing(self, inputs: FeatureInputs, config: ExplainConfig) -> str | None:
+        reason = super().missing(inputs, config)
+        return None if reason is None else f"{reason} ({self.source}: {self.path})"
+
+    def description(self, inputs: FeatureInputs, config: ExplainConfig) -> str:
+        text = inputs.imported_text(self.name)
+        assert text is not None
+        return text.description
+
+    def author(self, inputs: FeatureInputs) -> str:
+        text = inputs.imported_text(self.name)
+        return text.explainer_model if text is not None else ""
+
+    def raw_text(self, inputs: FeatureInputs) -> str | None:
+        text = inputs.imported_text(self.name)
+        if text is None:
+            return None
+        return json.dumps(
+            {
+                "source": self.source,
+                "file": self.path,
+                "source_id": text.source_id,
+                "method": text.method,
+                "explainer_model": text.explainer_model,
+                "n_explanations": text.n_explanations,
+            },
+            ensure_ascii=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -410,6 +482,10 @@ class VariantTable:
 
     def __iter__(self) -> Iterator[Variant]:
         return iter(self.variants)
+
+    def extended(self, variants: Sequence[Variant]) -> VariantTable:
+        """This table with ``variants`` after its own (a name already in it is refused)."""
+        return VariantTable((*self.variants, *variants))
 
     def __contains__(self, name: object) -> bool:
         return any(v.name == name for v in self.variants)

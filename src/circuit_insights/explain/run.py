@@ -21,7 +21,7 @@ from circuit_insights.core.progress import Progress
 from circuit_insights.data.schemas import EXPLANATIONS_SCHEMA
 from circuit_insights.explain.config import ExplainConfig
 from circuit_insights.explain.facts import ClusterFacts, FeatureInputs
-from circuit_insights.explain.kinds import ClusterPrompt, LLMFreeVariant, LLMVariant
+from circuit_insights.explain.kinds import ClusterPrompt, LLMFreeVariant, LLMVariant, VariantTable
 from circuit_insights.explain.prompts import PROMPT_VERSION
 from circuit_insights.explain.requests import FINAL, RequestKey, merge_request, prompt_hash
 from circuit_insights.explain.variants import TABLE
@@ -32,6 +32,7 @@ __all__ = [
     "build_requests",
     "cluster_request",
     "explain_shard",
+    "features_to_score",
     "features_with_every_variant",
     "final_descriptions",
     "rule_description",
@@ -103,13 +104,17 @@ def build_merge_requests(
 
 
 def rule_description(
-    inputs: FeatureInputs, variant: str, config: ExplainConfig | None = None
+    inputs: FeatureInputs,
+    variant: str,
+    config: ExplainConfig | None = None,
+    *,
+    table: VariantTable = TABLE,
 ) -> str | None:
     """The LLM-free description of a rule variant (None when the feature lacks its inputs)."""
     config = config or ExplainConfig()
-    kind = TABLE.get(variant)
+    kind = table.get(variant)
     if not isinstance(kind, LLMFreeVariant):
-        raise InputError(f"variant {variant!r} is not LLM-free {list(TABLE.llm_free_names)}")
+        raise InputError(f"variant {variant!r} is not LLM-free {list(table.llm_free_names)}")
     if kind.missing(inputs, config) is not None:
         return None
     return kind.description(inputs, config)
@@ -278,6 +283,8 @@ def explain_shard(
     feature_inputs: Mapping[int, FeatureInputs],
     variants: Sequence[str],
     config: ExplainConfig | None = None,
+    *,
+    table: VariantTable | None = None,
 ) -> pd.DataFrame:
     """Descriptions of every feature by every variant: :data:`EXPLANATIONS_SCHEMA` rows.
 
@@ -285,17 +292,20 @@ def explain_shard(
     variants also one row per described cluster. All first-round requests go to
     ``backend.chat_many`` in one batch, then the merge requests in a second. ``step``:
     ``describe``, ``merge``, ``copy`` (the final row of a feature with one described cluster
-    repeats it; no tokens counted), ``rule``, ``missing_input`` (``error`` says what is missing)
-    or ``skipped`` (no cluster description parsed, so nothing to merge). ``backend`` may be None
-    when only rule variants are asked for. What each variant reads and how it describes a
-    feature is its object in :data:`circuit_insights.explain.variants.TABLE`.
+    repeats it; no tokens counted), ``rule``, ``imported`` (an explanation from another tool),
+    ``missing_input`` (``error`` says what is missing) or ``skipped`` (no cluster description
+    parsed, so nothing to merge). ``backend`` may be None when only LLM-free variants are asked
+    for. What each variant reads and how it describes a feature is its object in ``table``
+    (default :data:`circuit_insights.explain.variants.TABLE`; with imported variants,
+    ``variants.with_imports``).
     """
     config = config or ExplainConfig()
+    table = table if table is not None else TABLE
     variants = list(dict.fromkeys(variants))
-    unknown = [v for v in variants if v not in TABLE]
+    unknown = [v for v in variants if v not in table]
     if unknown:
-        raise InputError(f"explanation variants {unknown}: choose from {list(TABLE.names)}")
-    needs_llm = [v for v in variants if TABLE[v].needs_llm]
+        raise InputError(f"explanation variants {unknown}: choose from {list(table.names)}")
+    needs_llm = [v for v in variants if table[v].needs_llm]
     if needs_llm and backend is None:
         raise InputError(f"explanation variants {needs_llm} need an LLM backend (none configured)")
     model = backend.model_name if backend is not None else ""
@@ -303,14 +313,14 @@ def explain_shard(
     rows: list[dict[str, Any]] = []
 
     def n_described(inputs: FeatureInputs, variant: str) -> int:
-        if not TABLE[variant].per_cluster:
+        if not table[variant].per_cluster:
             return 0
         return len([c for c in inputs.described_clusters(config.max_clusters) if not c.is_noise])
 
     # Rule variants and missing inputs.
     for inputs in features:
         for variant in variants:
-            kind = TABLE[variant]
+            kind = table[variant]
             reason = kind.missing(inputs, config)
             if reason is not None:
                 rows.append(
@@ -330,11 +340,12 @@ def explain_shard(
                         inputs,
                         variant,
                         FINAL,
-                        "rule",
+                        kind.step,
                         0,
-                        description=rule_description(inputs, variant, config),
+                        description=rule_description(inputs, variant, config, table=table),
+                        llm_model=kind.author(inputs),
                         parse_status="ok",
-                        raw_text=kind.rule_json(inputs),
+                        raw_text=kind.raw_text(inputs),
                     )
                 )
 
@@ -343,7 +354,7 @@ def explain_shard(
     # wl_cl_full's, each starting with the one before's evidence, so that a server with prefix
     # caching has the shared part cached when the longer prompt arrives.
     first: list[tuple[RequestKey, ChatRequest]] = []
-    for variant in sorted(needs_llm, key=TABLE.llm_names.index):
+    for variant in sorted(needs_llm, key=table.llm_names.index):
         first.extend(build_requests(feature_inputs, variant, config))
     answers: dict[tuple[int, str], dict[int, tuple[ChatRequest, ChatResult, str | None]]] = {}
     for key, request, result in _ask(backend, first, config, model):
@@ -358,7 +369,7 @@ def explain_shard(
 
     # Second round: merge (or copy) the cluster descriptions.
     merge: list[tuple[RequestKey, ChatRequest]] = []
-    for variant in [v for v in needs_llm if TABLE[v].per_cluster]:
+    for variant in [v for v in needs_llm if table[v].per_cluster]:
         ok: dict[int, dict[int, str]] = {}
         for inputs in features:
             got = answers.get((inputs.feature, variant))
@@ -441,6 +452,24 @@ def features_with_every_variant(
         covered = features if covered is None else covered & features
     chosen = sorted(covered or ())
     return chosen if limit is None else chosen[:limit]
+
+
+def features_to_score(
+    final: pd.DataFrame,
+    variants: Sequence[str],
+    limit: int | None = None,
+    *,
+    named: Sequence[int] = (),
+) -> list[int]:
+    """The features (ascending) whose descriptions are scored: every ``named`` feature (named by
+    the user: ``models.<m>.features``, a graph) that has a description of every one of
+    ``variants``, and of the others at most ``limit`` (the lowest ids;
+    :func:`features_with_every_variant`)."""
+    covered = features_with_every_variant(final, variants)
+    chosen = set(named) & set(covered)
+    others = [f for f in covered if f not in chosen]
+    chosen.update(others if limit is None else others[:limit])
+    return sorted(chosen)
 
 
 def final_descriptions(explanations_df: pd.DataFrame) -> pd.DataFrame:

@@ -25,19 +25,28 @@ describes a feature. In the paper's order:
 
 Adding a variant is adding its object to :data:`TABLE` (and its template file): every list
 below is derived from the table.
+
+Imported variants (explanations written elsewhere, :class:`~circuit_insights.explain.kinds.Imported`)
+are named by the config (``models.<m>.imports``), not here: :func:`imported_variant` makes one,
+:func:`with_imports` a copy of the table that holds them; a name of the table is refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from circuit_insights.core.errors import InputError
 from circuit_insights.explain.kinds import (
     CLUSTERS,
     DERIVED_RULE,
+    IMPORTED_EXPLANATION,
     TOP_CONTEXTS,
     WEIGHTLENS_DESCRIPTION,
     WEIGHTLENS_TOKENS,
     CircuitRule,
     ClusterPrompt,
     FeaturePrompt,
+    Imported,
     MaxTokenRule,
     TokenTemplate,
     UnionRule,
@@ -66,9 +75,11 @@ __all__ = [
     "TABLE",
     "VARIANTS",
     "cl_rule",
+    "imported_variant",
     "maxact_rule",
     "union",
     "weightlens_rule",
+    "with_imports",
 ]
 
 # The executable variants the others and the functions below refer to.
@@ -134,3 +145,19 @@ maxact_rule = MAXACT_RULE.rule
 weightlens_rule = WEIGHTLENS_RULE.rule
 cl_rule = CL_RULE.rule
 union = WL_CL_RULE.rule
+
+
+def imported_variant(name: str, *, source: str, path: str) -> Imported:
+    """The imported variant ``name`` (a config's name for it) of the explanations in ``path``,
+    format ``source``; :class:`InputError` when ``name`` is a variant of the table."""
+    if name in TABLE:
+        raise InputError(
+            f"imported variant {name!r}: the name is a variant of this project "
+            f"({', '.join(TABLE.names)}); give the import another name"
+        )
+    return Imported(name=name, reads=(IMPORTED_EXPLANATION,), source=source, path=path)
+
+
+def with_imports(imported: Sequence[Imported]) -> VariantTable:
+    """:data:`TABLE` with the ``imported`` variants after its own."""
+    return TABLE.extended(imported)

@@ -92,3 +92,23 @@ def score_table(scores: pd.DataFrame | None, *, what: str) -> Scores:
         key = (int(row.layer), int(row.feature), str(row.variant))
         table.setdefault(key, []).append((str(row.metric), float(row.value)))
     return {key: sorted(values) for key, values in table.items()}
+
+
+def chosen_descriptions(
+    explanations: pd.DataFrame, order: Iterable[str]
+) -> dict[tuple[int, int], tuple[str, str]]:
+    """(layer, feature) -> (variant, description): for each feature, the final description of
+    the first variant of ``order`` that has one (non-empty); features with none are absent.
+    ``explanations``: rows with ``layer``, ``feature``, ``variant``, ``description`` (and
+    ``is_final`` where present), ours or imported."""
+    rows = exported_explanations(explanations, what="labels")
+    rank = {variant: i for i, variant in enumerate(dict.fromkeys(order))}
+    rows = rows[rows["variant"].isin(list(rank))]
+    rows = rows.assign(_rank=rows["variant"].map(rank)).sort_values(
+        ["layer", "feature", "_rank"], kind="stable"
+    )
+    first = rows.drop_duplicates(["layer", "feature"])
+    return {
+        (int(r.layer), int(r.feature)): (str(r.variant), str(r.description))
+        for r in first.itertuples(index=False)
+    }

@@ -223,8 +223,11 @@ def _check_variants(config: Mapping[str, Any]) -> None:
 def _check_semantics(config: Mapping[str, Any]) -> None:
     """Checks a JSON schema cannot express."""
     _check_variants(config)
+    from circuit_insights.pipeline.interop import check_model_interop
+
     for name, model in config["models"].items():
         _check_model(name, model, config)
+        check_model_interop(config, name)  # named features, graph, imports (docs/formats.md)
         transcoders = model["transcoders"]
         if transcoders["kind"] == "pretrained" and not transcoders["path"]:
             raise InputError(

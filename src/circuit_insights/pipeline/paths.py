@@ -1,7 +1,8 @@
 """The file layout of the workflow's outputs, shared by the rules and the library.
 
 ``{results}/{model}/layer{layer}/{kind}/{shard}.parquet`` for per-shard artifacts;
-``{results}/{model}/corpus/tokens.parquet``; ``{results}/{model}/layer{layer}/transcoder/``.
+``{results}/{model}/corpus/tokens.parquet``; ``{results}/{model}/layer{layer}/transcoder/``;
+``{results}/{model}/cache_chunks/{chunk}/`` for the cache of one corpus chunk.
 """
 
 from __future__ import annotations
@@ -68,6 +69,30 @@ def layer_table(results: str, model: str, layer: int | str, kind: str) -> str:
     return f"{results}/{model}/layer{layer}/{kind}.parquet"
 
 
+CACHE_KINDS = (
+    "activations",
+    "maxima",
+    "feature_stats",
+    "heldout_activations",
+    "heldout_maxima",
+    "heldout_feature_stats",
+)
+"""The per-shard cache artifacts of a layer (rule merge_cache), both corpus splits."""
+
+
+def cache_chunk_dir(results: str, model: str, chunk: str) -> str:
+    """Rule cache's output for one corpus chunk (every layer and shard), e.g.
+    ``results/m/cache_chunks/c000000-016384``."""
+    return f"{results}/{model}/cache_chunks/{chunk}"
+
+
+def cache_chunk_file(chunk_dir: str, layer: int | str, kind: str, shard: str) -> str:
+    """One file of a chunk's cache: ``kind`` is ``activations``, ``maxima`` or
+    ``feature_stats_parts`` (the raw counters that merge_cache adds up), each also with the
+    held-out split's prefix ``heldout_``."""
+    return f"{chunk_dir}/layer{layer}/{kind}/{shard}.parquet"
+
+
 REPORT_STAGES = ("weightlens", "explanations", "clusters", "samples", "contributions")
 """Per-shard artifacts the report reads besides the evaluation files."""
 
@@ -93,6 +118,11 @@ def delphi_scores_file(results: str, model: str, layer: int | str, rater: str, s
     return f"{results}/{model}/layer{layer}/delphi-{rater}/{shard}.parquet"
 
 
+def imported_file(results: str, model: str, name: str) -> str:
+    """The rows of imported variant ``name`` (rule import_explanations), every layer's."""
+    return f"{results}/{model}/imported/{name}.parquet"
+
+
 def summary_file(results: str, model: str, name: str) -> str:
     """One of a model's summary outputs, e.g. ``results/m/summary/summary.parquet``."""
     return f"{results}/{model}/summary/{name}"
@@ -115,3 +145,19 @@ def llm_state_file(results: str) -> str:
 def llm_cache_file(results: str) -> str:
     """The run's LLM response cache (sqlite): reruns send nothing already answered."""
     return f"{results}/.llm/responses.sqlite"
+
+
+def graph_dir(results: str, model: str) -> str:
+    """Rule label_graph's folder: the labelled graph ``{slug}.json`` and ``graph-metadata.json``,
+    what circuit-tracer's local server serves."""
+    return f"{results}/{model}/graph"
+
+
+def export_file(results: str, model: str) -> str:
+    """Rule export's Neuronpedia explanation export of a model."""
+    return f"{results}/{model}/export/neuronpedia.json"
+
+
+def export_delphi_dir(results: str, model: str) -> str:
+    """Rule export's delphi runs of a model (one folder per variant)."""
+    return f"{results}/{model}/export/delphi"

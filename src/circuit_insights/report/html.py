@@ -12,6 +12,9 @@
   of every variant and every score with the reason when it is missing;
 - ``{model}/layer{L}/descriptions.html``: every explained feature of the layer (not only those
   with a page) with its final description by every variant, or why there is none;
+- ``{model}/graph.html``: for a model with an attribution graph (``models.<m>.graph``), its
+  features by layer with their labels (:mod:`~circuit_insights.report.graph`), each with a
+  page;
 - ``{model}/summary/``: :func:`circuit_insights.report.summary.write_summary`'s files.
 
 The models come as their declared input files (:class:`~circuit_insights.report.inputs.
@@ -34,6 +37,8 @@ from typing import Any, TypeGuard
 import pandas as pd
 
 from circuit_insights.core.errors import InputError
+from circuit_insights.explain.imported import imported_sources
+from circuit_insights.report.graph import graph_features, graph_page, graph_page_path
 from circuit_insights.report.inputs import (
     CONTRIBUTION_COLUMNS,
     COVERAGE_COLUMNS,
@@ -178,7 +183,9 @@ def _plan_from_inputs(
     if not keys:
         keys = feature_keys([read_table(inputs, "clusters")])
     explained = feature_keys([frames.evaluation, llm_written(frames.explanations)])
-    chosen, hidden = choose_features(keys, max_features, first=explained)
+    chosen, hidden = _with_graph(
+        *choose_features(keys, max_features, first=explained), keys, frames
+    )
     frames.clusters = read_table(inputs, "clusters", features=chosen)
     frames.samples = read_table(inputs, "samples", features=chosen)
     frames.contributions = read_table(
@@ -213,10 +220,28 @@ def _plan_from_frames(
         for layer, features in feature_keys([frames.samples]).items():
             keys.setdefault(layer, set()).update(features)
     explained = feature_keys([frames.evaluation, llm_written(frames.explanations)])
-    chosen, hidden = choose_features(keys, max_features, first=explained)
+    chosen, hidden = _with_graph(
+        *choose_features(keys, max_features, first=explained), keys, frames
+    )
     return ModelPlan(
         frames=frames, slug=slug, chosen=chosen, hidden=hidden, all_clusters=frames.clusters
     )
+
+
+def _with_graph(
+    chosen: dict[int, list[int]],
+    hidden: dict[int, int],
+    keys: Mapping[int, set[int]],
+    frames: ModelFrames,
+) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """``chosen`` / ``hidden`` (:func:`choose_features`) with a page for every feature of the
+    model's graph too, whatever ``max_features`` (the graph page links each)."""
+    chosen, hidden = {k: list(v) for k, v in chosen.items()}, dict(hidden)
+    for layer, features in graph_features(frames.graph).items():
+        added = set(features) - set(chosen.get(layer, []))
+        chosen[layer] = sorted(set(chosen.get(layer, [])) | added)
+        hidden[layer] = max(0, hidden.get(layer, 0) - len(added & keys.get(layer, set())))
+    return chosen, hidden
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -247,6 +272,25 @@ def _write_model(
                 "feature.html",
                 feature_page(view, layer, feature, settings),
             )
+    graph = None
+    if frames.graph is not None:
+        context = graph_page(
+            frames.graph,
+            model=frames.model,
+            model_slug=plan.slug,
+            source=frames.graph_source,
+            explanations=frames.explanations,
+            label_variants=frames.label_variants,
+            sources={v: s.label() for v, s in imported_sources(frames.explanations).items()},
+            page_exists=view.page_exists,
+        )
+        write_page(out / graph_page_path(plan.slug), "graph.html", context)
+        graph = {
+            "href": graph_page_path(plan.slug),
+            "slug": context["slug"],
+            "n_features": context["n_features"],
+            "n_labelled": context["n_labelled"],
+        }
     links: dict[int, dict[str, Any]] = {}
     for layer, context in descriptions_pages(view).items():
         path = descriptions_page_path(plan.slug, layer)
@@ -256,7 +300,7 @@ def _write_model(
             "n_features": len(context["rows"]),
             "n_variants": len(context["variants"]),
         }
-    return index_entry(view, summary, links)
+    return {**index_entry(view, summary, links), "graph": graph}
 
 
 # --- sources -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 
 from circuit_insights.core.errors import InputError
 from circuit_insights.data.corpus import load_contexts
+from circuit_insights.interop.graph import read_graph
 
 __all__ = [
     "CONTRIBUTION_COLUMNS",
@@ -50,6 +52,10 @@ TABLES: tuple[str, ...] = (
 #: (TWERA rows belong to their target feature).
 _KEY_COLUMNS = {"twera": ("target_layer", "target_feature")}
 
+#: Tables whose declared files may hold several layers' rows (the imported variants', one file
+#: per variant): only the rows of the layer a file is declared for are read.
+_SEVERAL_LAYERS = frozenset({"explanations"})
+
 #: Tables without a ``layer`` column of the explained feature: the loader adds it under this
 #: name, from the layer the file was declared for.
 _ADDED_LAYER_COLUMN = {"samples": "layer", "contributions": "feature_layer"}
@@ -76,8 +82,11 @@ class ModelInputs:
     """The declared input files of one model.
 
     ``tables``: report table (one of :data:`TABLES`) -> layer -> its shard files (a table or
-    layer without files: not declared, not read); ``tokens``: the corpus tokens file
-    (``CORPUS_TOKENS_SCHEMA``), None or absent: contexts are not shown.
+    layer without files: not declared, not read; an ``explanations`` file may hold several
+    layers' rows, as the imported variants' do: only the layer's are read); ``tokens``: the
+    corpus tokens file (``CORPUS_TOKENS_SCHEMA``), None or absent: contexts are not shown;
+    ``graph``: the model's attribution graph (``models.<m>.graph``), shown with the labels of
+    ``label_variants`` (``labels.variants``, fallback order).
     """
 
     model: str
@@ -85,6 +94,8 @@ class ModelInputs:
         default_factory=dict
     )
     tokens: str | os.PathLike[str] | None = None
+    graph: str | os.PathLike[str] | None = None
+    label_variants: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.tables) - set(TABLES))
@@ -120,6 +131,12 @@ class ModelFrames:
     twera: pd.DataFrame | None = None
     """Optional TWERA ranking of upstream connections (``WEIGHTLENS_TWERA_SCHEMA`` with
     ``target_layer`` / ``target_feature`` renamed ``layer`` / ``feature``)."""
+    graph: Mapping[str, Any] | None = None
+    """The model's attribution graph (circuit-tracer's JSON, ``interop.graph.read_graph``)."""
+    graph_source: str = ""
+    """Where the graph was read from."""
+    label_variants: tuple[str, ...] = ()
+    """The variants whose descriptions label the graph's features, in fallback order."""
     delphi: pd.DataFrame | None = None
     """Detection, fuzzing and simulation rows (``DELPHI_SCORES_SCHEMA``) of both raters."""
 
@@ -147,13 +164,15 @@ def read_table(
         for path in sorted(Path(p) for p in by_layer[layer]):
             names = pq.read_schema(path).names
             wanted = [c for c in columns if c in names] if columns is not None else None
-            filters = None
+            filters: list[tuple[str, str, Any]] | None = None
             layer_column, feature_column = _KEY_COLUMNS.get(table, ("layer", "feature"))
             if features is not None:
                 keep = sorted(int(f) for f in features[layer])
                 if not keep:
                     continue
                 filters = [(feature_column, "in", keep)]
+            if table in _SEVERAL_LAYERS and "layer" in names:
+                filters = [*(filters or []), ("layer", "=", int(layer))]
             try:
                 arrow = pq.read_table(path, columns=wanted, filters=filters)
             except Exception as exc:  # noqa: BLE001 - name the file at fault
@@ -177,7 +196,8 @@ def load_model_frames(
     tables: Collection[str] | None = None,
     tokenizer: object | None = None,
 ) -> ModelFrames:
-    """The ``tables`` of one model (default: all; missing ones: None) and its corpus."""
+    """The ``tables`` of one model (default: all; missing ones: None), its corpus and its
+    graph."""
     wanted = set(tables) if tables is not None else set(TABLES)
     frames: dict[str, pd.DataFrame | None] = {}
     for table in TABLES:
@@ -189,10 +209,14 @@ def load_model_frames(
     context_ids = tokens = None
     if inputs.tokens is not None and Path(inputs.tokens).is_file():
         context_ids, tokens = load_contexts(Path(inputs.tokens), None)
+    graph = read_graph(inputs.graph) if inputs.graph is not None else None
     return ModelFrames(
         model=inputs.model,
         context_ids=context_ids,
         tokens=tokens,
         tokenizer=tokenizer,
+        graph=graph,
+        graph_source=str(inputs.graph or ""),
+        label_variants=tuple(inputs.label_variants),
         **frames,
     )

@@ -26,6 +26,7 @@ from circuit_insights.data.schemas import (
     SUMMARY_SCHEMA,
     TOKEN_SHARES_SCHEMA,
 )
+from circuit_insights.explain.imported import imported_sources
 from circuit_insights.report import claims
 from circuit_insights.report.delphi_table import (
     DELPHI_NOTE,
@@ -106,6 +107,8 @@ def write_summary(
         by_rule = evaluation["rater"].astype(str) == "rule"
         rule_rated = concat_frames([rule_rated, evaluation[by_rule]], "rule evaluation frames")
         evaluation = evaluation[~by_rule]
+    explanations = concat_frames(explanation_frames, "explanation frames")
+    sources = {v: s.label() for v, s in imported_sources(explanations).items()}
     delphi = concat_frames(delphi_frames, "delphi scores frames")
     summary = summarize_model(evaluation, weightlens, model=model)
     stats = metric_table(summary, n_boot=n_boot, seed=seed)
@@ -134,7 +137,7 @@ def write_summary(
             "",
             note,
             "",
-            metric_grid_markdown(stats),
+            metric_grid_markdown(stats, sources=sources),
             "## Missing values",
             "",
             missing_markdown(missing),
@@ -150,7 +153,7 @@ def write_summary(
         {
             "title": title,
             "note": note,
-            "grid": metric_grid_view(stats),
+            "grid": metric_grid_view(stats, sources=sources),
             "missing_values": missing_view(missing),
             "paper": paper_scores_view(),
         },
@@ -227,7 +230,6 @@ def write_summary(
         written["plot_delphi_scores"] = plot_delphi_scores(
             scored, out / "plots" / "delphi_scores.png"
         )
-    explanations = concat_frames(explanation_frames, "explanation frames")
     requests = llm_request_counts(
         explanations if len(explanations) else None, evaluation, delphi if len(delphi) else None
     )

@@ -92,16 +92,29 @@ def _cell_text(row: Mapping[str, Any], digits: int) -> str:
     return f"{fixed(row['mean'], digits)} {ci} (n={int(row['n'])}{missing})"
 
 
-def row_label(model: str, variant: str, several_models: bool) -> str:
-    """A variant's row label: ``model / variant`` when a table holds several models."""
-    return f"{model} / {variant}" if several_models else variant
+def row_label(
+    model: str,
+    variant: str,
+    several_models: bool,
+    sources: Mapping[str, str] | None = None,
+) -> str:
+    """A variant's row label: ``model / variant`` when a table holds several models; an
+    imported variant (``sources``: variant -> where its explanations came from) is marked
+    ``variant (imported: source)``."""
+    label = f"{model} / {variant}" if several_models else variant
+    if sources and variant in sources:
+        label += f" (imported: {sources[variant]})"
+    return label
 
 
-def metric_grid(stats: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
+def metric_grid(
+    stats: pd.DataFrame, *, digits: int = 2, sources: Mapping[str, str] | None = None
+) -> pd.DataFrame:
     """:func:`~circuit_insights.report.stats.metric_table` in the paper's form: one row per
     variant (``model / variant`` when there are several models), columns a (layer, metric)
     MultiIndex, cells ``"mean [ci_low, ci_high] (n=N, M missing)"``, without the CI below
-    :data:`MIN_FEATURES_FOR_CI` features; ``— (n=0)`` where a variant has no row."""
+    :data:`MIN_FEATURES_FOR_CI` features; ``— (n=0)`` where a variant has no row; imported
+    variants marked with their ``sources`` (:func:`row_label`)."""
     if stats.empty:
         return pd.DataFrame()
     several = stats["model"].nunique() > 1
@@ -112,7 +125,7 @@ def metric_grid(stats: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
     labels: list[str] = []
     cells: dict[str, dict[tuple[int, str], str]] = {}
     for row in stats.to_dict("records"):
-        label = row_label(str(row["model"]), str(row["variant"]), several)
+        label = row_label(str(row["model"]), str(row["variant"]), several, sources)
         if label not in cells:
             labels.append(label)
             cells[label] = {}
@@ -122,9 +135,11 @@ def metric_grid(stats: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
     return pd.DataFrame(data, index=pd.Index(labels, name="variant"), columns=index)
 
 
-def metric_grid_markdown(stats: pd.DataFrame, *, digits: int = 2) -> str:
+def metric_grid_markdown(
+    stats: pd.DataFrame, *, digits: int = 2, sources: Mapping[str, str] | None = None
+) -> str:
     """:func:`metric_grid` as a markdown table (column names ``L<layer> <metric>``)."""
-    grid = metric_grid(stats, digits=digits)
+    grid = metric_grid(stats, digits=digits, sources=sources)
     if grid.empty:
         return "_No scores._\n"
     columns = [(int(layer), str(metric)) for layer, metric in grid.columns]
@@ -157,16 +172,19 @@ def _metric_cell(row: Mapping[str, Any] | None, digits: int) -> dict[str, Any]:
     return cell
 
 
-def metric_grid_view(stats: pd.DataFrame, *, digits: int = 2) -> Table | None:
+def metric_grid_view(
+    stats: pd.DataFrame, *, digits: int = 2, sources: Mapping[str, str] | None = None
+) -> Table | None:
     """:func:`metric_grid` for HTML: a layer header row over the metric columns, each cell
-    a :func:`_metric_cell` (tooltip: the reasons of its missing values); None without scores."""
+    a :func:`_metric_cell` (tooltip: the reasons of its missing values); None without scores;
+    imported variants marked with their ``sources``."""
     if stats.empty:
         return None
     several = stats["model"].nunique() > 1
     by_key: dict[str, dict[tuple[int, str], Mapping[str, Any]]] = {}
     labels: list[str] = []
     for row in stats.to_dict("records"):
-        label = row_label(str(row["model"]), str(row["variant"]), several)
+        label = row_label(str(row["model"]), str(row["variant"]), several, sources)
         if label not in by_key:
             labels.append(label)
             by_key[label] = {}

@@ -18,6 +18,7 @@ import pandas as pd
 
 from circuit_insights.circuitlens.cluster_shard import cluster_coverage
 from circuit_insights.core.tokens import TokenDisplay
+from circuit_insights.explain.imported import imported_sources
 from circuit_insights.report.claims import CLAIMS_NOTE, claims_view
 from circuit_insights.report.contexts import CorpusView, cluster_views, top_context_views
 from circuit_insights.report.inputs import ModelFrames
@@ -364,6 +365,7 @@ def index_entry(
     missing = missing_table(summary.summary)
     counts = flag_counts(frames.explanations) if frames.explanations is not None else None
     requests = llm_request_counts(frames.explanations, frames.evaluation)
+    sources = {v: s.label() for v, s in imported_sources(frames.explanations).items()}
     return {
         "name": frames.model,
         "slug": plan.slug,
@@ -373,7 +375,8 @@ def index_entry(
         "llm_requests": llm_requests_view(requests) if len(requests) else None,
         "llm_failed": int(requests["failed"].sum()) if len(requests) else 0,
         "min_ci": MIN_FEATURES_FOR_CI,
-        "metric_grid": metric_grid_view(summary.stats),
+        "metric_grid": metric_grid_view(summary.stats, sources=sources),
+        "imported": [{"variant": v, "source": label} for v, label in sorted(sources.items())],
         "rule_comparison": rule_comparison_views(summary.rule_comparison)
         if summary.rule_comparison is not None
         else None,

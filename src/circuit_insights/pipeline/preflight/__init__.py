@@ -13,6 +13,8 @@ hub id or URL at fault, so that a problem a job would meet an hour into the run 
 - ``models.<name>.transcoders.path``: a local pretrained transcoder file or folder exists for every
   configured layer and holds the files its format reads; an ``hf://`` one is in the hub cache
   (offline) or on the hub;
+- ``models.<name>.imports``: every imported explanation file is read in full by its format's
+  reader (docs/formats.md; the names, formats and paths are checked with the config);
 - ``llm.url``: answers ``GET {url}/models`` with an OpenAI-compatible model list (JSON with a
   ``data`` list) naming ``llm.model``; without a URL, the model the run would start a server for
   is embedded or a local folder (a hub id needs a server of its own: ``llm.url``);
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from circuit_insights.core.errors import InputError
+from circuit_insights.pipeline.interop import check_imports
 from circuit_insights.pipeline.preflight.files import check_corpus_files, check_output_folder
 from circuit_insights.pipeline.preflight.llm import check_llm
 from circuit_insights.pipeline.preflight.machine import (
@@ -65,6 +68,7 @@ def preflight(
     check_transcoder_paths(config)
     check_hub_transcoders(config, network=network)
     check_llm(config["llm"], network=network)
+    check_imports(config)  # every imported explanation file, read in full
     if launch is not None and launch.runs_jobs and llm_server_needed(config):
         check_llm_environment(config["llm"])
     if launch is not None and launch.runs_jobs_here:

@@ -38,8 +38,14 @@ def run_evaluate_stage(
     out_path: str,
     llm_files: tuple[str, str],
     model_name: str,
+    imported_path: str | None = None,
 ) -> None:
     """Rule evaluate: FADE scores of one variant's descriptions of one shard.
+
+    The features scored are those ``evaluate.variants`` are compared on (the named ones and up
+    to ``evaluate.features_per_shard`` more, :func:`~circuit_insights.explain.run.features_to_score`).
+    An imported variant's descriptions come from ``imported_path`` (rule import_explanations),
+    on those of the features that have one.
 
     Steering multiplies FADE's reference (the largest |activation| over the held-out samples
     evaluated), not the cache split's maximum, so the feature statistics are not read.
@@ -47,17 +53,24 @@ def run_evaluate_stage(
     import pandas as pd
 
     from circuit_insights.data.corpus import load_contexts
-    from circuit_insights.data.selection import selected_features
+    from circuit_insights.data.selection import named_features, selected_features
     from circuit_insights.evaluation.fade.presets import preset_from_config
     from circuit_insights.evaluation.fade.rows import write_fade_evaluation
     from circuit_insights.evaluation.fade.run import evaluate_descriptions
-    from circuit_insights.explain.run import features_with_every_variant, final_descriptions
+    from circuit_insights.explain.run import features_to_score, final_descriptions
 
     final = final_descriptions(pd.read_parquet(explanations_path))
     final = final[final["feature"].isin(selected_features(selection_path))]
-    compared = features_with_every_variant(
-        final, evaluate_config["variants"], evaluate_config["features_per_shard"]
+    compared = features_to_score(
+        final,
+        evaluate_config["variants"],
+        evaluate_config["features_per_shard"],
+        named=named_features(selection_path),
     )
+    if imported_path is not None:
+        wanted = [("layer", "=", layer), ("feature", "in", [int(f) for f in compared] or [-1])]
+        final = final_descriptions(pd.read_parquet(imported_path, filters=wanted))
+        final = final[final["description"].notna()]
     descriptions = final[(final["variant"] == variant) & final["feature"].isin(compared)]
     descriptions = descriptions.sort_values("feature")
     location = model_location(model_config, model_files)

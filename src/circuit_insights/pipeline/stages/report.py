@@ -31,12 +31,25 @@ REPORT_TABLES: dict[str, str] = {
 _LAYER_DIR = re.compile(r"^layer(\d+)$")
 
 
-def report_inputs(results: str, tables: Sequence[str]) -> list[ModelInputs]:
+def report_inputs(
+    results: str,
+    tables: Sequence[str],
+    *,
+    graphs: Mapping[str, str] | None = None,
+    label_variants: Mapping[str, Sequence[str]] | None = None,
+) -> list[ModelInputs]:
     """The declared per-shard ``tables`` grouped by model (sorted by name), report table and
-    layer, each model with its corpus file (also declared by the rule)."""
+    layer, each model with its corpus file (also declared by the rule); an imported variant's
+    rows (``{results}/{model}/imported/{name}.parquet``, every layer's) are an ``explanations``
+    file of each of the model's layers; ``graphs``: model -> its attribution graph, labelled by
+    ``label_variants`` (model -> variants in fallback order)."""
     grouped: dict[str, dict[str, dict[int, list[str]]]] = {}
+    imported: dict[str, list[str]] = {}
     for file in tables:
         parts = Path(file).relative_to(results).parts if Path(file).is_relative_to(results) else ()
+        if len(parts) == 3 and parts[1] == "imported":
+            imported.setdefault(parts[0], []).append(file)
+            continue
         match = _LAYER_DIR.match(parts[1]) if len(parts) > 3 else None
         if match is None or parts[2] not in REPORT_TABLES:
             raise InputError(
@@ -45,8 +58,19 @@ def report_inputs(results: str, tables: Sequence[str]) -> list[ModelInputs]:
             )
         by_table = grouped.setdefault(parts[0], {}).setdefault(REPORT_TABLES[parts[2]], {})
         by_table.setdefault(int(match.group(1)), []).append(file)
+    for model, files in imported.items():
+        by_layer = grouped.setdefault(model, {}).setdefault("explanations", {})
+        layers = {layer for table in grouped[model].values() for layer in table}
+        for layer in sorted(layers):
+            by_layer.setdefault(layer, []).extend(files)
     return [
-        ModelInputs(model=model, tables=grouped[model], tokens=paths.tokens_file(results, model))
+        ModelInputs(
+            model=model,
+            tables=grouped[model],
+            tokens=paths.tokens_file(results, model),
+            graph=(graphs or {}).get(model) or None,
+            label_variants=tuple((label_variants or {}).get(model, ())),
+        )
         for model in sorted(grouped)
     ]
 
@@ -58,17 +82,19 @@ def run_report_stage(
     out_index: str,
     max_features: int | None,
     tables: Sequence[str],
+    graphs: Mapping[str, str] | None = None,
+    label_variants: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
     """Rule report: the static HTML report of the run (opens from disk, no server), from the
-    per-shard ``tables`` the rule declares and each model's corpus (nothing else under
-    ``results`` is read)."""
+    per-shard ``tables`` the rule declares, each model's corpus and its attribution graph
+    (``graphs``, also declared; labelled by ``label_variants``); nothing else is read."""
     from transformers import AutoTokenizer
 
     tokenizers = {
         name: AutoTokenizer.from_pretrained(location) for name, location in model_locations.items()
     }
     index = build_report(
-        report_inputs(results, tables),
+        report_inputs(results, tables, graphs=graphs, label_variants=label_variants),
         Path(out_index).parent,
         tokenizer=tokenizers,
         max_features=max_features,
