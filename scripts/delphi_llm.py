@@ -24,6 +24,7 @@ run_delphi_llm_stage(
     layer=int(snakemake.wildcards.layer),
     selection_path=snakemake.input.selection,
     explanations_path=snakemake.input.explanations,
+    imported_paths=list(snakemake.input.imported),
     heldout_path=snakemake.input.heldout,
     tokens_path=snakemake.input.tokens,
     out_path=snakemake.output.scores,

@@ -293,8 +293,8 @@ def default_trigger_command(results: Path, config: Path, *args: str) -> list[str
     ]
 
 
-def dry_run_rules(results: Path, config: Path) -> set[str]:
-    """Rules of the jobs a dry run schedules, under the default rerun triggers."""
+def dry_run_jobs(results: Path, config: Path) -> list[tuple[str, list[str]]]:
+    """(rule, outputs) of the jobs a dry run schedules, under the default rerun triggers."""
     done = subprocess.run(
         default_trigger_command(results, config, "-n"),
         cwd=ROOT,
@@ -303,7 +303,12 @@ def dry_run_rules(results: Path, config: Path) -> set[str]:
         text=True,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    return {rule for rule, _ in planned_jobs(done.stdout)} - ALWAYS
+    return planned_jobs(done.stdout)
+
+
+def dry_run_rules(results: Path, config: Path) -> set[str]:
+    """Rules of the jobs a dry run schedules, under the default rerun triggers."""
+    return {rule for rule, _ in dry_run_jobs(results, config)} - ALWAYS
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:
@@ -512,15 +517,7 @@ def test_naming_features_reruns_only_the_shards_they_are_in(touched, tmp_path):
     def edit(config):
         config["models"][MODEL]["features"] = {LAYER: [5, "7-9"]}
 
-    done = subprocess.run(
-        default_trigger_command(touched, edited(tmp_path, edit), "-n"),
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    planned = planned_jobs(done.stdout)
+    planned = dry_run_jobs(touched, edited(tmp_path, edit))
     selects = [outputs for rule, outputs in planned if rule == "select_features"]
     assert selects == [[str(artifact(touched, "features", SHARDS[0]))]]
     for rule, outputs in planned:
@@ -545,18 +542,11 @@ def test_an_import_runs_its_rows_and_their_scores_and_reruns_none_of_ours(touche
             "theirs": {"format": "neuronpedia", "path": str(export)}
         }
 
-    done = subprocess.run(
-        default_trigger_command(touched, edited(tmp_path, edit), "-n"),
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    planned = planned_jobs(done.stdout)
+    planned = dry_run_jobs(touched, edited(tmp_path, edit))
     rules = {rule for rule, _ in planned} - ALWAYS
-    assert {"import_explanations", "evaluate"} <= rules, rules
-    assert rules <= {"import_explanations", "evaluate", "summarize", "report", "export"}, rules
+    ours = {"import_explanations", "evaluate", "delphi_llm"}  # delphi_llm rates imports too
+    assert ours <= rules, rules
+    assert rules <= {*ours, "summarize", "report", "export"}, rules
     evaluated = [o for rule, outputs in planned if rule == "evaluate" for o in outputs]
     assert len(evaluated) == len(SHARDS)
     assert all("/evaluation/theirs/" in output for output in evaluated), evaluated

@@ -148,6 +148,14 @@ def imported_of_variant(wildcards):
     return paths.imported_file(RESULTS, wildcards.model, wildcards.variant)
 
 
+def evaluated_imports_of(wildcards):
+    """The rows of every imported variant of {model} that is scored (rule delphi_llm)."""
+    return [
+        paths.imported_file(RESULTS, wildcards.model, name)
+        for name in rule_interop.evaluated_imports(config, wildcards.model)
+    ]
+
+
 def imported_files_of(model):
     """The rows of every imported variant of ``model``."""
     return [

@@ -1,6 +1,7 @@
 # Per (model, layer, shard): delphi's detection and fuzzing and OpenAI's simulation score of the
 # compared features' descriptions, rated by the LLM (rater = llm; docs/delphi_scores.md), on the
-# examples delphi_rules scores exactly.
+# examples delphi_rules scores exactly. The model's imported variants (models.<m>.imports, unless
+# their evaluate is false) are rated beside ours.
 
 
 rule delphi_llm:
@@ -13,6 +14,7 @@ rule delphi_llm:
         explanations=paths.layer_artifact(
             RESULTS, "{model}", "{layer}", "explanations", "{shard}"
         ),
+        imported=evaluated_imports_of,  # the model's imported variants (models.<m>.imports)
         heldout=paths.layer_artifact(
             RESULTS, "{model}", "{layer}", "heldout_activations", "{shard}"
         ),

@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from circuit_insights.llm.backends import llm_backend
 from circuit_insights.pipeline.locations import llm_location
 from circuit_insights.pipeline.stages.delphi_rules import tokenizer_of
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,7 @@ def run_delphi_llm_stage(
     layer: int,
     selection_path: str,
     explanations_path: str,
+    imported_paths: Sequence[str] = (),
     heldout_path: str,
     tokens_path: str,
     out_path: str,
@@ -34,33 +38,26 @@ def run_delphi_llm_stage(
     """Rule delphi_llm: the three scores of the compared features' descriptions, rated by the
     LLM (``rater = "llm"``).
 
-    Variants: ``scores.variants`` (null: ``evaluate.variants``); features: the selection's
-    features that have a description of every one of them, at most ``scores.features_per_shard``
-    (null: ``evaluate.features_per_shard``), the lowest ids first, as FADE chooses them.
+    Variants: ``scores.variants`` (null: ``evaluate.variants``) and the model's imported
+    variants (``imported_paths``); features: :func:`descriptions_to_rate`, as FADE chooses them.
     """
     import pandas as pd
 
     from circuit_insights.core.tokens import TokenDisplay
     from circuit_insights.data.corpus import load_contexts
-    from circuit_insights.data.selection import selected_features
     from circuit_insights.evaluation.delphi import score_shard, write_delphi_scores
     from circuit_insights.evaluation.delphi.config import context_bos, scores_settings
-    from circuit_insights.explain.run import features_with_every_variant, final_descriptions
 
     chosen, config = scores_settings(scores_config)
-    variants = chosen.get("variants") or evaluate_config["variants"]
-    limit = chosen.get("features_per_shard") or evaluate_config["features_per_shard"]
-    final = final_descriptions(pd.read_parquet(explanations_path))
-    final = final[final["feature"].isin(selected_features(selection_path))]
-    compared = features_with_every_variant(final, variants, limit)
-    descriptions = final[final["variant"].isin(list(variants)) & final["feature"].isin(compared)]
-    order = {variant: i for i, variant in enumerate(variants)}
-    descriptions = (
-        descriptions.assign(_v=descriptions["variant"].map(order))
-        .sort_values(["feature", "_v"], kind="mergesort")
-        .drop(columns="_v")
-        .reset_index(drop=True)
+    descriptions = descriptions_to_rate(
+        layer=layer,
+        explanations_path=explanations_path,
+        selection_path=selection_path,
+        variants=chosen.get("variants") or evaluate_config["variants"],
+        limit=chosen.get("features_per_shard") or evaluate_config["features_per_shard"],
+        imported_paths=imported_paths,
     )
+    compared = sorted(set(descriptions["feature"]))
     tokenizer = tokenizer_of(model_config, model_files)
     context_ids, tokens = load_contexts(tokens_path, "eval")
     backend = llm_backend(llm_config, llm_location(llm_config, llm_model_files), *llm_files)
@@ -87,4 +84,44 @@ def run_delphi_llm_stage(
         len(compared),
         ", ".join(config.scorers),
         time.perf_counter() - started,
+    )
+
+
+def descriptions_to_rate(
+    *,
+    layer: int,
+    explanations_path: str,
+    selection_path: str,
+    variants: Sequence[str],
+    limit: int | None,
+    imported_paths: Sequence[str] = (),
+) -> pd.DataFrame:
+    """``layer, feature, variant, description`` rows the LLM rates, by feature then variant.
+
+    The features are FADE's (rule evaluate, :func:`~circuit_insights.explain.run.
+    features_to_score`): the selection's named features and up to ``limit`` more that have a
+    description of every one of ``variants``. Each imported variant (a file of rule
+    import_explanations) adds its description of those features where it has one; a feature it
+    does not describe gets no row of it (its import row says why), as in FADE's evaluation.
+    """
+    import pandas as pd
+
+    from circuit_insights.data.selection import named_features, selected_features
+    from circuit_insights.explain.run import features_to_score, final_descriptions
+
+    final = final_descriptions(pd.read_parquet(explanations_path))
+    final = final[final["feature"].isin(selected_features(selection_path))]
+    compared = features_to_score(final, variants, limit, named=named_features(selection_path))
+    parts = [final[final["variant"].isin(list(variants)) & final["feature"].isin(compared)]]
+    wanted = [("layer", "=", layer), ("feature", "in", [int(f) for f in compared] or [-1])]
+    for path in imported_paths:
+        theirs = final_descriptions(pd.read_parquet(path, filters=wanted))
+        parts.append(theirs[theirs["description"].notna() & (theirs["description"] != "")])
+    order = {variant: i for i, variant in enumerate(variants)}
+    rows = pd.concat(parts, ignore_index=True)
+    return (
+        rows.assign(_v=rows["variant"].map(order).fillna(len(order)))
+        .sort_values(["feature", "_v", "variant"], kind="mergesort")
+        .drop(columns="_v")
+        .reset_index(drop=True)
     )
