@@ -4,6 +4,7 @@ feature rated exactly by rules, and the LLM path with a fake backend."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -35,9 +36,14 @@ from circuit_insights.evaluation.delphi.metrics import (
 )
 from circuit_insights.evaluation.delphi.run import feature_plans
 from circuit_insights.evaluation.delphi.scorers import SCORERS
-from circuit_insights.evaluation.delphi.simulation import parse_simulation
+from circuit_insights.evaluation.delphi.simulation import expected_values, parse_simulation
 from circuit_insights.explain.executable.rule import Clause, Condition, Rule
-from circuit_insights.llm.client import ChatRequest, ChatResult, result_from_text
+from circuit_insights.llm.client import (
+    ChatRequest,
+    ChatResult,
+    compact_prompt_logprobs,
+    result_from_text,
+)
 
 BOS, A, B = 1, 7, 9
 FEATURE = 4
@@ -194,6 +200,7 @@ def token_rule(token: int) -> Rule:
 CONFIG = DelphiScoresConfig(
     example_length=WINDOW, n_quantiles=5, n_per_quantile=10, n_non_activating=50
 )
+JSON_CONFIG = dataclasses.replace(CONFIG, simulation_mode="all_at_once")
 
 
 def test_planted_feature_exact_scores_right_and_wrong_rule() -> None:
@@ -416,7 +423,7 @@ def test_llm_rated_scores_on_the_same_examples_as_the_rule() -> None:
         layer=3,
         heldout_activations=activations,
         heldout_tokens=corpus,
-        config=CONFIG,
+        config=JSON_CONFIG,
         seed=0,
         bos_token_id=BOS,
         descriptions=descriptions("the token A", None),
@@ -480,7 +487,7 @@ def test_malformed_and_missing_answers_count_as_delphi_counts_them() -> None:
         layer=3,
         heldout_activations=activations,
         heldout_tokens=corpus,
-        config=CONFIG,
+        config=JSON_CONFIG,
         seed=0,
         bos_token_id=BOS,
         descriptions=descriptions("the token A"),
@@ -522,6 +529,194 @@ def test_malformed_and_missing_answers_count_as_delphi_counts_them() -> None:
     # simulation: every other sequence fenced, read as zeros and counted failed
     assert overall.loc["simulation", "n_failed"] == 50
     assert 0 < overall.loc["simulation", "correlation"] < 1.0
+
+
+# --- simulation by expected value (prompt log-probabilities) ---------------------------------
+
+
+def prompt_pieces(request: ChatRequest) -> list[str]:
+    """The prompt as a tokenizer that splits ``token<tab>value`` lines would see it."""
+    pieces = ["<|im_start|>"]
+    for role, content in request.messages:
+        pieces += [role, "\n"]
+        for line in content.split("\n"):
+            if "\t" in line:
+                token, value = line.split("\t")
+                pieces += [token, "\t", value, "\n"]
+            else:
+                pieces += [line, "\n"]
+        pieces += ["<|im_end|>", "\n"]
+    return [*pieces, "<|im_start|>", "assistant", "\n"]
+
+
+def vllm_prompt_logprobs(
+    request: ChatRequest, predict: Callable[[str], dict[str, float]]
+) -> list[dict[str, dict[str, object]] | None]:
+    """vLLM's ``prompt_logprobs`` for the prompt: per position the prompt token first (id,
+    logprob, rank, decoded_token), then the top ones; at a position after a tab, ``predict``
+    of the token before the tab gives the top (text -> probability)."""
+    pieces = prompt_pieces(request)
+    out: list[dict[str, dict[str, object]] | None] = [None]
+    for position in range(1, len(pieces)):
+        actual = pieces[position]
+        entries = {"900": {"logprob": -6.0, "rank": 40, "decoded_token": actual}}
+        top = predict(pieces[position - 2]) if pieces[position - 1] == "\t" else {actual: 0.9}
+        for rank, (text, p) in enumerate(top.items(), 1):
+            entries[str(rank)] = {"logprob": math.log(p), "rank": rank, "decoded_token": text}
+        out.append(entries)
+    return out
+
+
+class FakeVLLM(FakeBackend):
+    """Answers simulation prompts as vLLM does with ``prompt_logprobs``."""
+
+    def __init__(self, predict: Callable[[str], dict[str, float]]) -> None:
+        super().__init__(oracle)
+        self.predict = predict
+
+    def chat_many(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        results = super().chat_many(requests)
+        return [
+            dataclasses.replace(
+                result,
+                parsed=compact_prompt_logprobs(
+                    vllm_prompt_logprobs(request, self.predict), request.prompt_logprobs_after
+                ),
+            )
+            if request.prompt_logprobs
+            else result
+            for request, result in zip(requests, results, strict=True)
+        ]
+
+
+def knows_a(token: str) -> dict[str, float]:
+    """Mostly 10 (and some 9) on A, mostly 0 (and some 1) elsewhere."""
+    return {"10": 0.7, "9": 0.2, "x": 0.1} if token == token_text(A) else {"0": 0.6, "1": 0.2}
+
+
+def test_expected_value_is_delphis_renormalised_mean_over_0_to_10() -> None:
+    # tokens that are not integers 0-10 are left out, the rest renormalised; int(" 5") is 5
+    top = {
+        "0": math.log(0.5),
+        "10": math.log(0.25),
+        " 5": math.log(0.25),
+        "x": math.log(0.9),
+        "11": math.log(0.9),
+        "-1": math.log(0.9),
+    }
+    [(values, ok)] = expected_values([{"token": "unknown", "top": top}], [1])
+    assert ok and values.tolist() == pytest.approx([3.75])
+    # the last sum(lengths) unknowns are the sequences, in order
+    few_shot = {"token": "unknown", "top": {"7": 0.0}}
+    parsed = [few_shot, {"token": "3", "top": {"3": 0.0}}, {"token": "unknown", "top": {"2": 0.0}}]
+    assert expected_values(parsed, [1])[0][0].tolist() == [2.0]
+    assert expected_values(parsed, [2])[0][0].tolist() == [7.0, 2.0]
+    assert [v.tolist() for v, _ in expected_values(parsed, [1, 1])] == [[7.0], [2.0]]
+    assert not any(ok for _, ok in expected_values(parsed, [2, 1]))  # fewer unknowns than tokens
+    # a token without any integer fails its own sequence only
+    no_digit = {"token": "unknown", "top": {"cat": -0.1}}
+    (first, ok_first), (second, ok_second) = expected_values([no_digit, few_shot], [1, 1])
+    assert not ok_first and first.tolist() == [0.0] and ok_second and second.tolist() == [7.0]
+    assert not expected_values(None, [2])[0][1] and not expected_values({"x": 1}, [2])[0][1]
+
+
+def test_compact_prompt_logprobs_reads_vllms_answer() -> None:
+    # the shape vLLM 0.32 answers (/v1/chat/completions with prompt_logprobs): token id ->
+    # logprob, rank, decoded_token, the prompt token first even when it ranks low
+    answer = [
+        None,
+        {
+            "504": {"logprob": -5.8, "rank": 27, "decoded_token": " cat"},
+            "81": {"logprob": -0.9, "rank": 1, "decoded_token": "a"},
+        },
+        {"197": {"logprob": -0.2, "rank": 1, "decoded_token": "\t"}},
+        {
+            "31295": {"logprob": -3.5, "rank": 6, "decoded_token": "unknown"},
+            "33": {"logprob": -1.2, "rank": 1, "decoded_token": "1"},
+            "34": {"logprob": -2.2, "rank": 2, "decoded_token": "1"},
+            "32": {"logprob": -2.3, "rank": 3, "decoded_token": "0"},
+        },
+    ]
+    kept = compact_prompt_logprobs(answer, "\t")
+    assert kept is not None and [k["position"] for k in kept] == [3]
+    assert kept[0]["token"] == "unknown"
+    assert kept[0]["top"]["1"] == pytest.approx(math.log(math.exp(-1.2) + math.exp(-2.2)))
+    assert kept[0]["top"]["0"] == -2.3
+    everything = compact_prompt_logprobs(answer, None)
+    assert everything is not None and [k["token"] for k in everything] == [" cat", "\t", "unknown"]
+    assert compact_prompt_logprobs(None, "\t") is None
+    assert compact_prompt_logprobs([None, {"1": {"rank": 1}}], "\t") is None
+
+
+def test_simulation_by_expected_value_matches_the_rule_on_a_planted_feature() -> None:
+    corpus, activations = planted()
+    backend = FakeVLLM(knows_a)
+    frame = score_shard(
+        layer=3,
+        heldout_activations=activations,
+        heldout_tokens=corpus,
+        config=dataclasses.replace(CONFIG, scorers=("simulation",)),
+        seed=0,
+        bos_token_id=BOS,
+        descriptions=descriptions("the token A"),
+        backend=backend,
+        rules=[token_rule(A)],
+        display=token_text,
+    )
+    assert len(backend.requests) == 100  # one per sequence, nothing generated
+    request = backend.requests[0]
+    assert request.max_tokens == 1 and request.prompt_logprobs == 15
+    assert request.json_schema is None and request.prompt_logprobs_after == "\t"
+    assert request.messages[-1][0] == "assistant" and "\tunknown" in request.messages[-1][1]
+    llm = frame[(frame["rater"] == "llm") & (frame["group"] == "all")].iloc[0]
+    rule = frame[(frame["rater"] == "rule") & (frame["group"] == "all")].iloc[0]
+    assert llm["simulation_mode"] == "expected_value" and llm["n_failed"] == 0
+    assert llm["n_tokens"] == rule["n_tokens"]
+    # predicted 8.8 / 0.9 on A and 0.2 / 0.8 elsewhere: an affine image of the rule's 1 / 0
+    assert llm["correlation"] == pytest.approx(rule["correlation"]) == pytest.approx(1.0)
+
+    def no_digits_after_b(token: str) -> dict[str, float]:
+        return {"cat": 0.9} if token == token_text(B) else knows_a(token)
+
+    # OpenAI's format with several sequences per prompt: the same predictions, fewer prompts
+    packed_backend = FakeVLLM(knows_a)
+    packed = score_shard(
+        layer=3,
+        heldout_activations=activations,
+        heldout_tokens=corpus,
+        config=dataclasses.replace(
+            CONFIG, scorers=("simulation",), simulation_sequences_per_prompt=30
+        ),
+        seed=0,
+        bos_token_id=BOS,
+        descriptions=descriptions("the token A"),
+        backend=packed_backend,
+        display=token_text,
+    )
+    assert len(packed_backend.requests) == 4  # 30 + 30 + 30 + 10 sequences
+    assert packed_backend.requests[0].messages[-1][1].count("<start>") == 30
+    pd.testing.assert_frame_equal(
+        packed.drop(columns=["llm_calls", "llm_tokens_in", "llm_tokens_out"]),
+        frame[frame["rater"] == "llm"]
+        .reset_index(drop=True)
+        .drop(columns=["llm_calls", "llm_tokens_in", "llm_tokens_out"]),
+    )
+
+    failing = score_shard(
+        layer=3,
+        heldout_activations=activations,
+        heldout_tokens=corpus,
+        config=dataclasses.replace(CONFIG, scorers=("simulation",)),
+        seed=0,
+        bos_token_id=BOS,
+        descriptions=descriptions("the token A"),
+        backend=FakeVLLM(no_digits_after_b),
+        display=token_text,
+    )
+    row = failing[failing["group"] == "all"].iloc[0]
+    shown = [r.messages[-1][1] for r in backend.requests]
+    with_b = sum(f"\n{token_text(B)}\tunknown" in text for text in shown)
+    assert 0 < with_b < 100 and row["n_failed"] == with_b
 
 
 def test_features_without_non_activating_windows_get_a_reason() -> None:

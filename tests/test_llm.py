@@ -36,7 +36,9 @@ RATING_SCHEMA = {
 
 # A handler gets the request body and the 1-based number of the call; it returns
 # (status, content-or-error-text, delay_s) or None to drop the connection without answering.
-Handler = Callable[[dict[str, Any], int], "tuple[int, str, float] | None"]
+Handler = Callable[
+    [dict[str, Any], int], "tuple[int, str, float] | tuple[int, str, float, dict] | None"
+]
 
 
 class FakeOpenAIServer:
@@ -88,7 +90,7 @@ class FakeOpenAIServer:
                     if outcome is None:  # the server dies: no answer, connection dropped
                         self.close_connection = True
                         return
-                    status, content, delay = outcome
+                    status, content, delay, *extra = outcome
                     time.sleep(delay)
                     # Done before the answer leaves: a client that sends its next request as
                     # soon as it has this answer must not find this one still counted.
@@ -108,6 +110,7 @@ class FakeOpenAIServer:
                                 }
                             ],
                             "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+                            **(extra[0] if extra else {}),
                         },
                     )
                 finally:
@@ -201,6 +204,7 @@ def test_request_is_detached_from_the_callers_schema() -> None:
         {"user": "other"},
         {"system": "sys"},
         {"repetition_penalty": 1.2},
+        {"prompt_logprobs": 5},
     ],
 )
 def test_every_field_and_the_model_change_the_key(change: dict[str, Any]) -> None:
@@ -248,6 +252,8 @@ def test_cache_key_is_stable_across_versions() -> None:
         {"messages": (("user", "x"),), "max_tokens": 0},
         {"messages": (("user", "x"),), "repetition_penalty": 0.0},
         {"messages": (("user", "x"),), "json_schema": {"bad": {1, 2}}},
+        {"messages": (("user", "x"),), "prompt_logprobs": -1},
+        {"messages": (("user", "x"),), "prompt_logprobs": 3, "json_schema": {"type": "object"}},
     ],
 )
 def test_bad_requests_raise_input_error(kwargs: dict[str, Any]) -> None:
@@ -373,6 +379,45 @@ def test_unparseable_empty_and_rejected_answers_are_results_not_exceptions() -> 
     assert results[1].text == "" and results[1].error is None
     assert "maximum context length" in (results[3].error or "")
     assert server.calls == 4  # a 400 is not retried
+
+
+def test_prompt_logprobs_are_asked_for_read_and_cached(tmp_path: Any) -> None:
+    # vLLM's answer: per prompt position the prompt token first, then the top ones
+    answer = [
+        None,
+        {"5": {"logprob": -0.1, "rank": 1, "decoded_token": "\t"}},
+        {
+            "9": {"logprob": -4.0, "rank": 9, "decoded_token": "unknown"},
+            "3": {"logprob": -0.5, "rank": 1, "decoded_token": "3"},
+        },
+    ]
+
+    def with_logprobs(body: dict[str, Any], number: int) -> tuple[int, str, float, dict]:
+        extra = {"prompt_logprobs": answer} if body.get("prompt_logprobs") else {}
+        return 200, "x", 0.0, extra
+
+    request = ChatRequest.simple(
+        "a\tunknown", max_tokens=1, prompt_logprobs=4, prompt_logprobs_after="\t"
+    )
+    plain = ChatRequest.simple("a\tunknown", max_tokens=1)
+    with fake_server(with_logprobs) as server:
+        with ResponseCache(tmp_path / "llm.sqlite") as cache:
+            cached = CachedBackend(backend(server.url), cache)
+            first, without = cached.chat_many([request, plain])
+            again = cached.chat_many([request])[0]
+    assert server.bodies[0]["prompt_logprobs"] == 4 and "prompt_logprobs" not in server.bodies[1]
+    expected = [{"position": 2, "token": "unknown", "top": {"unknown": -4.0, "3": -0.5}}]
+    assert first.parse_status == "ok" and first.parsed == expected
+    assert without.parsed is None and without.text == "x"
+    assert again.cached and again.parsed == expected and server.calls == 2
+
+
+def test_a_server_without_prompt_logprobs_gives_an_error_result() -> None:
+    request = ChatRequest.simple("a\tunknown", max_tokens=1, prompt_logprobs=4)
+    with fake_server(lambda body, number: (200, "x", 0.0)) as server:
+        result = backend(server.url).chat_many([request])[0]
+    assert result.parse_status == "error"
+    assert "no prompt log-probabilities" in (result.error or "")
 
 
 def test_unreachable_server_is_an_input_error_naming_the_url() -> None:

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from circuit_insights.core.errors import InputError
+from circuit_insights.evaluation.delphi.prompts import simulation_logprob_messages
+from circuit_insights.evaluation.delphi.simulation import expected_values
 from circuit_insights.llm.cache import CachedBackend, ResponseCache
 from circuit_insights.llm.client import ChatRequest, LLMServerError
 from circuit_insights.llm.server import (
@@ -401,6 +403,9 @@ TEXTS_SCHEMA = {
 }
 
 
+SIMULATED = (" The", " cat", " sat", " on", " the", " mat")
+
+
 @pytest.mark.slow
 @needs_vllm
 def test_real_server_structured_output_and_clean_shutdown(
@@ -419,7 +424,14 @@ def test_real_server_structured_output_and_clean_shutdown(
             "Write three short sentences that use the word 'river'.",
             json_schema=TEXTS_SCHEMA,
             max_tokens=120,
-        )
+        ),
+        # delphi's expected-value simulation: nothing generated, vLLM's prompt_logprobs read
+        ChatRequest(
+            messages=simulation_logprob_messages("the word cat", [SIMULATED]),
+            max_tokens=1,
+            prompt_logprobs=15,
+            prompt_logprobs_after="\t",
+        ),
     ]
     server = VLLMServer(
         smollm2_dir, log_path=tmp_path / "vllm.log", startup_timeout_s=600, python=LLM_PYTHON
@@ -438,10 +450,17 @@ def test_real_server_structured_output_and_clean_shutdown(
     for result in results:
         assert result.parse_status == "ok", result
         assert result.tokens_in > 0 and result.tokens_out > 0
-        assert result.finish_reason == "stop"
+    assert [r.finish_reason for r in results] == ["stop", "stop", "stop", "length"]
     assert results[0].parsed["rating"] in (0, 1, 2)
     assert isinstance(results[2].parsed["texts"], list)
-    assert all(r.cached for r in again) and backend.sent == 3
+    # one position per shown token, after its tab, holding the prompt's "unknown" and the top 15
+    simulated = [p for p in results[3].parsed if p["token"] == "unknown"]
+    assert len(simulated) == len(SIMULATED)
+    assert all(len(p["top"]) >= 15 for p in simulated)
+    [(values, _)] = expected_values(results[3].parsed, [len(SIMULATED)])
+    assert values.shape == (len(SIMULATED),) and ((values >= 0) & (values <= 10)).all()
+    assert all(r.cached for r in again) and backend.sent == 4
+    assert again[3].parsed == results[3].parsed
     assert "Application startup complete" in (tmp_path / "vllm.log").read_text()
 
 

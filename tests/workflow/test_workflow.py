@@ -439,6 +439,24 @@ def test_fade_scores_for_every_evaluated_variant(results):
                 assert (pd.isna(value) and isinstance(reason, str)) or 0 <= value <= 1, metric
 
 
+def test_the_llm_simulates_by_the_real_servers_prompt_logprobs(results):
+    """delphi_llm's simulation on the CI run: delphi's expected-value simulator, one request per
+    sequence to the run's real vLLM server, answers read from its prompt log-probabilities."""
+    frames = [
+        pd.read_parquet(layer_dir(results) / "delphi-llm" / f"{name}.parquet")
+        for name in shards(results)
+    ]
+    simulation = pd.concat(frames)
+    simulation = simulation[(simulation["score"] == "simulation") & (simulation["group"] == "all")]
+    assert len(simulation) and (simulation["simulation_mode"] == "expected_value").all()
+    scored = simulation[simulation["reason"].isna()]
+    assert len(scored), simulation[["variant", "reason"]]
+    assert (scored["llm_calls"] == scored["n_examples"]).all()  # one prompt per sequence
+    assert (scored["llm_tokens_out"] <= scored["llm_calls"]).all()  # nothing generated but 1
+    assert (scored["n_failed"] < scored["n_examples"]).all()  # the answers could be read
+    assert scored["correlation"].between(-1, 1).all()
+
+
 def test_rule_rater_scores_every_feature_and_the_summary_compares_the_four_rules(results):
     variants = CI_CONFIG["rules"]["variants"]
     assert sorted(variants) == sorted(["maxact_rule", "weightlens_rule", "cl_rule", "wl_cl_rule"])

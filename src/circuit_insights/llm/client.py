@@ -4,7 +4,8 @@ protocol and the parsing of answers. The backends are :mod:`circuit_insights.llm
 behind a response cache); :mod:`circuit_insights.llm.server` starts vLLM.
 
 - :class:`ChatRequest` / :class:`ChatResult`: a chat completion request (messages, optional JSON
-  schema for structured output, sampling parameters) and its answer. A request is immutable,
+  schema for structured output, sampling parameters, optional prompt log-probabilities) and its
+  answer. A request is immutable,
   hashable and has one canonical JSON form (:meth:`ChatRequest.canonical_json`), from which the
   cache key is derived (:func:`circuit_insights.llm.cache.cache_key`).
 - :class:`LLMBackend`: the protocol every backend implements, ``chat_many(requests)``: one
@@ -69,7 +70,12 @@ class ChatRequest:
     answer is then parsed into :attr:`ChatResult.parsed`. Temperature 0 is greedy decoding.
     ``repetition_penalty`` (vLLM's, 1 = none) divides the logits of tokens already in the prompt
     or the answer; it is sent only when it is not 1, so servers without it see no unknown field.
-    Requests compare and hash by their canonical JSON form.
+    ``prompt_logprobs`` > 0 asks for the top that many log-probabilities at every prompt position
+    (vLLM's ``prompt_logprobs``, an extension of the OpenAI API); the answer's ``parsed`` then
+    holds them (:func:`compact_prompt_logprobs`), kept only at the positions right after a prompt
+    token whose text is ``prompt_logprobs_after`` (None: every position). Both are sent and
+    keyed only when ``prompt_logprobs`` > 0. Requests compare and hash by their canonical JSON
+    form.
     """
 
     messages: tuple[tuple[str, str], ...]
@@ -78,6 +84,8 @@ class ChatRequest:
     max_tokens: int = 256
     seed: int = 0
     repetition_penalty: float = 1.0
+    prompt_logprobs: int = 0
+    prompt_logprobs_after: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -106,6 +114,13 @@ class ChatRequest:
             raise InputError(
                 f"ChatRequest.repetition_penalty must be > 0, got {self.repetition_penalty}"
             )
+        if int(self.prompt_logprobs) < 0:
+            raise InputError(
+                f"ChatRequest.prompt_logprobs must be >= 0, got {self.prompt_logprobs}"
+            )
+        if self.json_schema is not None and int(self.prompt_logprobs) > 0:
+            raise InputError("ChatRequest: prompt_logprobs and json_schema do not go together")
+        object.__setattr__(self, "prompt_logprobs", int(self.prompt_logprobs))
         object.__setattr__(self, "repetition_penalty", float(self.repetition_penalty))
         object.__setattr__(self, "temperature", float(self.temperature))
         object.__setattr__(self, "max_tokens", int(self.max_tokens))
@@ -127,8 +142,9 @@ class ChatRequest:
     def as_dict(self) -> dict[str, Any]:
         """The request as plain JSON-ready data (the canonical form, before serialisation).
 
-        ``repetition_penalty`` appears only when it is not 1, so the cache keys of requests
-        without one are those they had before the field existed.
+        ``repetition_penalty`` appears only when it is not 1, and ``prompt_logprobs`` (with
+        ``prompt_logprobs_after``) only when it is > 0, so the cache keys of requests without
+        them are those they had before the fields existed.
         """
         data = {
             "format": REQUEST_FORMAT_VERSION,
@@ -140,6 +156,9 @@ class ChatRequest:
         }
         if self.repetition_penalty != 1.0:
             data["repetition_penalty"] = self.repetition_penalty
+        if self.prompt_logprobs > 0:
+            data["prompt_logprobs"] = self.prompt_logprobs
+            data["prompt_logprobs_after"] = self.prompt_logprobs_after
         return data
 
     def canonical_json(self) -> str:
@@ -265,6 +284,48 @@ def schema_problem(value: Any, json_schema: Mapping[str, Any]) -> str | None:
         return None
     where = "/".join(str(part) for part in error.absolute_path) or "(root)"
     return f"{where}: {error.message}"
+
+
+def _logaddexp(a: float, b: float) -> float:
+    high, low = max(a, b), min(a, b)
+    return high + math.log1p(math.exp(low - high))
+
+
+def compact_prompt_logprobs(prompt_logprobs: Any, after: str | None) -> list[dict[str, Any]] | None:
+    """vLLM's ``prompt_logprobs`` (one entry per prompt token: None for the first, else a
+    mapping token id -> ``{"logprob", "rank", "decoded_token"}`` whose first entry is the prompt
+    token itself, then the top ones) as a list of ``{"position", "token", "top"}``: the prompt
+    token's text and ``top`` its position's log-probabilities by token text (tokens of the same
+    text summed), only at the positions whose previous prompt token's text is ``after`` (None:
+    all). None when the data does not have that shape."""
+    if not isinstance(prompt_logprobs, list):
+        return None
+    texts: list[str | None] = []
+    tops: list[dict[str, float] | None] = []
+    try:
+        for entry in prompt_logprobs:
+            if entry is None:
+                texts.append(None)
+                tops.append(None)
+                continue
+            items = list(entry.values())
+            if not items:
+                return None
+            top: dict[str, float] = {}
+            for item in items:
+                text, value = str(item["decoded_token"]), float(item["logprob"])
+                top[text] = _logaddexp(top[text], value) if text in top else value
+            texts.append(str(items[0]["decoded_token"]))
+            tops.append(top)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    kept = []
+    for position in range(1, len(texts)):
+        here = tops[position]
+        if here is None or (after is not None and texts[position - 1] != after):
+            continue
+        kept.append({"position": position, "token": texts[position], "top": here})
+    return kept
 
 
 def result_from_text(

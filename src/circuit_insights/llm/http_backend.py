@@ -5,7 +5,11 @@ server started by :mod:`circuit_insights.llm.server`, or one the user runs).
 request with exponential backoff (tenacity) on transport errors, timeouts, 429 and 5xx
 (:data:`RETRY_STATUSES`). Structured output is requested as
 ``response_format={"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``, which
-vLLM turns into guided decoding. The failure policy is that of :mod:`circuit_insights.llm.client`.
+vLLM turns into guided decoding; prompt log-probabilities as vLLM's ``prompt_logprobs`` field,
+whose answer (the top-ranked log-probabilities at each prompt token) becomes the result's
+``parsed`` (:func:`~circuit_insights.llm.client.compact_prompt_logprobs`); a server that answers
+without them gives an error result. The failure policy is that of
+:mod:`circuit_insights.llm.client`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -30,6 +34,7 @@ from circuit_insights.llm.client import (
     ChatRequest,
     ChatResult,
     LLMServerError,
+    compact_prompt_logprobs,
     error_result,
     result_from_text,
 )
@@ -246,6 +251,8 @@ class OpenAICompatibleBackend:
             body["response_format"] = json_schema_response_format(request.json_schema)
         if request.repetition_penalty != 1.0:
             body["repetition_penalty"] = request.repetition_penalty  # a vLLM extension
+        if request.prompt_logprobs > 0:
+            body["prompt_logprobs"] = request.prompt_logprobs  # a vLLM extension
         body.update(self.extra_body)
         return body
 
@@ -270,7 +277,7 @@ class OpenAICompatibleBackend:
             usage = data.get("usage") or {}
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             return error_result(f"malformed answer ({exc!r}): {response.text[:1000]}", latency)
-        return result_from_text(
+        result = result_from_text(
             request,
             text,
             tokens_in=usage.get("prompt_tokens") or 0,
@@ -278,6 +285,18 @@ class OpenAICompatibleBackend:
             latency_s=latency,
             finish_reason=finish_reason,
         )
+        if request.prompt_logprobs <= 0:
+            return result
+        logprobs = compact_prompt_logprobs(
+            data.get("prompt_logprobs"), request.prompt_logprobs_after
+        )
+        if logprobs is None:
+            return error_result(
+                "the answer has no prompt log-probabilities (vLLM's prompt_logprobs), which the "
+                f"request asked for: {response.text[:300]}",
+                latency,
+            )
+        return replace(result, parsed=logprobs, parse_status="ok", error=None)
 
     def chat_one(self, request: ChatRequest, abort: threading.Event | None = None) -> ChatResult:
         """Send one request with retries; raise :class:`LLMServerError` when they are spent."""

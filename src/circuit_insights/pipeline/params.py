@@ -55,7 +55,9 @@ DELPHI_RULE_KEYS = (
 )
 """Keys of ``scores`` that the exact rule scores read: the drawing of the examples and the
 scores, not what only the LLM's requests use (``structured_output``, ``max_tokens``,
-``simulation_max_tokens``) nor which descriptions the LLM rates."""
+``simulation_mode``, ``simulation_sequences_per_prompt``, ``simulation_logprobs``,
+``simulation_max_tokens``) nor which
+descriptions the LLM rates."""
 
 LLM_MODEL_KEYS = ("model", "served_model_name", "url")
 """Keys of ``llm`` naming the model that answers: params of every job that asks the LLM."""

@@ -158,9 +158,11 @@ class ClassifierScorer:
     name: str
     make_plan: Callable[[FeatureExamples, DelphiScoresConfig, int], ClassifierPlan]
     prompt: ClassifierPrompt
-    llm_mode: str | None = None
-    """``simulation_mode`` of its rows (none: it is not a simulation)."""
     rule_mode: str | None = None
+
+    def llm_mode(self, config: DelphiScoresConfig) -> str | None:
+        """``simulation_mode`` of its rows (none: it is not a simulation)."""
+        return None
 
     def groups(self, n_quantiles: int) -> list[tuple[str, int | None]]:
         return groups_of(n_quantiles, negative_group=True)

@@ -21,12 +21,14 @@ __all__ = [
     "DelphiScoresConfig",
     "FuzzType",
     "ScoreName",
+    "SimulationMode",
     "context_bos",
     "scores_settings",
 ]
 
 ScoreName = Literal["detection", "fuzzing", "simulation"]
 FuzzType = Literal["default", "active"]
+SimulationMode = Literal["expected_value", "all_at_once"]
 
 #: The scores, in the order they are computed and written.
 SCORES: tuple[ScoreName, ...] = ("detection", "fuzzing", "simulation")
@@ -66,8 +68,21 @@ class DelphiScoresConfig:
     (False): free text parsed as delphi parses it; True keeps small LLMs well-formed."""
     max_tokens: int = 64
     """Answer budget of a detection / fuzzing request (the answer is a list of 0 / 1)."""
+    simulation_mode: SimulationMode = "expected_value"
+    """How the LLM simulates: ``expected_value`` reads the server's prompt log-probabilities
+    of 0-10 at each token (delphi's ``_simulate_with_logprobs``, its default; needs vLLM's
+    ``prompt_logprobs``); ``all_at_once`` asks for every activation as JSON
+    (``_simulate_with_json``), for servers without prompt log-probabilities."""
+    simulation_sequences_per_prompt: int = 1
+    """Sequences listed in one ``expected_value`` prompt. delphi sends one per prompt (1);
+    OpenAI's format takes several (``format_sequences_for_simulation``), which spares the
+    system and few-shot turns, recomputed by the server for every prompt that asks for prompt
+    log-probabilities. Their tokens must fit in the server's context."""
+    simulation_logprobs: int = 15
+    """Top log-probabilities read per token in ``expected_value`` mode (delphi's
+    ``PROMPT_LOGPROBS_COUNT``)."""
     simulation_max_tokens: int = 1000
-    """Answer budget of a simulation request (delphi's ``JSON_MAX_TOKENS``)."""
+    """Answer budget of an ``all_at_once`` simulation request (delphi's ``JSON_MAX_TOKENS``)."""
 
     def __post_init__(self) -> None:
         scorers = tuple(self.scorers)
@@ -80,6 +95,15 @@ class DelphiScoresConfig:
                 raise InputError(f"scores.{key} must be >= 1, got {getattr(self, key)}")
         if int(self.simulation_max_tokens) < 1:
             raise InputError("scores.simulation_max_tokens must be >= 1")
+        if int(self.simulation_sequences_per_prompt) < 1:
+            raise InputError("scores.simulation_sequences_per_prompt must be >= 1")
+        if int(self.simulation_logprobs) < 1:
+            raise InputError("scores.simulation_logprobs must be >= 1")
+        if self.simulation_mode not in ("expected_value", "all_at_once"):
+            raise InputError(
+                "scores.simulation_mode must be 'expected_value' or 'all_at_once', "
+                f"got {self.simulation_mode!r}"
+            )
         for key in ("n_per_quantile", "n_non_activating"):
             if int(getattr(self, key)) < 0:
                 raise InputError(f"scores.{key} must be >= 0, got {getattr(self, key)}")

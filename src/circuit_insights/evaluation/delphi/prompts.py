@@ -9,6 +9,12 @@ wording and few-shot examples (docs/delphi_scores.md).
   ``_make_json_prompt``): a system message, few-shot turns of JSON documents whose tokens carry
   activations 0-10, then the document to simulate with every activation ``null``; the answer is
   the same JSON with the activations filled in.
+- Simulation, expected value (the same file, ``_make_logprob_prompt``; ``data_models.py``,
+  ``format_activation_records`` / ``format_sequences_for_simulation``): a system message, few-shot
+  turns (the explanation as a user turn, then an assistant turn of ``token<tab>activation``
+  lines between ``<start>`` and ``<end>``), then the explanation to simulate and an assistant
+  turn listing its tokens as ``token<tab>unknown``. Nothing is generated: the server's prompt
+  log-probabilities at each ``unknown`` give the prediction.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ __all__ = [
     "ClassifierPrompt",
     "classifier_messages",
     "classifier_schema",
+    "UNKNOWN",
+    "simulation_logprob_messages",
     "simulation_messages",
     "simulation_schema",
 ]
@@ -207,6 +215,44 @@ def simulation_messages(explanation: str, tokens: Sequence[str]) -> tuple[tuple[
         messages.append(("user", _document(shot_explanation, shot_tokens, None)))
         messages.append(("assistant", _document(shot_explanation, shot_tokens, shot_values)))
     messages.append(("user", _document(explanation, tokens, None)))
+    return tuple(messages)
+
+
+_LOGPROB_SYSTEM = """We study latents of a neural network. A latent looks for something particular in a short document. Read the explanation of a latent and predict how strongly it fires on each token.
+
+Activations are written as token<tab>activation, one token per line, from 0 (silent) to 10 (strongest); "unknown" marks an activation still to predict. Most activations are 0."""
+
+UNKNOWN = "unknown"
+"""The placeholder of an activation to predict (delphi's ``UNKNOWN_ACTIVATION_STRING``)."""
+
+_LATENT = "\n\nLatent {index}\nExplanation of latent {index}: {explanation}"
+
+
+def _tab_lines(sequences: Sequence[tuple[Sequence[str], Sequence[int] | None]]) -> str:
+    """``\\nActivations: `` and each sequence's ``token<tab>value`` lines between ``<start>`` and
+    ``<end>`` lines (``unknown`` where its values are None)."""
+    blocks = []
+    for tokens, values in sequences:
+        shown = values if values is not None else [UNKNOWN] * len(tokens)
+        blocks.append("\n".join(f"{t}\t{v}" for t, v in zip(tokens, shown, strict=True)))
+    return "\nActivations: \n<start>\n" + "\n<end>\n<start>\n".join(blocks) + "\n<end>\n"
+
+
+def simulation_logprob_messages(
+    explanation: str, sequences: Sequence[Sequence[str]]
+) -> tuple[tuple[str, str], ...]:
+    """The chat of one expected-value simulation prompt for the displayed tokens of one or
+    more ``sequences``: its last ``sum(len(s))`` tab-``unknown`` pairs are the positions whose
+    log-probabilities are read, sequence by sequence."""
+    if isinstance(sequences, str) or any(isinstance(tokens, str) for tokens in sequences):
+        raise TypeError("simulation_logprob_messages takes sequences of tokens, not strings")
+    messages: list[tuple[str, str]] = [("system", _LOGPROB_SYSTEM)]
+    for index, (shot_explanation, shot_tokens, shot_values) in enumerate(_SIMULATION_SHOTS, 1):
+        messages.append(("user", _LATENT.format(index=index, explanation=shot_explanation)))
+        messages.append(("assistant", _tab_lines([(shot_tokens, shot_values)])))
+    index = len(_SIMULATION_SHOTS) + 1
+    messages.append(("user", _LATENT.format(index=index, explanation=explanation.strip())))
+    messages.append(("assistant", _tab_lines([(tokens, None) for tokens in sequences])))
     return tuple(messages)
 
 

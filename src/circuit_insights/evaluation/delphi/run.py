@@ -210,7 +210,7 @@ def score_shard(
                 score=name,
                 description=text,
                 llm_model=model_name,
-                simulation_mode=scorer.llm_mode,
+                simulation_mode=scorer.llm_mode(config),
             )
             plans = plans_of(feature) if text is not None else None
             reason = "no_description" if plans is None else plans.problems.get(name)

@@ -29,9 +29,8 @@ class Scorer(Protocol):
     @property
     def name(self) -> str: ...
 
-    @property
-    def llm_mode(self) -> str | None:
-        """``simulation_mode`` of its LLM-rated rows."""
+    def llm_mode(self, config: DelphiScoresConfig) -> str | None:
+        """``simulation_mode`` of its LLM-rated rows under ``config``."""
         ...
 
     @property
