@@ -16,6 +16,7 @@ set_threads(snakemake.threads)
 run_train_transcoder(
     model_config=snakemake.params.model,
     tokens_path=snakemake.input.tokens,
+    pairs_dir=snakemake.input.pairs,
     layer=int(snakemake.wildcards.layer),
     model_files=snakemake.input.model,
     weights_path=snakemake.output.weights,

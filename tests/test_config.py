@@ -278,6 +278,29 @@ def test_a_weightlens_threshold_reaches_only_weightlens_params():
     assert repr(changed) != repr(params.weightlens_model_params(before, model))
 
 
+def test_a_training_key_reaches_the_training_params_not_the_pairs_params():
+    """Rule collect_pairs reads the hooks and train_contexts; an optimizer key reruns only
+    training (rule train_transcoder keeps train_contexts: its pairs file is temporary)."""
+    from circuit_insights.pipeline import params
+
+    raw = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
+    model = "gemma-3-270m"
+    before = validate_config(raw, SCHEMA)
+    raw["models"][model]["transcoders"]["steps"] = 7
+    after = validate_config(raw, SCHEMA)
+    pairs = lambda c: params.subject_params(c, model, transcoders="pairs")  # noqa: E731
+    train = lambda c: params.subject_params(c, model, transcoders="train")  # noqa: E731
+    assert repr(pairs(before)) == repr(pairs(after))
+    assert train(after)["transcoders"]["steps"] == 7
+    assert set(pairs(after)["transcoders"]) == {"input_hook", "output_hook", "train_contexts"}
+    raw["models"][model]["transcoders"]["train_contexts"] = 100
+    fewer = validate_config(raw, SCHEMA)
+    assert repr(pairs(fewer)) != repr(pairs(after)) and repr(train(fewer)) != repr(train(after))
+    schema = SCHEMA["properties"]["models"]["additionalProperties"]["properties"]["transcoders"]
+    read = set(params.TRANSCODER_LOAD_KEYS) | set(params.TRANSCODER_TRAIN_KEYS)
+    assert read == set(schema["properties"]), "every transcoders key is read by some job"
+
+
 def test_llm_keys_are_either_answer_params_or_connection_settings():
     """Every ``llm`` key is a rerun trigger of the LLM jobs (it changes what is answered) or a
     connection setting read from the config at run time, never both, never neither."""

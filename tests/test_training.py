@@ -250,7 +250,7 @@ def test_a_caching_split_shorter_than_train_contexts_stops_the_job_naming_key_an
     """Never a silent cap: 5 contexts held, 8 asked -> the key, both counts and the file."""
     import numpy as np
 
-    from circuit_insights.pipeline.stages.train_transcoder import training_contexts
+    from circuit_insights.pipeline.stages.collect_pairs import training_contexts
 
     tokens = np.arange(5 * 4, dtype=np.int32).reshape(5, 4)
     assert training_contexts(tokens, 3, model_name="m", tokens_path="t.parquet").shape == (3, 4)

@@ -366,8 +366,10 @@ def touched_run(results: Path, config: Path) -> Path:
         snakemake(results, *map(str, missing_models))
     for path in planned_outputs():
         assert results in path.parents, f"{path}: only results are faked"
-        # Folder outputs: rule cache's per corpus chunk, rule export's delphi runs.
-        if "cache_chunks" in path.parts or path.parts[-2:] == ("export", "delphi"):
+        # Folder outputs: rule cache's per corpus chunk, rule export's delphi runs, rule
+        # collect_pairs's MLP pairs (temporary: --touch removes it as a run would).
+        folders = path.parts[-2:] == ("export", "delphi") or path.name == "mlp_pairs"
+        if "cache_chunks" in path.parts or folders:
             path.mkdir(parents=True, exist_ok=True)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -409,8 +411,66 @@ def test_a_weightlens_threshold_reruns_only_weightlens_and_what_follows(touched,
         "export",  # rule export writes every variant's descriptions with the summary's scores
     }
     assert rules <= {"weightlens"} | downstream, rules
-    before = {"corpus", "train_transcoder", "cache", "merge_cache", "sample", "attribution"}
+    before = {
+        "corpus",
+        "collect_pairs",
+        "train_transcoder",
+        "cache",
+        "merge_cache",
+        "sample",
+        "attribution",
+    }
     assert not rules & before
+
+
+def dry_run_text(results: Path, config: Path) -> str:
+    """The dry run's text, under the default rerun triggers."""
+    done = subprocess.run(
+        default_trigger_command(results, config, "-n"),
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+def job_reason(dry_run_output: str, rule: str) -> str:
+    """The ``reason:`` line of the (one) job of ``rule`` in a dry run's text."""
+    for block in re.split(r"\n(?=(?:local)?rule \S+:)", dry_run_output):
+        if re.match(rf"(?:local)?rule {rule}:", block):
+            found = re.search(r"^\s+reason: (.*)$", block, re.MULTILINE)
+            return found.group(1) if found else ""
+    raise AssertionError(f"no {rule} job in the dry run")
+
+
+def test_an_optimizer_key_reruns_training_not_the_corpus_and_no_pairs_for_it(touched, tmp_path):
+    """A training key is a param of rule train_transcoder only. Rule collect_pairs runs again
+    only because its folder is temporary (gone once training read it, in a real run as in this
+    faked one): its reason is the missing folder, not its params."""
+
+    def edit(config):
+        config["models"][MODEL]["transcoders"]["steps"] = 150
+
+    text = dry_run_text(touched, edited(tmp_path, edit))
+    rules = {rule for rule, _ in planned_jobs(text)} - ALWAYS
+    assert "train_transcoder" in rules, rules
+    assert "Params have changed" in job_reason(text, "train_transcoder")
+    assert not rules & {"corpus", "clean_loss"}, rules
+    reason = job_reason(text, "collect_pairs")
+    assert "Missing output files" in reason and "Params have changed" not in reason, reason
+
+
+def test_train_contexts_reruns_the_pairs_and_training_not_the_corpus(touched, tmp_path):
+    def edit(config):
+        config["models"][MODEL]["transcoders"]["train_contexts"] = 100
+
+    text = dry_run_text(touched, edited(tmp_path, edit))
+    planned = [rule for rule, _ in planned_jobs(text)]
+    assert {"collect_pairs", "train_transcoder"} <= set(planned), planned
+    assert not set(planned) & {"corpus", "clean_loss"}, planned
+    assert planned.count("collect_pairs") == 1  # one per model, every layer's pairs
 
 
 def test_an_explain_prompt_key_reruns_only_explain_and_what_follows(touched, tmp_path):
@@ -524,7 +584,14 @@ def test_naming_features_reruns_only_the_shards_they_are_in(touched, tmp_path):
         assert not any(SHARDS[1] in output for output in outputs), (rule, outputs)
     rules = {rule for rule, _ in planned} - ALWAYS
     assert {"attribution", "cluster", "explain", "evaluate"} <= rules, rules
-    assert not rules & {"corpus", "train_transcoder", "cache", "merge_cache", "sample"}, rules
+    assert not rules & {
+        "corpus",
+        "collect_pairs",
+        "train_transcoder",
+        "cache",
+        "merge_cache",
+        "sample",
+    }, rules
 
 
 def test_an_import_runs_its_rows_and_their_scores_and_reruns_none_of_ours(touched, tmp_path):

@@ -82,13 +82,11 @@ def shards(results: Path) -> list[str]:
 
 def test_dry_run_of_the_default_config_lists_every_rule(tmp_path):
     done = snakemake(tmp_path, "-n", "--forceall", config="config/config.yaml")
-    rules = ("build_embedded_model", "corpus", "train_transcoder", "cache", "merge_cache", "sample")
-    for rule in rules:
+    rules = ("build_embedded_model", "corpus", "collect_pairs", "train_transcoder", "cache")
+    for rule in (*rules, "merge_cache", "sample"):
         assert rule in done.stdout, rule
-    assert (
-        "train_transcoder        3" in done.stdout.replace("\t", " ")
-        or done.stdout.count("rule train_transcoder") == 3
-    )
+    assert done.stdout.count("rule train_transcoder:") == 3  # one per layer
+    assert done.stdout.count("rule collect_pairs:") == 1  # one forward for all three layers' pairs
 
 
 def test_dry_run_in_chunks_caches_each_chunk_once_and_merges_every_chunk(tmp_path):
@@ -281,7 +279,14 @@ def _planned_resources(dry_run_stdout: str) -> dict[str, set[str]]:
 def test_jobs_that_run_the_model_ask_for_a_gpu_on_a_cuda_device(tmp_path, device, gpus):
     config = _bad_config(tmp_path, **{f"models.{MODEL}.device": device})
     planned = _planned_resources(snakemake(tmp_path / "out", "-n", config=config).stdout)
-    model_rules = ("train_transcoder", "cache", "weightlens", "attribution", "evaluate")
+    model_rules = (
+        "collect_pairs",
+        "train_transcoder",
+        "cache",
+        "weightlens",
+        "attribution",
+        "evaluate",
+    )
     for rule in model_rules:
         assert planned[rule] and all(f"gpu={gpus}" in line for line in planned[rule]), rule
     for rule in ("corpus", "merge_cache", "sample", "cluster", "explain", "summarize"):
@@ -932,6 +937,7 @@ def test_the_graph_example_runs_end_to_end_from_select_features_on(results, tmp_
         assert "select_features" in rules and "label_graph" in rules, rules
         assert not rules & {
             "corpus",
+            "collect_pairs",
             "train_transcoder",
             "cache",
             "merge_cache",

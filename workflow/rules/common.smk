@@ -1,4 +1,5 @@
 # Config validation, wildcard constraints and every input function of the workflow.
+import math
 import sys
 from pathlib import Path
 
@@ -69,6 +70,11 @@ def subject_params(wildcards):
 def subject_and_transcoder_params(wildcards):
     """{model}'s keys that loading the subject model and its transcoders reads."""
     return rule_params.subject_params(config, wildcards.model, transcoders="load")
+
+
+def pairs_params(wildcards):
+    """{model}'s keys that collecting the MLP pairs of its trained transcoders reads."""
+    return rule_params.subject_params(config, wildcards.model, transcoders="pairs")
 
 
 def training_params(wildcards):
@@ -246,6 +252,19 @@ def cache_mem_mb(wildcards, attempt):
     per_feature_kb = 6 if gpus_of(wildcards.model) else 26
     features = len(block["layers"]) * block["transcoders"]["n_features"]
     return attempt * (6000 + features * per_feature_kb // 1000)
+
+
+def pairs_mem_mb(wildcards, attempt):
+    """Memory of a collect_pairs job: the model and every trained layer's pairs (two float32
+    vectors per token of the training and held-out contexts, d_model taken as up to 1024);
+    doubled on the retry."""
+    block = model_config(wildcards)
+    corpus = config["corpus"]
+    contexts = block["transcoders"]["train_contexts"] + math.ceil(
+        corpus["max_contexts"] * corpus["eval_fraction"]
+    )
+    pair_bytes = 2 * 4 * 1024 * contexts * corpus["context_length"]
+    return attempt * (4000 + len(block["layers"]) * pair_bytes // 1_000_000)
 
 
 def embedded_model_files_of(model):

@@ -24,6 +24,26 @@ TRANSCODER_LOAD_KEYS = ("kind", "format", "path", "n_features", "input_hook", "o
 """Keys of ``models.<m>.transcoders`` that loading a transcoder reads (training keys change the
 trained files, which the loading jobs have as inputs)."""
 
+TRANSCODER_PAIRS_KEYS = ("input_hook", "output_hook", "train_contexts")
+"""Keys of ``models.<m>.transcoders`` that collecting the MLP pairs reads (rule collect_pairs)."""
+
+TRANSCODER_TRAIN_KEYS = (
+    "activation",
+    "batch_tokens",
+    "input_hook",
+    "l1_coefficient",
+    "learning_rate",
+    "n_features",
+    "output_hook",
+    "seed",
+    "steps",
+    "top_k",
+    "train_contexts",
+)
+"""Keys of ``models.<m>.transcoders`` that training a transcoder reads (rule train_transcoder).
+``train_contexts`` reaches it through the pairs file, and stays a param: that file is temporary,
+and a job whose input is gone is not rerun for the params of the job that made it."""
+
 SELECTION_KEYS = ("features_per_shard", "min_samples", "seed")
 """Keys of ``explain`` that the seeded feature draw (rule select_features) reads."""
 
@@ -92,6 +112,14 @@ RULES_DERIVATION_KEYS = (
 keys reach only rule evaluate_rules."""
 
 
+TRANSCODER_KEYS = {
+    "load": TRANSCODER_LOAD_KEYS,
+    "pairs": TRANSCODER_PAIRS_KEYS,
+    "train": TRANSCODER_TRAIN_KEYS,
+}
+"""What a job does with a model's transcoders -> the keys of their block it reads."""
+
+
 def canonical(value: Any) -> Any:
     """``value`` with the keys of every mapping sorted, recursively (lists keep their order).
 
@@ -128,17 +156,19 @@ def tokenizer_params(config: Mapping[str, Any], model: str) -> dict[str, Any]:
 def subject_params(
     config: Mapping[str, Any], model: str, *, transcoders: str | None = None
 ) -> dict[str, Any]:
-    """Model keys of a job that loads the subject model; with ``transcoders="load"`` also the
-    keys that loading its transcoders reads, with ``"train"`` the whole transcoders block."""
+    """Model keys of a job that loads the subject model; with ``transcoders`` ``"load"``,
+    ``"pairs"`` or ``"train"`` also the keys of its transcoders block that loading them
+    (:data:`TRANSCODER_LOAD_KEYS`), collecting their MLP pairs (:data:`TRANSCODER_PAIRS_KEYS`)
+    or training them (:data:`TRANSCODER_TRAIN_KEYS`) reads."""
     block = model_block(config, model)
     params = pick(block, SUBJECT_KEYS, f"models.{model}")
-    if transcoders == "load":
-        keys = TRANSCODER_LOAD_KEYS
+    if transcoders is not None:
+        if transcoders not in TRANSCODER_KEYS:
+            raise ValueError(
+                f"transcoders must be one of {sorted(TRANSCODER_KEYS)} or None, not {transcoders!r}"
+            )
+        keys = TRANSCODER_KEYS[transcoders]
         params["transcoders"] = pick(block["transcoders"], keys, f"models.{model}.transcoders")
-    elif transcoders == "train":
-        params["transcoders"] = canonical(block["transcoders"])
-    elif transcoders is not None:
-        raise ValueError(f"transcoders must be 'load', 'train' or None, not {transcoders!r}")
     return params
 
 

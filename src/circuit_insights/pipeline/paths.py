@@ -59,6 +59,17 @@ def transcoder_report(results: str, model: str, layer: int | str) -> str:
     return f"{transcoder_dir(results, model, layer)}/report.json"
 
 
+def mlp_pairs_dir(results: str, model: str) -> str:
+    """Rule collect_pairs's output (a temporary folder): every trained layer's MLP pairs, e.g.
+    ``results/m/mlp_pairs``."""
+    return f"{results}/{model}/mlp_pairs"
+
+
+def mlp_pairs_file(pairs_dir: str, layer: int | str) -> str:
+    """One layer's MLP input/output pairs in rule collect_pairs's folder."""
+    return f"{pairs_dir}/layer{layer}.safetensors"
+
+
 def layer_artifact(results: str, model: str, layer: int | str, kind: str, shard: str) -> str:
     """A per-shard artifact, e.g. ``results/m/layer3/samples/f000000-000512.parquet``."""
     return f"{results}/{model}/layer{layer}/{kind}/{shard}.parquet"

@@ -1,6 +1,6 @@
-"""MLP input/output pairs a transcoder is trained on, and how well a trained transcoder stands in
-for the MLP: next-token loss with the transcoder spliced in, against the clean model and against
-the MLP zeroed (the spliced-loss report of rule train_transcoder)."""
+"""How well a trained transcoder stands in for the MLP: next-token loss with the transcoder spliced
+in, against the clean model and against the MLP zeroed (the spliced-loss report of rule
+train_transcoder). The pairs it is trained on: :mod:`circuit_insights.transcoders.pairs`."""
 
 from __future__ import annotations
 
@@ -16,24 +16,6 @@ from circuit_insights.models.subject import SubjectModel
 from circuit_insights.transcoders.base import Transcoder
 
 log = logging.getLogger(__name__)
-
-
-def mlp_pairs(
-    model: SubjectModel,
-    tokens: np.ndarray,
-    layer: int,
-    input_hook: str,
-    output_hook: str,
-    batch_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(transcoder input, MLP output) pairs at every non-BOS position: two (n_tokens, d_model)."""
-    skip_first = 1 if model.bos_token_id is not None else 0
-    inputs, outputs = [], []
-    for _, ids in iter_context_batches(tokens, np.arange(len(tokens)), batch_size):
-        values = model.hook_values(ids, {layer: [input_hook, output_hook]})
-        inputs.append(values[(layer, input_hook)][:, skip_first:].reshape(-1, model.d_model))
-        outputs.append(values[(layer, output_hook)][:, skip_first:].reshape(-1, model.d_model))
-    return torch.cat(inputs), torch.cat(outputs)
 
 
 def mean_next_token_loss(
