@@ -246,6 +246,38 @@ def test_clean_loss_computed_once_gives_the_same_report(tmp_path) -> None:
         read_clean_loss(tmp_path / "missing.json", "tiny", tokens)
 
 
+def test_next_token_loss_equals_the_loss_of_the_shifted_logits(family) -> None:
+    """The loss read from the logits in place (last position ignored) is the mean cross-entropy
+    of the logits without their last position against the next tokens, clean and spliced."""
+    import numpy as np
+
+    from circuit_insights.models.loading import iter_context_batches
+    from circuit_insights.transcoders.splicing import mean_next_token_loss
+    from tests.conftest import tiny_subject_model
+
+    model = tiny_subject_model(family)
+    tokens = np.random.default_rng(1).integers(3, model.vocab_size - 1, (7, 10))
+
+    def shifted(batch_size: int) -> float:  # the computation before: a copy of the shifted logits
+        total, count = 0.0, 0
+        for _, ids in iter_context_batches(tokens, np.arange(len(tokens)), batch_size):
+            logits = model.logits(ids)
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]),
+                    ids[:, 1:].reshape(-1),
+                    reduction="sum",
+                )
+            )
+            count += ids[:, 1:].numel()
+        return total / count
+
+    assert mean_next_token_loss(model, tokens, 3) == pytest.approx(shifted(3), rel=1e-6)
+    torch.manual_seed(0)
+    with model.splice({1: Transcoder(model.d_model, 16, layer=1)}):
+        assert mean_next_token_loss(model, tokens, 4) == pytest.approx(shifted(4), rel=1e-6)
+
+
 def test_a_caching_split_shorter_than_train_contexts_stops_the_job_naming_key_and_file():
     """Never a silent cap: 5 contexts held, 8 asked -> the key, both counts and the file."""
     import numpy as np

@@ -17,6 +17,9 @@ from circuit_insights.transcoders.base import Transcoder
 
 log = logging.getLogger(__name__)
 
+IGNORED = -100
+"""Target of a position that predicts nothing (the last of each context)."""
+
 
 def mean_next_token_loss(
     model: SubjectModel, tokens: np.ndarray, batch_size: int, progress: Progress | None = None
@@ -26,8 +29,15 @@ def mean_next_token_loss(
     total, count = 0.0, 0
     for batch_ids, ids in iter_context_batches(tokens, np.arange(len(tokens)), batch_size):
         logits = model.logits(ids)  # (batch, pos, vocab)
+        # Each position's target is the next token; the last position has none (ignored), so
+        # the logits are read in place, not copied without their last position (with Gemma 3's
+        # 262k-token vocabulary that copy is ~1 GB per batch of 16 x 64).
+        targets = torch.nn.functional.pad(ids[:, 1:], (0, 1), value=IGNORED)  # (batch, pos)
         loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+            logits.reshape(-1, logits.shape[-1]),
+            targets.reshape(-1).to(logits.device),
+            ignore_index=IGNORED,
+            reduction="sum",
         )
         total += float(loss)
         count += ids[:, 1:].numel()
