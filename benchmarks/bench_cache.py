@@ -20,17 +20,20 @@ same forward pass, the transcoder's encoder and the sparse shard writer; their r
     python benchmarks/bench_cache.py --all-layers --model random:gemma-2-2b --narrow 256 \
         --features 2048 --density 0.006                     # 26 layers, Gemma-2-2B narrowed
 
-``--writer-only`` times :class:`ActivationCacheWriter` alone on random (contexts, positions,
-features) batches whose entries fire independently with probability ``--density`` (the measured
-density is printed), against a floor measured in the same run on the same batches: the
-non-zeros found, sorted by feature and written raw with numpy (``np.flatnonzero``,
-``np.argsort``, ``ndarray.tofile``), with no statistics, maxima or parquet.
+``--writer-only`` times :class:`ActivationCacheWriter` alone, as rule cache runs it (Arrow
+chunk files, raw statistics), on random (contexts, positions, features) batches whose entries
+fire independently with probability ``--density`` (the measured density is printed), against a
+floor measured in the same run on the same batches: the non-zeros found, sorted by feature and
+written raw with numpy (``np.flatnonzero``, ``np.argsort``, ``ndarray.tofile``), with no
+statistics, maxima or parquet. It also prints what rule merge_cache then spends per non-zero on
+that chunk (``merge_shard``: the parquet shard files) and the writer writing the parquet shard
+files directly (one pass over the corpus, no chunks).
 
 ``--all-layers`` times what a cache job of the workflow does, caching every layer of ``--layers``
 (default: the embedded default's 3, 8, 13, or every layer of a ``random:`` shape) from one forward
-pass (``cache_layers``, raw statistics as rule cache writes them), against (a) one bare forward
-pass to the deepest layer's MLP input and (b) the same forward with every layer's encoder but no
-writer, in the same process, interleaved. Each layer's transcoder is calibrated as above on that
+pass (``cache_layers``, Arrow chunk files and raw statistics as rule cache writes them), against
+(a) one bare forward pass to the deepest layer's MLP input and (b) the same forward with every
+layer's encoder but no writer, in the same process, interleaved. Each layer's transcoder is calibrated as above on that
 layer's own inputs. ``--narrow D`` builds a ``random:`` shape with residual width D (MLP 4D,
 head_dim D / heads, the same layer count and architecture) so that 26 layers of Gemma-2-2B run on
 a CPU; keep ``--features`` about as many times D as the real transcoders are (16,384 / 2,304 = 7)
@@ -52,6 +55,7 @@ import numpy as np
 import torch
 
 from circuit_insights.data.cache import ARTIFACTS, ActivationCacheWriter
+from circuit_insights.data.cache_merge import merge_shard
 from circuit_insights.data.cache_split import cache_layers, cache_split
 from circuit_insights.data.shards import make_shards
 from circuit_insights.models.shapes import benchmark_model
@@ -200,20 +204,43 @@ def random_batches(
     return batches
 
 
-def write_with_cache_writer(
-    batches: list[torch.Tensor], shards: list, folder: str
-) -> tuple[float, float]:
-    """Wall and CPU seconds of ActivationCacheWriter over ``batches``, closing included."""
-    out_paths = {
-        shard: {kind: f"{folder}/{kind}/{shard.name}.parquet" for kind in ARTIFACTS}
+def cache_paths(folder: str, shards: list, sparse_format: str) -> dict:
+    """Per shard, each artifact's file under ``folder``: ``.arrow`` for the sparse artifacts of
+    the chunk format, as rule cache names them."""
+    extension = {"activations": sparse_format, "maxima": sparse_format, "feature_stats": "parquet"}
+    return {
+        shard: {kind: f"{folder}/{kind}/{shard.name}.{extension[kind]}" for kind in ARTIFACTS}
         for shard in shards
     }
+
+
+def write_with_cache_writer(
+    batches: list[torch.Tensor], shards: list, folder: str, *, chunk: bool = True
+) -> tuple[float, float]:
+    """Wall and CPU seconds of ActivationCacheWriter over ``batches``, closing included:
+    as rule cache runs it (``chunk``: Arrow chunk files, raw statistics) or as one pass over
+    the whole corpus writes the shard files (parquet, final statistics)."""
+    sparse_format, statistics = ("arrow", "parts") if chunk else ("parquet", "final")
+    out_paths = cache_paths(folder, shards, sparse_format)
     wall, cpu = time.perf_counter(), time.process_time()
-    with ActivationCacheWriter(shards, out_paths) as writer:
+    with ActivationCacheWriter(
+        shards, out_paths, sparse_format=sparse_format, statistics=statistics
+    ) as writer:
         first = 0
         for batch in batches:
             writer.add_batch(torch.arange(first, first + len(batch)), batch)
             first += len(batch)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def merge_chunk(shards: list, folder: str) -> tuple[float, float]:
+    """Wall and CPU seconds of merge_cache's work on the chunk written in ``folder``: every
+    shard's parquet files from it (one chunk: the merge's cost per non-zero)."""
+    chunk_paths = cache_paths(folder, shards, "arrow")
+    wall, cpu = time.perf_counter(), time.process_time()
+    for shard in shards:
+        merged = {kind: f"{folder}/merged/{kind}/{shard.name}.parquet" for kind in ARTIFACTS}
+        merge_shard([chunk_paths[shard]], merged, shard)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -250,16 +277,24 @@ def writer_only(args: argparse.Namespace) -> None:
     nnz = sum(int(torch.count_nonzero(batch)) for batch in batches)
     density = nnz / sum(batch.numel() for batch in batches)
     shards = make_shards(args.features, args.shard_size)
-    writer_times, floor_times = [], []
-    for _ in range(args.repeats):  # interleaved, so drifting machine load hits both
+    times: dict[str, list[tuple[float, float]]] = {
+        "writer": [],
+        "floor": [],
+        "merge": [],
+        "parquet": [],
+    }
+    for _ in range(args.repeats):  # interleaved, so drifting machine load hits all
         with tempfile.TemporaryDirectory() as folder:
-            writer_times.append(write_with_cache_writer(batches, shards, folder))
+            times["writer"].append(write_with_cache_writer(batches, shards, folder))
+            times["merge"].append(merge_chunk(shards, folder))
         with tempfile.TemporaryDirectory() as folder:
-            floor_times.append(write_raw_floor(batches, folder))
-    writer_wall = nnz / min(wall for wall, _ in writer_times)
-    writer_cpu = nnz / min(cpu for _, cpu in writer_times)
-    floor_wall = nnz / min(wall for wall, _ in floor_times)
-    floor_cpu = nnz / min(cpu for _, cpu in floor_times)
+            times["floor"].append(write_raw_floor(batches, folder))
+        with tempfile.TemporaryDirectory() as folder:
+            times["parquet"].append(write_with_cache_writer(batches, shards, folder, chunk=False))
+    wall = {name: nnz / min(w for w, _ in runs) for name, runs in times.items()}
+    cpu = {name: nnz / min(c for _, c in runs) for name, runs in times.items()}
+    writer_wall, writer_cpu = wall["writer"], cpu["writer"]
+    floor_wall, floor_cpu = wall["floor"], cpu["floor"]
     print(
         f"writer only: {args.contexts} contexts x {args.context_length} positions x "
         f"{args.features} features in {len(shards)} shards, batch {args.batch_size} contexts, "
@@ -276,7 +311,17 @@ def writer_only(args: argparse.Namespace) -> None:
         f"{floor_cpu / 1e6:.2f} M/s of process CPU time"
     )
     print(
-        f"ratio writer / floor  : {writer_wall / floor_wall:8.2f}  (wall; target writer >= 10 M/s)"
+        f"ratio writer / floor  : {writer_wall / floor_wall:8.2f} wall, "
+        f"{writer_cpu / floor_cpu:.2f} CPU  (target writer >= 10 M/s)"
+    )
+    print(
+        f"merge of the chunk    : {wall['merge'] / 1e6:8.2f} M non-zeros/s wall, "
+        f"{cpu['merge'] / 1e6:.2f} M/s of process CPU time  (merge_cache: parquet shard files)"
+    )
+    print(
+        f"writer, shard files   : {wall['parquet'] / 1e6:8.2f} M non-zeros/s wall, "
+        f"{cpu['parquet'] / 1e6:.2f} M/s of process CPU time  (parquet, final statistics: "
+        "one pass over the corpus without chunks)"
     )
 
 
@@ -357,14 +402,7 @@ def all_layers(args: argparse.Namespace) -> None:
         """cache_layers timed alone: the removal of its files afterwards is not the job's."""
         with tempfile.TemporaryDirectory() as folder:
             out_paths = {
-                layer: {
-                    shard: {
-                        kind: f"{folder}/layer{layer}/{kind}/{shard.name}.parquet"
-                        for kind in ARTIFACTS
-                    }
-                    for shard in shards
-                }
-                for layer in layers
+                layer: cache_paths(f"{folder}/layer{layer}", shards, "arrow") for layer in layers
             }
             timed(
                 "cache",
@@ -377,6 +415,7 @@ def all_layers(args: argparse.Namespace) -> None:
                     batch_size=args.batch_size,
                     exclude_bos=True,
                     statistics="parts",
+                    sparse_format="arrow",
                     label=f"bench {repeat}",
                 ),
             )

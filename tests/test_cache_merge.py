@@ -38,8 +38,16 @@ from circuit_insights.transcoders.base import Transcoder
 from tests.test_cache import output_paths, reference_cache, sparse_activations
 
 
-def paths_of(folder: Path, shards: list[Shard]) -> dict[Shard, dict[str, Path]]:
-    return output_paths(folder, shards)
+def paths_of(
+    folder: Path, shards: list[Shard], sparse_format: str = "parquet"
+) -> dict[Shard, dict[str, Path]]:
+    """Each shard's files; ``.arrow`` sparse files for the ``arrow`` chunk format."""
+    paths = output_paths(folder, shards)
+    if sparse_format == "arrow":
+        for shard_paths in paths.values():
+            for artifact in ("activations", "maxima"):
+                shard_paths[artifact] = shard_paths[artifact].with_suffix(".arrow")
+    return paths
 
 
 def assert_same_cache(got: dict[str, Path], expected: dict[str, Path], shard: Shard) -> None:
@@ -77,7 +85,8 @@ def calibrated_transcoder(
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chunked_one_forward_cache_equals_the_per_layer_cache(tmp_path: Path, family: str):
     """Two splits interleaved over 23 contexts; layers 1 and 3 (two input hooks); chunks of 9
-    context ids (the last one empty of data) against one pass per layer and split."""
+    context ids (the last one empty of data), in the Arrow chunk files rule cache writes,
+    against one pass per layer and split."""
     model = tiny_subject_model(family, n_layers=4)
     rng = np.random.default_rng(0)
     n_contexts, n_positions, n_features = 23, 12, 40
@@ -108,7 +117,7 @@ def test_chunked_one_forward_cache_equals_the_per_layer_cache(tmp_path: Path, fa
             )  # fmt: skip
         chunk_paths = {
             chunk: {
-                layer: paths_of(tmp_path / split / chunk.name / f"layer{layer}", shards)
+                layer: paths_of(tmp_path / split / chunk.name / f"layer{layer}", shards, "arrow")
                 for layer in hooks
             }
             for chunk in chunks
@@ -117,7 +126,7 @@ def test_chunked_one_forward_cache_equals_the_per_layer_cache(tmp_path: Path, fa
             inside = chunk.select(ids)
             cache_layers(
                 model, transcoders, ids[inside], split_tokens[inside], chunk_paths[chunk],
-                batch_size=4, exclude_bos=True, statistics="parts",
+                batch_size=4, exclude_bos=True, statistics="parts", sparse_format="arrow",
             )  # fmt: skip
         for layer, shard in itertools.product(hooks, shards):
             merged = {
@@ -129,13 +138,15 @@ def test_chunked_one_forward_cache_equals_the_per_layer_cache(tmp_path: Path, fa
             assert len(read_feature_activations(merged["activations"])) > 0
 
 
+@pytest.mark.parametrize("sparse_format", ["parquet", "arrow"])
 @pytest.mark.parametrize("max_buffered_rows", [200, 8_000_000])  # many row groups / one per bucket
 def test_merged_chunks_equal_one_writer_and_the_first_principles_reference(
-    tmp_path: Path, max_buffered_rows: int
+    tmp_path: Path, max_buffered_rows: int, sparse_format: str
 ):
     """Uneven chunks (one of a single context), several buckets per shard and several row groups
-    per bucket: the merge equals one writer over everything and the reference on the dense
-    array; each merged row group holds one bucket, sorted by (feature, context, position)."""
+    (record batches) per bucket, chunk files in either format: the merge equals one writer over
+    everything and the reference on the dense array; each merged row group holds one bucket,
+    sorted by (feature, context, position)."""
     n_contexts, n_positions, n_features = 31, 16, 50
     activations = sparse_activations(n_contexts, n_features, density=0.1, seed=3, n_pos=n_positions)
     generator = torch.Generator().manual_seed(4)
@@ -144,9 +155,11 @@ def test_merged_chunks_equal_one_writer_and_the_first_principles_reference(
     shards = make_shards(n_features, 20)  # 20, 20, 10 features
     kwargs = {"bucket_features": 6, "max_buffered_rows": max_buffered_rows}
 
-    def write(folder: Path, begin: int, end: int, statistics: str) -> dict:
-        paths = paths_of(folder, shards)
-        with ActivationCacheWriter(shards, paths, statistics=statistics, **kwargs) as writer:
+    def write(folder: Path, begin: int, end: int, statistics: str, form: str) -> dict:
+        paths = paths_of(folder, shards, form)
+        with ActivationCacheWriter(
+            shards, paths, statistics=statistics, sparse_format=form, **kwargs
+        ) as writer:
             for start in range(begin, end, 3):
                 stop = min(start + 3, end)
                 writer.add_batch(
@@ -156,10 +169,10 @@ def test_merged_chunks_equal_one_writer_and_the_first_principles_reference(
                 )
         return paths
 
-    single = write(tmp_path / "single", 0, n_contexts, "final")
+    single = write(tmp_path / "single", 0, n_contexts, "final", "parquet")
     bounds = [0, 11, 12, 25, n_contexts]
     parts = [
-        write(tmp_path / f"chunk{i}", begin, end, "parts")
+        write(tmp_path / f"chunk{i}", begin, end, "parts", sparse_format)
         for i, (begin, end) in enumerate(itertools.pairwise(bounds))
     ]
     excluded = extra.numpy().copy()
@@ -242,13 +255,16 @@ def test_statistics_parts_round_trip_and_merge_like_one_stream():
         FeatureStatistics.from_parts_table(table, Shard(10, 15), "memory")
 
 
-def test_chunks_out_of_context_order_are_refused(tmp_path: Path):
+@pytest.mark.parametrize("sparse_format", ["parquet", "arrow"])
+def test_chunks_out_of_context_order_are_refused(tmp_path: Path, sparse_format: str):
     shards = [Shard(0, 8)]
     activations = sparse_activations(6, 8, density=0.5, seed=1)
     parts = []
     for index, ids in enumerate(([10, 11, 12], [3, 4, 5])):  # the second chunk comes first
-        paths = paths_of(tmp_path / f"chunk{index}", shards)
-        with ActivationCacheWriter(shards, paths, statistics="parts") as writer:
+        paths = paths_of(tmp_path / f"chunk{index}", shards, sparse_format)
+        with ActivationCacheWriter(
+            shards, paths, statistics="parts", sparse_format=sparse_format
+        ) as writer:
             writer.add_batch(torch.as_tensor(ids), activations[3 * index : 3 * index + 3])
         parts.append(paths[shards[0]])
     merged = {artifact: tmp_path / f"{artifact}.parquet" for artifact in ARTIFACTS}
@@ -260,6 +276,10 @@ def test_chunks_out_of_context_order_are_refused(tmp_path: Path):
         with ActivationCacheWriter(shards, final) as writer:
             writer.add_batch(torch.as_tensor([0]), activations[:1])
         merge_shard([final[shards[0]]], merged, shards[0])
+    garbled = dict(parts[0], activations=tmp_path / "garbled.arrow")
+    garbled["activations"].write_bytes(b"not a table")
+    with pytest.raises(InputError, match="neither parquet nor an Arrow IPC file"):
+        merge_shard([garbled], merged, shards[0])
 
 
 def test_chunk_names_are_context_ranges():

@@ -16,6 +16,13 @@ per feature shard the writer streams three parquet artifacts (schemas in
   the corpus; or (``statistics="parts"``) the raw counters behind them, which the merge of
   corpus chunks adds up exactly (:mod:`circuit_insights.data.cache_merge`).
 
+``sparse_format="arrow"`` writes the two sparse artifacts of a corpus chunk, which only the
+merge reads, as uncompressed Arrow IPC files instead (:data:`SPARSE_FORMATS`): the same rows,
+one record batch per flushed bucket, in stream order (each batch's rows of the bucket sorted by
+feature, the batches one after another) and not sorted by feature across batches. Writing them
+is little more than a copy; the merge sorts each bucket once over all chunks anyway and encodes
+the parquet shard files that every reader reads, so the rows are encoded and sorted once.
+
 Memory: rows wait in one buffer per (shard, sparse artifact) of at most
 ``max_buffered_rows / (2 * n_shards)`` rows (plus one batch); when a buffer is full, every bucket
 holding at least ``1 / (2 * n_buckets)`` of it is written as a row group, which frees at least
@@ -78,6 +85,12 @@ ARTIFACTS: tuple[str, ...] = ("activations", "maxima", "feature_stats")
 #: raw counters (``parts``, FEATURE_STATS_PARTS_SCHEMA), which merge exactly over corpus chunks.
 STATISTICS_KINDS: tuple[str, ...] = ("final", "parts")
 
+#: How the sparse artifacts are written: ``parquet`` (the shard files every reader reads: one row
+#: group per feature bucket, sorted by (feature, context, position)) or ``arrow`` (a corpus
+#: chunk's files, which only the merge reads: Arrow IPC, uncompressed, one record batch per
+#: flushed bucket, rows in stream order).
+SPARSE_FORMATS: tuple[str, ...] = ("parquet", "arrow")
+
 #: Per sparse artifact: schema, dictionary-encoded columns, declared sort order.
 SPARSE_LAYOUT: dict[str, tuple[pa.Schema, list[str], list[str]]] = {
     "activations": (
@@ -103,8 +116,37 @@ def open_sparse_writer(path: str | os.PathLike[str], artifact: str) -> pq.Parque
     )
 
 
-class _ParquetWrites:
-    """Row groups written in order, on one background thread (``background``) or inline.
+class _SparseFile:
+    """One open sparse artifact: a parquet writer (``parquet``) or an Arrow IPC file writer
+    (``arrow``) at ``path``; :meth:`write` appends tables, :meth:`close` finishes the file."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], artifact: str, sparse_format: str, row_group_rows: int
+    ) -> None:
+        self.row_group_rows = row_group_rows
+        self.parquet: pq.ParquetWriter | None = None
+        self.arrow: pa.ipc.RecordBatchFileWriter | None = None
+        if sparse_format == "parquet":
+            self.parquet = open_sparse_writer(path, artifact)
+        else:
+            self.arrow = pa.ipc.new_file(str(path), SPARSE_LAYOUT[artifact][0])
+
+    def write(self, tables: list[pa.Table]) -> None:
+        for table in tables:
+            if self.parquet is not None:
+                self.parquet.write_table(table, row_group_size=self.row_group_rows)
+            elif self.arrow is not None:
+                self.arrow.write_table(table, max_chunksize=self.row_group_rows)
+
+    def close(self) -> None:
+        if self.parquet is not None:
+            self.parquet.close()
+        if self.arrow is not None:
+            self.arrow.close()
+
+
+class _BackgroundWrites:
+    """Tables written in order, on one background thread (``background``) or inline.
 
     Arrow encodes and writes without the GIL, so in the background the next batches are found,
     sorted and counted while a flush is written. At most one flush is in flight: the next one
@@ -119,12 +161,12 @@ class _ParquetWrites:
         )
         self.pending: Future[None] | None = None
 
-    def write(self, writer: pq.ParquetWriter, tables: list[pa.Table], row_group_rows: int) -> None:
+    def write(self, file: _SparseFile, tables: list[pa.Table]) -> None:
         if self.executor is None:
-            _write_tables(writer, tables, row_group_rows)
+            file.write(tables)
             return
         self.wait()
-        self.pending = self.executor.submit(_write_tables, writer, tables, row_group_rows)
+        self.pending = self.executor.submit(file.write, tables)
 
     def wait(self) -> None:
         """Wait for the flush in flight; raise its error."""
@@ -137,11 +179,6 @@ class _ParquetWrites:
         self.pending = None
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _write_tables(writer: pq.ParquetWriter, tables: list[pa.Table], row_group_rows: int) -> None:
-    for table in tables:
-        writer.write_table(table, row_group_size=row_group_rows)
 
 
 class _FeatureBucketBuffer:
@@ -158,22 +195,20 @@ class _FeatureBucketBuffer:
 
     def __init__(
         self,
-        writer: pq.ParquetWriter,
-        writes: _ParquetWrites,
+        file: _SparseFile,
+        writes: _BackgroundWrites,
         schema: pa.Schema,
         shard: Shard,
         bucket_features: int,
         max_rows: int,
-        row_group_rows: int,
     ) -> None:
-        self.writer = writer
+        self.file = file
         self.writes = writes
         self.schema = schema
         self.shard = shard
         self.bucket_features = bucket_features
         self.n_buckets = math.ceil(shard.size / bucket_features)
         self.max_rows = max_rows
-        self.row_group_rows = row_group_rows
         # First feature of each bucket, and one past the shard: searchsorted gives the bounds.
         self.edges = np.minimum(
             shard.start + np.arange(self.n_buckets + 1) * bucket_features, shard.stop
@@ -218,7 +253,7 @@ class _FeatureBucketBuffer:
                 columns = {name: values[order] for name, values in columns.items()}
             arrays = [pa.array(columns[name]) for name in names]
             tables.append(pa.Table.from_arrays(arrays, schema=self.schema))
-        self.writes.write(self.writer, tables, self.row_group_rows)
+        self.writes.write(self.file, tables)
         kept = np.flatnonzero(~flushed & (self.sizes > 0))
         self.n_rows = int(self.sizes[kept].sum())
         if self.n_rows == 0:
@@ -246,6 +281,49 @@ class _FeatureBucketBuffer:
             name: np.concatenate([chunk[name][begin:end] for chunk, begin, end in slices])
             for name in self.schema.names
         }
+
+
+class _StreamBuffer:
+    """Rows of one artifact of one shard for an ``arrow`` chunk file: written in stream order,
+    one record batch per flush, with no bucketing and no sort.
+
+    Each chunk of rows (one batch's rows of the shard) is sorted by (feature, context,
+    position) and the chunks' contexts increase, so a record batch is a sequence of runs
+    sorted by feature, each starting where the feature decreases or ties with a later context:
+    the merge (:mod:`circuit_insights.data.cache_merge`) finds a bucket's rows in each run and
+    sorts them once over all chunks.
+    """
+
+    def __init__(
+        self, file: _SparseFile, writes: _BackgroundWrites, schema: pa.Schema, max_rows: int
+    ) -> None:
+        self.file = file
+        self.writes = writes
+        self.schema = schema
+        self.max_rows = max_rows
+        self.chunks: list[dict[str, np.ndarray]] = []
+        self.n_rows = 0
+
+    def add(self, chunk: dict[str, np.ndarray]) -> None:
+        """Buffer ``chunk`` (columns of equal length, sorted by feature); flush when full."""
+        n = len(chunk["feature"])
+        if n == 0:
+            return
+        self.chunks.append(chunk)
+        self.n_rows += n
+        if self.n_rows > self.max_rows:
+            self.flush(everything=True)
+
+    def flush(self, *, everything: bool) -> None:
+        """Write every buffered row as one record batch (``everything`` is always the case)."""
+        if self.n_rows == 0:
+            return
+        arrays = [
+            pa.array(np.concatenate([chunk[name] for chunk in self.chunks]))
+            for name in self.schema.names
+        ]
+        self.writes.write(self.file, [pa.Table.from_arrays(arrays, schema=self.schema)])
+        self.chunks, self.n_rows = [], 0
 
 
 @dataclass
@@ -280,7 +358,9 @@ class ActivationCacheWriter:
     ``row_group_rows``: the largest row group. ``background_writes``: encode and write the row
     groups on one background thread (the same bytes, in the same order), so that the next batches
     are processed meanwhile; False writes inline. ``statistics``: what ``feature_stats`` gets, one
-    of :data:`STATISTICS_KINDS`.
+    of :data:`STATISTICS_KINDS`. ``sparse_format``: how ``activations`` and ``maxima`` are
+    written, one of :data:`SPARSE_FORMATS` (``arrow`` for a corpus chunk's files, which
+    :func:`~circuit_insights.data.cache_merge.merge_shard` reads).
     """
 
     def __init__(
@@ -296,6 +376,7 @@ class ActivationCacheWriter:
         row_group_rows: int = 1_000_000,
         background_writes: bool = True,
         statistics: str = "final",
+        sparse_format: str = "parquet",
     ) -> None:
         self.shards = sorted(shards)
         if not self.shards:
@@ -324,6 +405,10 @@ class ActivationCacheWriter:
             )
         if statistics not in STATISTICS_KINDS:
             raise InputError(f"statistics must be one of {STATISTICS_KINDS}, got {statistics!r}")
+        if sparse_format not in SPARSE_FORMATS:
+            raise InputError(
+                f"sparse_format must be one of {SPARSE_FORMATS}, got {sparse_format!r}"
+            )
         self.feature_offset = feature_offset
         self.statistics_kind = statistics
         self.start = self.shards[0].start  # first covered feature
@@ -334,28 +419,26 @@ class ActivationCacheWriter:
         self.closed = False
 
         self.stats_paths = {shard: Path(out_paths[shard]["feature_stats"]) for shard in self.shards}
-        self.buffers: dict[tuple[Shard, str], _FeatureBucketBuffer] = {}
-        self.parquet_writers: list[pq.ParquetWriter] = []
+        self.buffers: dict[tuple[Shard, str], _FeatureBucketBuffer | _StreamBuffer] = {}
+        self.sparse_files: list[_SparseFile] = []
         self.temporary_stats: dict[Shard, Path] = {}
         rows_per_buffer = max(1, max_buffered_rows // (2 * len(self.shards)))
         self.exit_stack = contextlib.ExitStack()
-        self.writes = _ParquetWrites(background_writes)
+        self.writes = _BackgroundWrites(background_writes)
         try:
             for shard in self.shards:
                 for artifact, (schema, _, _) in SPARSE_LAYOUT.items():
                     temporary = self.exit_stack.enter_context(
                         atomic_path(out_paths[shard][artifact])
                     )
-                    writer = open_sparse_writer(temporary, artifact)
-                    self.parquet_writers.append(writer)
-                    self.buffers[shard, artifact] = _FeatureBucketBuffer(
-                        writer,
-                        self.writes,
-                        schema,
-                        shard,
-                        bucket_features,
-                        rows_per_buffer,
-                        row_group_rows,
+                    file = _SparseFile(temporary, artifact, sparse_format, row_group_rows)
+                    self.sparse_files.append(file)
+                    self.buffers[shard, artifact] = (
+                        _FeatureBucketBuffer(
+                            file, self.writes, schema, shard, bucket_features, rows_per_buffer
+                        )
+                        if sparse_format == "parquet"
+                        else _StreamBuffer(file, self.writes, schema, rows_per_buffer)
                     )
                 self.temporary_stats[shard] = self.exit_stack.enter_context(
                     atomic_path(out_paths[shard]["feature_stats"])
@@ -432,14 +515,14 @@ class ActivationCacheWriter:
         global_context = contexts.astype(np.int32)
         start = np.int32(self.start)
         activation_rows = {
-            "feature": sparse.feature + start,
+            "feature": sparse.feature + start if start else sparse.feature,
             "context": global_context[sparse.batch_index],
             "position": sparse.position,
             "activation": sparse.activation,
             "excluded": sparse.excluded,
         }
         maxima_rows = {
-            "feature": maxima_feature + start,
+            "feature": maxima_feature + start if start else maxima_feature,
             "context": global_context[batch_index[maxima_index]],
             "max_activation": max_value,
             "max_position": max_position,
@@ -464,8 +547,8 @@ class ActivationCacheWriter:
                 buffer.flush(everything=True)
             self.writes.wait()
             self.writes.shutdown()
-            for writer in self.parquet_writers:
-                writer.close()
+            for file in self.sparse_files:
+                file.close()
             for shard in self.shards:
                 if self.statistics_kind == "parts":
                     table = self.statistics.parts_table(shard)
@@ -515,9 +598,9 @@ class ActivationCacheWriter:
     def _discard(self, error: BaseException) -> None:
         self.closed = True
         self.writes.shutdown()
-        for writer in self.parquet_writers:
+        for file in self.sparse_files:
             with contextlib.suppress(Exception):
-                writer.close()
+                file.close()
         self.buffers.clear()
         # Each atomic_path removes its temporary file when it sees the exception.
         self.exit_stack.__exit__(type(error), error, error.__traceback__)
@@ -599,23 +682,33 @@ def _sparse_by_feature(
         flat_index = np.flatnonzero(dense_np != 0)  # (nnz,) into the (batch, pos, n_columns) array
         if dense_np.size <= _MAX_INT32:  # int32: vectorised division by a scalar, half the bytes
             flat_index = flat_index.astype(np.int32)
-        row = flat_index // n_columns  # (nnz,) batch * n_positions + position
-        feature = flat_index - row * n_columns
-        key = feature.astype(np.int16) if n_columns <= np.iinfo(np.int16).max else feature
-        order = np.argsort(key, kind="stable")  # (nnz,) radix sort for 16-bit keys
-        feature, row = feature[order], row[order]
+        row, feature = _divmod(flat_index, n_columns)  # (nnz,) batch * n_positions + position
+        # The values gathered in memory order (a forward sweep of the dense array), then
+        # permuted in cache: ~3x faster than gathering them in feature order.
         if dense_np.flags.c_contiguous:
-            value_np = dense_np.reshape(-1)[flat_index[order]]
+            value_np = dense_np.reshape(-1)[flat_index]
         else:  # a slice of the feature axis: index its (batch * pos, n_columns) view
             value_np = dense_np.reshape(n_batch * n_positions, n_columns)[row, feature]
-        batch_index = row // n_positions
+        key = feature.astype(np.int16) if n_columns <= np.iinfo(np.int16).max else feature
+        order = np.argsort(key, kind="stable")  # (nnz,) radix sort for 16-bit keys
+        feature, row, value_np = key[order], row[order], value_np[order]
+        batch_index, position = _divmod(row, n_positions)
         return _SparseBatch(
             feature=feature.astype(np.int32, copy=False),
             batch_index=batch_index.astype(np.int32, copy=False),
-            position=(row - batch_index * n_positions).astype(np.int32, copy=False),
+            position=position.astype(np.int32, copy=False),
             activation=value_np.astype(np.float32, copy=False),
             excluded=excluded.numpy().reshape(-1)[row],
         )
+
+
+def _divmod(index: np.ndarray, divisor: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index // divisor`` and ``index % divisor`` of non-negative integers; a shift and a mask
+    when ``divisor`` is a power of two (feature widths and context lengths usually are)."""
+    if divisor & (divisor - 1) == 0:
+        return index >> (divisor.bit_length() - 1), index & (divisor - 1)
+    quotient = index // divisor
+    return quotient, index - quotient * divisor
 
 
 def _check_values(values: np.ndarray) -> None:

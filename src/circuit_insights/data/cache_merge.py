@@ -15,7 +15,13 @@ one writer over the whole corpus makes:
   :class:`~circuit_insights.data.cache_stats.FeatureStatistics`), then the statistics computed
   once, as the single writer computes them.
 
-Memory: one feature bucket of every chunk at a time.
+A chunk's sparse files are read in either format of the writer (``sparse_format``): the Arrow
+IPC files rule cache writes (record batches in stream order, unsorted across the writer's
+batches: each bucket's rows are found in every run of rows sorted by feature, and sorted here)
+or parquet files (one sorted row group per bucket and flush).
+
+Memory: one feature bucket of every chunk at a time (plus, per Arrow chunk file, the row bounds
+of each bucket in each of its runs).
 """
 
 from __future__ import annotations
@@ -101,12 +107,82 @@ def merged_statistics(paths: Sequence[PathLike], shard: Shard) -> FeatureStatist
     return total
 
 
-class _ChunkFile:
-    """One chunk's sparse file of the shard: its row groups by bucket, its context range."""
+_PARQUET_MAGIC, _ARROW_MAGIC = b"PAR1", b"ARROW1"
+
+
+def _chunk_file(path: PathLike, shard: Shard, bucket_features: int) -> _ChunkFile | _ArrowChunkFile:
+    """One chunk's sparse file, parquet or Arrow IPC (told by its first bytes)."""
+    if not os.path.isfile(path):
+        raise InputError(f"chunk cache file {path} does not exist")
+    with open(path, "rb") as handle:
+        magic = handle.read(len(_ARROW_MAGIC))
+    if magic.startswith(_PARQUET_MAGIC):
+        return _ChunkFile(path, shard, bucket_features)
+    if magic == _ARROW_MAGIC:
+        return _ArrowChunkFile(path, shard, bucket_features)
+    raise InputError(f"chunk cache file {path} is neither parquet nor an Arrow IPC file")
+
+
+class _ArrowChunkFile:
+    """One chunk's Arrow IPC sparse file of the shard (``sparse_format="arrow"``), memory-mapped.
+
+    Each record batch is a sequence of runs sorted by feature (one per writer batch, or several
+    such batches that happen to continue each other's order), so in each run a bucket's rows
+    are one range: a run starts wherever the feature decreases. ``bucket`` gathers a bucket's
+    ranges of every run in file order, which is stream order, unsorted by feature.
+    """
 
     def __init__(self, path: PathLike, shard: Shard, bucket_features: int) -> None:
-        if not os.path.isfile(path):
-            raise InputError(f"chunk cache file {path} does not exist")
+        self.path = str(path)
+        reader = pa.ipc.open_file(pa.memory_map(self.path))
+        n_buckets = -(-shard.size // bucket_features)
+        self.batches: list[pa.RecordBatch] = []
+        self.bounds: list[np.ndarray] = []  # per record batch: (n_runs, n_buckets + 1) rows
+        self.first_context: int | None = None
+        self.last_context: int | None = None
+        for index in range(reader.num_record_batches):
+            batch = reader.get_batch(index)
+            if batch.num_rows == 0:
+                continue
+            feature = batch.column("feature").to_numpy()  # (rows,) zero-copy
+            low, high = int(feature.min()), int(feature.max())
+            if low < shard.start or high >= shard.stop:
+                raise InputError(f"{self.path}: features [{low}, {high}] outside {shard.name}")
+            run = np.zeros(len(feature), np.int64)  # (rows,) run of each row
+            run[1:] = np.cumsum(feature[1:] < feature[:-1])
+            # (run, bucket) is non-decreasing over the rows: one searchsorted gives every bound
+            key = run * n_buckets + (feature - shard.start) // bucket_features
+            edges = np.arange(int(run[-1]) + 1)[:, None] * n_buckets + np.arange(n_buckets + 1)
+            self.bounds.append(np.searchsorted(key, edges))
+            self.batches.append(batch)
+            context = batch.column("context").to_numpy()
+            first, last = int(context.min()), int(context.max())
+            self.first_context = (
+                first if self.first_context is None else min(first, self.first_context)
+            )
+            self.last_context = last if self.last_context is None else max(last, self.last_context)
+
+    def bucket(self, bucket: int) -> tuple[pa.Table, bool] | None:
+        """The rows of one bucket in stream order, and False (not sorted by feature); None when
+        the chunk has none."""
+        pieces = []
+        for batch, bounds in zip(self.batches, self.bounds, strict=True):
+            begin, end = bounds[:, bucket], bounds[:, bucket + 1]  # (n_runs,) each
+            lengths = end - begin
+            total = int(lengths.sum())
+            if total == 0:
+                continue
+            # the row indices of every range, one after another
+            index = np.repeat(begin - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
+            pieces.append(batch.take(pa.array(index)))
+        return None if not pieces else (pa.Table.from_batches(pieces), False)
+
+
+class _ChunkFile:
+    """One chunk's parquet sparse file of the shard: its row groups by bucket, its context
+    range."""
+
+    def __init__(self, path: PathLike, shard: Shard, bucket_features: int) -> None:
         self.path = str(path)
         self.parquet = pq.ParquetFile(path)
         metadata = self.parquet.metadata
@@ -142,10 +218,13 @@ class _ChunkFile:
         values = self.parquet.read_row_group(group, columns=[column]).column(0).to_numpy()
         return int(values.min()), int(values.max())
 
-    def bucket(self, bucket: int) -> pa.Table | None:
-        """The rows of one bucket, in file order (None when the chunk has none)."""
+    def bucket(self, bucket: int) -> tuple[pa.Table, bool] | None:
+        """The rows of one bucket, in file order, and whether they are sorted by feature (one
+        row group); None when the chunk has none."""
         groups = self.groups.get(bucket)
-        return None if not groups else self.parquet.read_row_groups(groups)
+        if not groups:
+            return None
+        return self.parquet.read_row_groups(groups), len(groups) == 1
 
 
 def _merge_sparse(
@@ -159,7 +238,7 @@ def _merge_sparse(
 ) -> int:
     """Merge one sparse artifact (``activations`` or ``maxima``) of the chunks; rows written."""
     schema = SPARSE_LAYOUT[artifact][0]
-    files = [_ChunkFile(path, shard, bucket_features) for path in paths]
+    files = [_chunk_file(path, shard, bucket_features) for path in paths]
     filled = [file for file in files if file.first_context is not None]
     for before, after in zip(filled, filled[1:], strict=False):
         assert before.last_context is not None and after.first_context is not None
@@ -175,11 +254,11 @@ def _merge_sparse(
         writer = open_sparse_writer(temporary, artifact)
         try:
             for bucket in range(-(-shard.size // bucket_features)):
-                tables = [table for file in filled if (table := file.bucket(bucket)) is not None]
-                if not tables:
+                parts = [part for file in filled if (part := file.bucket(bucket)) is not None]
+                if not parts:
                     continue
-                table = pa.concat_tables(tables).cast(schema)
-                if sum(len(file.groups.get(bucket, ())) for file in filled) > 1:
+                table = pa.concat_tables([table for table, _ in parts]).cast(schema)
+                if len(parts) > 1 or not parts[0][1]:  # not one piece sorted by feature
                     local = table.column("feature").to_numpy() - (
                         shard.start + bucket * bucket_features
                     )  # (rows,) in [0, bucket_features)

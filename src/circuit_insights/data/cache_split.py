@@ -45,6 +45,7 @@ def cache_layers(
     batch_size: int,
     exclude_bos: bool,
     statistics: str = "final",
+    sparse_format: str = "parquet",
     label: str = "cache",
 ) -> dict[str, float]:
     """Stream ``tokens`` through the model once and cache every layer of ``transcoders``.
@@ -53,8 +54,9 @@ def cache_layers(
     0: every file is still written, empty). ``out_paths[layer][shard]``: the files of each
     layer's shards (shards must lie inside the layer's transcoder). Each batch is one forward
     pass that reads every layer's transcoder input and stops after the deepest layer; each layer
-    is encoded over its shards' feature range only. ``statistics``: ``final`` or ``parts``
-    (:class:`ActivationCacheWriter`). Returns tokens and seconds.
+    is encoded over its shards' feature range only. ``statistics``: ``final`` or ``parts``;
+    ``sparse_format``: ``parquet`` or ``arrow`` (:class:`ActivationCacheWriter`). Returns tokens
+    and seconds.
     """
     from circuit_insights.models.loading import iter_context_batches
 
@@ -85,6 +87,7 @@ def cache_layers(
                     feature_offset=ranges[layer][0],
                     max_buffered_rows=max(1, MAX_BUFFERED_ROWS // len(layers)),
                     statistics=statistics,
+                    sparse_format=sparse_format,
                 )
             )
             for layer in layers

@@ -85,11 +85,17 @@ class LogHistogramSpec:
         """Largest relative error of a quantile whose value lies inside the log bins."""
         return 10.0 ** (0.5 / self.bins_per_decade) - 1.0
 
-    def bin_index(self, values: np.ndarray) -> np.ndarray:
-        """Bin of each positive value, in ``[0, n_bins)``."""
+    def bin_index(self, values: np.ndarray, dtype: np.dtype | type = np.int64) -> np.ndarray:
+        """Bin of each positive value, in ``[0, n_bins)``, as ``dtype``."""
+        scaled = values.astype(np.float64)  # (n,) one buffer, every step below in place
         with np.errstate(divide="ignore"):
-            scaled = (np.log10(values.astype(np.float64)) - self.log10_min) * self.bins_per_decade
-        return np.clip(np.floor(scaled) + 1, 0, self.n_bins - 1).astype(np.int64)
+            np.log10(scaled, out=scaled)
+        scaled -= self.log10_min
+        scaled *= self.bins_per_decade
+        np.floor(scaled, out=scaled)
+        scaled += 1
+        np.clip(scaled, 0, self.n_bins - 1, out=scaled)
+        return scaled.astype(dtype)
 
     def bin_values(self) -> np.ndarray:
         """Representative value of each bin: the geometric midpoint (the edge for under/overflow)."""
@@ -204,7 +210,7 @@ class FeatureStatistics:
         cell_dtype = np.dtype(np.int32 if n_features * n_bins <= _MAX_INT32 else np.int64)
         histogram_cell = feature.astype(cell_dtype)  # (nnz,) feature * n_bins + bin
         histogram_cell *= n_bins
-        histogram_cell += self.spec.bin_index(value).astype(cell_dtype, copy=False)
+        histogram_cell += self.spec.bin_index(value, cell_dtype)
         # numpy >= 2 adds in place ~10x faster than a bincount over all n_features * n_bins cells
         np.add.at(self.histogram_counts.reshape(-1), histogram_cell, 1)
         group, addend = sum_cells(value)

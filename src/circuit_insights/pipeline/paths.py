@@ -98,10 +98,12 @@ def cache_chunk_dir(results: str, model: str, chunk: str) -> str:
 
 
 def cache_chunk_file(chunk_dir: str, layer: int | str, kind: str, shard: str) -> str:
-    """One file of a chunk's cache: ``kind`` is ``activations``, ``maxima`` or
-    ``feature_stats_parts`` (the raw counters that merge_cache adds up), each also with the
-    held-out split's prefix ``heldout_``."""
-    return f"{chunk_dir}/layer{layer}/{kind}/{shard}.parquet"
+    """One file of a chunk's cache: ``kind`` is ``activations`` or ``maxima`` (Arrow IPC files,
+    ``.arrow``, which only merge_cache reads) or ``feature_stats_parts`` (parquet: the raw
+    counters that merge_cache adds up), each also with the held-out split's prefix
+    ``heldout_``."""
+    extension = "parquet" if kind.endswith("feature_stats_parts") else "arrow"
+    return f"{chunk_dir}/layer{layer}/{kind}/{shard}.{extension}"
 
 
 REPORT_STAGES = ("weightlens", "explanations", "clusters", "samples", "contributions")

@@ -87,5 +87,6 @@ def run_cache(
             batch_size=cache_config["batch_size"],
             exclude_bos=cache_config["exclude_bos"],
             statistics="parts",
+            sparse_format="arrow",
             label=f"{split} {chunk.name}",
         )
