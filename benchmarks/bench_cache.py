@@ -20,18 +20,20 @@ same forward pass, the transcoder's encoder and the sparse shard writer; their r
     python benchmarks/bench_cache.py --all-layers --model random:gemma-2-2b --narrow 256 \
         --features 2048 --density 0.006                     # 26 layers, Gemma-2-2B narrowed
 
-``--writer-only`` times :class:`ActivationCacheWriter` alone, as rule cache runs it (Arrow
-chunk files, raw statistics), on random (contexts, positions, features) batches whose entries
-fire independently with probability ``--density`` (the measured density is printed), against a
-floor measured in the same run on the same batches: the non-zeros found, sorted by feature and
-written raw with numpy (``np.flatnonzero``, ``np.argsort``, ``ndarray.tofile``), with no
-statistics, maxima or parquet. It also prints what rule merge_cache then spends per non-zero on
-that chunk (``merge_shard``: the parquet shard files) and the writer writing the parquet shard
-files directly (one pass over the corpus, no chunks).
+``--writer-only`` times :class:`ActivationCacheWriter` alone, as rule cache runs it per batch
+(``statistics="deferred"``: the non-zeros into Arrow chunk files and the token count, no maxima,
+no statistics), on random (contexts, positions, features) batches whose entries fire
+independently with probability ``--density`` (the measured density is printed), against a floor
+measured in the same run on the same batches: the non-zeros found, sorted by feature and written
+raw with numpy (``np.flatnonzero``, ``np.argsort``, ``ndarray.tofile``), with no statistics,
+maxima or parquet. It also prints what rule merge_cache then spends per non-zero on that chunk
+(``merge_shard``: the parquet shard files, the maxima and statistics derived from the merged
+non-zeros) and the writer writing the parquet shard files directly with maxima and statistics
+(one pass over the corpus, no chunks).
 
 ``--all-layers`` times what a cache job of the workflow does, caching every layer of ``--layers``
 (default: the embedded default's 3, 8, 13, or every layer of a ``random:`` shape) from one forward
-pass (``cache_layers``, Arrow chunk files and raw statistics as rule cache writes them), against
+pass (``cache_layers``, Arrow chunk files and token counts as rule cache writes them), against
 (a) one bare forward pass to the deepest layer's MLP input and (b) the same forward with every
 layer's encoder but no writer, in the same process, interleaved. Each layer's transcoder is calibrated as above on that
 layer's own inputs. ``--narrow D`` builds a ``random:`` shape with residual width D (MLP 4D,
@@ -54,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuit_insights.data.cache import ARTIFACTS, ActivationCacheWriter
+from circuit_insights.data.cache import ARTIFACTS, CHUNK_ARTIFACTS, ActivationCacheWriter
 from circuit_insights.data.cache_merge import merge_shard
 from circuit_insights.data.cache_split import cache_layers, cache_split
 from circuit_insights.data.shards import make_shards
@@ -204,12 +206,18 @@ def random_batches(
     return batches
 
 
-def cache_paths(folder: str, shards: list, sparse_format: str) -> dict:
-    """Per shard, each artifact's file under ``folder``: ``.arrow`` for the sparse artifacts of
-    the chunk format, as rule cache names them."""
-    extension = {"activations": sparse_format, "maxima": sparse_format, "feature_stats": "parquet"}
+def cache_paths(folder: str, shards: list, *, chunk: bool) -> dict:
+    """Per shard, each artifact's file under ``folder``: a chunk's (``chunk``: CHUNK_ARTIFACTS,
+    ``.arrow`` non-zeros and a parquet token record, as rule cache names them) or the shard
+    files (ARTIFACTS, parquet)."""
+    if chunk:
+        extension = {"activations": "arrow", "tokens": "parquet"}
+        kinds = CHUNK_ARTIFACTS
+    else:
+        extension = dict.fromkeys(ARTIFACTS, "parquet")
+        kinds = ARTIFACTS
     return {
-        shard: {kind: f"{folder}/{kind}/{shard.name}.{extension[kind]}" for kind in ARTIFACTS}
+        shard: {kind: f"{folder}/{kind}/{shard.name}.{extension[kind]}" for kind in kinds}
         for shard in shards
     }
 
@@ -218,10 +226,11 @@ def write_with_cache_writer(
     batches: list[torch.Tensor], shards: list, folder: str, *, chunk: bool = True
 ) -> tuple[float, float]:
     """Wall and CPU seconds of ActivationCacheWriter over ``batches``, closing included:
-    as rule cache runs it (``chunk``: Arrow chunk files, raw statistics) or as one pass over
-    the whole corpus writes the shard files (parquet, final statistics)."""
-    sparse_format, statistics = ("arrow", "parts") if chunk else ("parquet", "final")
-    out_paths = cache_paths(folder, shards, sparse_format)
+    as rule cache runs it (``chunk``: Arrow chunk files and the token count, no maxima, no
+    statistics) or as one pass over the whole corpus writes the shard files (parquet, maxima,
+    final statistics)."""
+    sparse_format, statistics = ("arrow", "deferred") if chunk else ("parquet", "final")
+    out_paths = cache_paths(folder, shards, chunk=chunk)
     wall, cpu = time.perf_counter(), time.process_time()
     with ActivationCacheWriter(
         shards, out_paths, sparse_format=sparse_format, statistics=statistics
@@ -235,8 +244,9 @@ def write_with_cache_writer(
 
 def merge_chunk(shards: list, folder: str) -> tuple[float, float]:
     """Wall and CPU seconds of merge_cache's work on the chunk written in ``folder``: every
-    shard's parquet files from it (one chunk: the merge's cost per non-zero)."""
-    chunk_paths = cache_paths(folder, shards, "arrow")
+    shard's parquet files from it, the maxima and statistics derived (one chunk: the merge's
+    cost per non-zero)."""
+    chunk_paths = cache_paths(folder, shards, chunk=True)
     wall, cpu = time.perf_counter(), time.process_time()
     for shard in shards:
         merged = {kind: f"{folder}/merged/{kind}/{shard.name}.parquet" for kind in ARTIFACTS}
@@ -316,12 +326,13 @@ def writer_only(args: argparse.Namespace) -> None:
     )
     print(
         f"merge of the chunk    : {wall['merge'] / 1e6:8.2f} M non-zeros/s wall, "
-        f"{cpu['merge'] / 1e6:.2f} M/s of process CPU time  (merge_cache: parquet shard files)"
+        f"{cpu['merge'] / 1e6:.2f} M/s of process CPU time  (merge_cache: parquet shard "
+        "files, maxima and statistics)"
     )
     print(
         f"writer, shard files   : {wall['parquet'] / 1e6:8.2f} M non-zeros/s wall, "
-        f"{cpu['parquet'] / 1e6:.2f} M/s of process CPU time  (parquet, final statistics: "
-        "one pass over the corpus without chunks)"
+        f"{cpu['parquet'] / 1e6:.2f} M/s of process CPU time  (parquet, maxima, final "
+        "statistics: one pass over the corpus without chunks)"
     )
 
 
@@ -402,7 +413,7 @@ def all_layers(args: argparse.Namespace) -> None:
         """cache_layers timed alone: the removal of its files afterwards is not the job's."""
         with tempfile.TemporaryDirectory() as folder:
             out_paths = {
-                layer: cache_paths(f"{folder}/layer{layer}", shards, "arrow") for layer in layers
+                layer: cache_paths(f"{folder}/layer{layer}", shards, chunk=True) for layer in layers
             }
             timed(
                 "cache",
@@ -414,7 +425,7 @@ def all_layers(args: argparse.Namespace) -> None:
                     out_paths,
                     batch_size=args.batch_size,
                     exclude_bos=True,
-                    statistics="parts",
+                    statistics="deferred",
                     sparse_format="arrow",
                     label=f"bench {repeat}",
                 ),

@@ -26,6 +26,7 @@ from circuit_insights.data.cache_readers import (
     read_feature_activations,
     read_maxima,
 )
+from circuit_insights.data.cache_stats import read_tokens_table
 from circuit_insights.data.schemas import ACTIVATIONS_SCHEMA, FEATURE_STATS_SCHEMA, MAXIMA_SCHEMA
 from circuit_insights.data.shards import Shard, make_shards
 
@@ -278,6 +279,39 @@ def test_a_shard_that_never_fires_still_gets_complete_files(tmp_path: Path):
     stats = pd.read_parquet(paths[shards[0]]["feature_stats"])
     assert len(stats) == 8 and (stats["n_active_tokens"] == 0).all()
     assert (stats["n_tokens_total"] == 3 * (N_POS - 1)).all()
+
+
+def test_a_deferred_writer_writes_only_the_non_zeros_and_the_tokens(tmp_path: Path):
+    """statistics="deferred" (rule cache): the same non-zeros as the full writer, the count of
+    non-excluded tokens, and neither maxima nor statistics (nor their paths needed)."""
+    activations = sparse_activations(9, 30)
+    excluded = per_token_mask(9)
+    shards = make_shards(30, 20)
+    full = write_cache(tmp_path / "full", activations, shards, excluded=excluded)
+    paths = {
+        shard: {
+            "activations": tmp_path / "chunk" / f"activations_{shard.name}.parquet",
+            "tokens": tmp_path / "chunk" / f"tokens_{shard.name}.parquet",
+        }
+        for shard in shards
+    }
+    with ActivationCacheWriter(shards, paths, statistics="deferred") as writer:
+        for begin in range(0, 9, 4):
+            ids = torch.as_tensor(np.arange(9)[begin : begin + 4] * 3 + 10)
+            writer.add_batch(ids, activations[begin : begin + 4], excluded[begin : begin + 4])
+        with pytest.raises(InputError, match="deferred"):
+            writer.feature_statistics()
+    n_tokens = int((~expected_excluded(9, excluded)).sum())
+    assert writer.n_tokens_total == n_tokens
+    for shard in shards:
+        pd.testing.assert_frame_equal(
+            read_feature_activations(paths[shard]["activations"]),
+            read_feature_activations(full[shard]["activations"]),
+        )
+        assert read_tokens_table(pq.read_table(paths[shard]["tokens"]), "tokens")[0] == n_tokens
+    assert sorted(p.name for p in (tmp_path / "chunk").iterdir()) == sorted(
+        path.name for shard_paths in paths.values() for path in shard_paths.values()
+    )
 
 
 def test_no_bos_exclusion_when_asked(tmp_path: Path):

@@ -1,7 +1,8 @@
 """The chunked one-forward cache equals the per-layer single-pass cache, value for value.
 
-Chunks of a corpus are cached with one forward pass for all layers (``cache_layers``, raw
-statistics) and merged per (layer, shard) (``merge_shard``); the result must equal what one
+Chunks of a corpus are cached with one forward pass for all layers (``cache_layers``, only the
+non-zeros and the chunk's tokens: ``statistics="deferred"``) and merged per (layer, shard)
+(``merge_shard``, which derives the maxima and statistics); the result must equal what one
 writer per layer over the whole corpus writes: the non-zeros, the maxima, every statistic (the
 mean included: the sums are exact) and the quantile samples drawn from the maxima.
 """
@@ -19,17 +20,18 @@ import pytest
 import torch
 
 from circuit_insights.core.errors import InputError
-from circuit_insights.data.cache import ARTIFACTS, ActivationCacheWriter
+from circuit_insights.data.cache import ARTIFACTS, CHUNK_ARTIFACTS, ActivationCacheWriter
 from circuit_insights.data.cache_chunks import ContextChunk, make_chunks, parse_chunk
 from circuit_insights.data.cache_merge import merge_shard
 from circuit_insights.data.cache_readers import read_feature_activations, read_maxima
 from circuit_insights.data.cache_split import cache_layers, cache_split
 from circuit_insights.data.cache_stats import (
     SUM_GROUPS,
-    FeatureStatistics,
     LogHistogramSpec,
     exact_sums,
+    read_tokens_table,
     sum_cells,
+    tokens_table,
 )
 from circuit_insights.data.sampling import SamplingConfig, sample_shard
 from circuit_insights.data.shards import Shard, make_shards
@@ -38,16 +40,16 @@ from circuit_insights.transcoders.base import Transcoder
 from tests.test_cache import output_paths, reference_cache, sparse_activations
 
 
-def paths_of(
-    folder: Path, shards: list[Shard], sparse_format: str = "parquet"
+def chunk_paths_of(
+    folder: Path, shards: list[Shard], sparse_format: str = "arrow"
 ) -> dict[Shard, dict[str, Path]]:
-    """Each shard's files; ``.arrow`` sparse files for the ``arrow`` chunk format."""
-    paths = output_paths(folder, shards)
-    if sparse_format == "arrow":
-        for shard_paths in paths.values():
-            for artifact in ("activations", "maxima"):
-                shard_paths[artifact] = shard_paths[artifact].with_suffix(".arrow")
-    return paths
+    """Each shard's files of a chunk's writer (CHUNK_ARTIFACTS): ``.arrow`` non-zeros for the
+    ``arrow`` format, the token record in parquet."""
+    suffix = {"activations": f".{sparse_format}", "tokens": ".parquet"}
+    return {
+        shard: {kind: folder / kind / f"{shard.name}{suffix[kind]}" for kind in CHUNK_ARTIFACTS}
+        for shard in shards
+    }
 
 
 def assert_same_cache(got: dict[str, Path], expected: dict[str, Path], shard: Shard) -> None:
@@ -108,7 +110,7 @@ def test_chunked_one_forward_cache_equals_the_per_layer_cache(tmp_path: Path, fa
     for split, members in splits.items():
         ids, split_tokens = context_ids[members], tokens[members]
         reference = {
-            layer: paths_of(tmp_path / split / f"single{layer}", shards) for layer in hooks
+            layer: output_paths(tmp_path / split / f"single{layer}", shards) for layer in hooks
         }
         for layer, transcoder in transcoders.items():
             cache_split(
@@ -117,7 +119,7 @@ def test_chunked_one_forward_cache_equals_the_per_layer_cache(tmp_path: Path, fa
             )  # fmt: skip
         chunk_paths = {
             chunk: {
-                layer: paths_of(tmp_path / split / chunk.name / f"layer{layer}", shards, "arrow")
+                layer: chunk_paths_of(tmp_path / split / chunk.name / f"layer{layer}", shards)
                 for layer in hooks
             }
             for chunk in chunks
@@ -126,7 +128,7 @@ def test_chunked_one_forward_cache_equals_the_per_layer_cache(tmp_path: Path, fa
             inside = chunk.select(ids)
             cache_layers(
                 model, transcoders, ids[inside], split_tokens[inside], chunk_paths[chunk],
-                batch_size=4, exclude_bos=True, statistics="parts", sparse_format="arrow",
+                batch_size=4, exclude_bos=True, statistics="deferred", sparse_format="arrow",
             )  # fmt: skip
         for layer, shard in itertools.product(hooks, shards):
             merged = {
@@ -156,7 +158,11 @@ def test_merged_chunks_equal_one_writer_and_the_first_principles_reference(
     kwargs = {"bucket_features": 6, "max_buffered_rows": max_buffered_rows}
 
     def write(folder: Path, begin: int, end: int, statistics: str, form: str) -> dict:
-        paths = paths_of(folder, shards, form)
+        paths = (
+            output_paths(folder, shards)
+            if statistics == "final"
+            else chunk_paths_of(folder, shards, form)
+        )
         with ActivationCacheWriter(
             shards, paths, statistics=statistics, sparse_format=form, **kwargs
         ) as writer:
@@ -172,7 +178,7 @@ def test_merged_chunks_equal_one_writer_and_the_first_principles_reference(
     single = write(tmp_path / "single", 0, n_contexts, "final", "parquet")
     bounds = [0, 11, 12, 25, n_contexts]
     parts = [
-        write(tmp_path / f"chunk{i}", begin, end, "parts", sparse_format)
+        write(tmp_path / f"chunk{i}", begin, end, "deferred", sparse_format)
         for i, (begin, end) in enumerate(itertools.pairwise(bounds))
     ]
     excluded = extra.numpy().copy()
@@ -189,14 +195,23 @@ def test_merged_chunks_equal_one_writer_and_the_first_principles_reference(
         pd.testing.assert_frame_equal(
             read_feature_activations(merged["activations"]), expected["activations"]
         )
+        pd.testing.assert_frame_equal(read_maxima(merged["maxima"]), expected["maxima"])
+        stats = pd.read_parquet(merged["feature_stats"])
+        exact = [column for column in stats.columns if column != "mean_activation"]
+        pd.testing.assert_frame_equal(stats[exact], expected["feature_stats"][exact])
+        np.testing.assert_allclose(  # float64 sums in another order: equal to rounding
+            stats["mean_activation"], expected["feature_stats"]["mean_activation"], rtol=1e-12
+        )
         assert rows["activations"] == len(expected["activations"])
-        parquet = pq.ParquetFile(merged["activations"])
-        for group in range(parquet.metadata.num_row_groups):
-            table = parquet.read_row_group(group).to_pandas()
-            bucket = (table["feature"].to_numpy() - shard.start) // 6
-            assert bucket.min() == bucket.max()
-            keys = ["feature", "context", "position"]
-            assert table.equals(table.sort_values(keys, ignore_index=True))
+        assert rows["maxima"] == len(expected["maxima"])
+        for artifact in ("activations", "maxima"):
+            parquet = pq.ParquetFile(merged[artifact])
+            for group in range(parquet.metadata.num_row_groups):
+                table = parquet.read_row_group(group).to_pandas()
+                bucket = (table["feature"].to_numpy() - shard.start) // 6
+                assert bucket.min() == bucket.max()
+                keys = ["feature", "context"] + (["position"] if artifact == "activations" else [])
+                assert table.equals(table.sort_values(keys, ignore_index=True))
 
 
 def test_exact_sums_do_not_depend_on_order_or_grouping():
@@ -225,34 +240,15 @@ def test_exact_sums_do_not_depend_on_order_or_grouping():
     assert math.isclose(first, math.fsum(values.astype(np.float64).tolist()), rel_tol=1e-15)
 
 
-def test_statistics_parts_round_trip_and_merge_like_one_stream():
+def test_token_records_round_trip_and_other_files_are_refused(tmp_path: Path):
     spec = LogHistogramSpec(bins_per_decade=8)
-    rng = np.random.default_rng(6)
-    whole, halves = FeatureStatistics(10, 16, spec), []
-    for _ in range(2):
-        part = FeatureStatistics(10, 16, spec)
-        feature = np.sort(rng.integers(0, 6, 40))
-        value = np.exp(rng.normal(size=40)).astype(np.float32)
-        batch = {
-            "n_tokens": 30,
-            "feature": feature,
-            "value": value,
-            "excluded_feature": np.array([2, 2], np.int64),
-            "maxima_feature": np.unique(feature),
-            "max_value": np.array([value[feature == f].max() for f in np.unique(feature)]),
-        }
-        part.add(**batch)
-        whole.add(**batch)
-        halves.append(part)
-    shard = Shard(10, 16)
-    table = halves[0].parts_table(shard)
-    back = FeatureStatistics.from_parts_table(table, shard, "memory")
-    back.merge(FeatureStatistics.from_parts_table(halves[1].parts_table(shard), shard, "memory"))
-    pd.testing.assert_frame_equal(back.frame(), whole.frame(), check_exact=True)
-    for name in ("histogram_counts", "sum_cells", "activation_min", "n_active_excluded_tokens"):
-        np.testing.assert_array_equal(getattr(back, name), getattr(whole, name))
-    with pytest.raises(InputError, match="not the features of shard"):
-        FeatureStatistics.from_parts_table(table, Shard(10, 15), "memory")
+    assert read_tokens_table(tokens_table(1234, spec), "memory") == (1234, spec)
+    shards = [Shard(0, 8)]
+    final = output_paths(tmp_path / "final", shards)
+    with ActivationCacheWriter(shards, final) as writer:
+        writer.add_batch(torch.as_tensor([0]), sparse_activations(1, 8))
+    with pytest.raises(InputError, match="not a chunk's token record"):
+        read_tokens_table(pq.read_table(final[shards[0]]["feature_stats"]), "stats")
 
 
 @pytest.mark.parametrize("sparse_format", ["parquet", "arrow"])
@@ -261,9 +257,9 @@ def test_chunks_out_of_context_order_are_refused(tmp_path: Path, sparse_format: 
     activations = sparse_activations(6, 8, density=0.5, seed=1)
     parts = []
     for index, ids in enumerate(([10, 11, 12], [3, 4, 5])):  # the second chunk comes first
-        paths = paths_of(tmp_path / f"chunk{index}", shards, sparse_format)
+        paths = chunk_paths_of(tmp_path / f"chunk{index}", shards, sparse_format)
         with ActivationCacheWriter(
-            shards, paths, statistics="parts", sparse_format=sparse_format
+            shards, paths, statistics="deferred", sparse_format=sparse_format
         ) as writer:
             writer.add_batch(torch.as_tensor(ids), activations[3 * index : 3 * index + 3])
         parts.append(paths[shards[0]])
@@ -271,11 +267,20 @@ def test_chunks_out_of_context_order_are_refused(tmp_path: Path, sparse_format: 
     with pytest.raises(InputError, match="out of context order"):
         merge_shard(parts, merged, shards[0])
     assert not any(path.exists() for path in merged.values())
-    with pytest.raises(InputError, match="not a feature-statistics parts file"):
-        final = paths_of(tmp_path / "final", shards)
-        with ActivationCacheWriter(shards, final) as writer:
-            writer.add_batch(torch.as_tensor([0]), activations[:1])
+    final = output_paths(tmp_path / "final", shards)
+    with ActivationCacheWriter(shards, final) as writer:
+        writer.add_batch(torch.as_tensor([0]), activations[:1])
+    with pytest.raises(InputError, match=r"lacks \['tokens'\]"):
         merge_shard([final[shards[0]]], merged, shards[0])
+    with pytest.raises(InputError, match="not a chunk's token record"):
+        merge_shard([dict(parts[0], tokens=final[shards[0]]["feature_stats"])], merged, shards[0])
+    other = chunk_paths_of(tmp_path / "other", shards)[shards[0]]
+    with ActivationCacheWriter(
+        shards, {shards[0]: other}, statistics="deferred", histogram=LogHistogramSpec(-4, 4)
+    ) as writer:
+        writer.add_batch(torch.as_tensor([20]), activations[:1])
+    with pytest.raises(InputError, match="histogram"):
+        merge_shard([parts[1], other], merged, shards[0])
     garbled = dict(parts[0], activations=tmp_path / "garbled.arrow")
     garbled["activations"].write_bytes(b"not a table")
     with pytest.raises(InputError, match="neither parquet nor an Arrow IPC file"):

@@ -1,6 +1,7 @@
 # Per (model, layer, shard): the cache files of the whole corpus from every chunk's cache (rule
 # cache), exactly those one pass over the corpus writes: sparse rows re-bucketed in context order,
-# the statistics from the chunks' raw counters. Both splits (heldout_* for the held-out one).
+# the maxima and statistics derived from them and the chunks' token counts. Both splits
+# (heldout_* for the held-out one).
 
 
 rule merge_cache:

@@ -13,23 +13,27 @@ per feature shard the writer streams three parquet artifacts (schemas in
 - ``feature_stats``: one row per feature of the shard (dead ones included) with counts, mean,
   max and quantiles of the active values, from a fixed log-spaced histogram per feature
   (:class:`~circuit_insights.data.cache_stats.LogHistogramSpec`), so memory does not grow with
-  the corpus; or (``statistics="parts"``) the raw counters behind them, which the merge of
-  corpus chunks adds up exactly (:mod:`circuit_insights.data.cache_merge`).
+  the corpus.
 
-``sparse_format="arrow"`` writes the two sparse artifacts of a corpus chunk, which only the
-merge reads, as uncompressed Arrow IPC files instead (:data:`SPARSE_FORMATS`): the same rows,
-one record batch per flushed bucket, in stream order (each batch's rows of the bucket sorted by
-feature, the batches one after another) and not sorted by feature across batches. Writing them
-is little more than a copy; the merge sorts each bucket once over all chunks anyway and encodes
-the parquet shard files that every reader reads, so the rows are encoded and sorted once.
+``statistics="deferred"`` is the writer of one corpus chunk (rule cache): it writes only the
+non-zeros (``activations``) and the chunk's token count (``tokens``, :data:`CHUNK_ARTIFACTS`),
+neither maxima nor statistics; the merge of the chunks derives both from the merged non-zeros
+(:mod:`circuit_insights.data.cache_merge`), off the job that holds the model.
+``sparse_format="arrow"`` writes the non-zeros of a corpus chunk, which only the merge reads, as
+uncompressed Arrow IPC files instead (:data:`SPARSE_FORMATS`): the same rows, one record batch
+per flush, in stream order (each batch's rows sorted by feature, the batches one after another)
+and not sorted by feature across batches. Writing them is little more than a copy; the merge
+sorts each bucket once over all chunks anyway and encodes the parquet shard files that every
+reader reads, so the rows are encoded and sorted once.
 
 Memory: rows wait in one buffer per (shard, sparse artifact) of at most
-``max_buffered_rows / (2 * n_shards)`` rows (plus one batch); when a buffer is full, every bucket
-holding at least ``1 / (2 * n_buckets)`` of it is written as a row group, which frees at least
-half of it; with ``background_writes`` (the default) the row groups of one flush are encoded
-and written on a background thread while the next batches are processed. Statistics take
-``n_features * (n_histogram_bins + 40) * 8`` bytes. Nothing else is kept: a context arrives whole
-in one batch, so its maxima are final when the batch is done.
+``max_buffered_rows / (n_sparse_artifacts * n_shards)`` rows (plus one batch); when a buffer is
+full, every bucket holding at least ``1 / (2 * n_buckets)`` of it is written as a row group,
+which frees at least half of it; with ``background_writes`` (the default) the row groups of one
+flush are encoded and written on a background thread while the next batches are processed.
+Statistics take ``n_features * (n_histogram_bins + 40) * 8`` bytes (none when deferred). Nothing
+else is kept: a context arrives whole in one batch, so its maxima are final when the batch is
+done.
 
 Conventions: an activation "fires" when it is non-zero (activations must be non-negative, as the
 outputs of ReLU, JumpReLU and TopK transcoders are). Excluded positions (BOS and other attention
@@ -62,12 +66,14 @@ from circuit_insights.data.cache_stats import (
     FeatureStatistics,
     LogHistogramSpec,
     histogram_quantiles,
+    tokens_table,
 )
 from circuit_insights.data.schemas import ACTIVATIONS_SCHEMA, FEATURE_STATS_SCHEMA, MAXIMA_SCHEMA
 from circuit_insights.data.shards import Shard
 
 __all__ = [  # the statistics' spec and quantiles, re-exported where the writer's users look
     "ARTIFACTS",
+    "CHUNK_ARTIFACTS",
     "STATISTICS_KINDS",
     "STATS_QUANTILES",
     "ActivationCacheWriter",
@@ -81,9 +87,13 @@ log = logging.getLogger(__name__)
 #: The keys of ``out_paths[shard]``: one parquet artifact each.
 ARTIFACTS: tuple[str, ...] = ("activations", "maxima", "feature_stats")
 
-#: What ``feature_stats`` receives: the statistics (``final``, FEATURE_STATS_SCHEMA) or their
-#: raw counters (``parts``, FEATURE_STATS_PARTS_SCHEMA), which merge exactly over corpus chunks.
-STATISTICS_KINDS: tuple[str, ...] = ("final", "parts")
+#: The keys of ``out_paths[shard]`` of a corpus chunk's writer (``statistics="deferred"``): its
+#: non-zeros and its token record (CHUNK_TOKENS_SCHEMA), all the merge needs.
+CHUNK_ARTIFACTS: tuple[str, ...] = ("activations", "tokens")
+
+#: What the writer computes: the maxima and statistics (``final``: :data:`ARTIFACTS`) or
+#: neither (``deferred``: :data:`CHUNK_ARTIFACTS`, for the merge of corpus chunks to derive).
+STATISTICS_KINDS: tuple[str, ...] = ("final", "deferred")
 
 #: How the sparse artifacts are written: ``parquet`` (the shard files every reader reads: one row
 #: group per feature bucket, sorted by (feature, context, position)) or ``arrow`` (a corpus
@@ -357,10 +367,10 @@ class ActivationCacheWriter:
     together (about 17 bytes each), plus one batch, plus the rows of one flush being written.
     ``row_group_rows``: the largest row group. ``background_writes``: encode and write the row
     groups on one background thread (the same bytes, in the same order), so that the next batches
-    are processed meanwhile; False writes inline. ``statistics``: what ``feature_stats`` gets, one
-    of :data:`STATISTICS_KINDS`. ``sparse_format``: how ``activations`` and ``maxima`` are
-    written, one of :data:`SPARSE_FORMATS` (``arrow`` for a corpus chunk's files, which
-    :func:`~circuit_insights.data.cache_merge.merge_shard` reads).
+    are processed meanwhile; False writes inline. ``statistics``: one of :data:`STATISTICS_KINDS`
+    (``deferred``: only ``activations`` and ``tokens`` per shard, for
+    :func:`~circuit_insights.data.cache_merge.merge_shard`). ``sparse_format``: how the sparse
+    artifacts are written, one of :data:`SPARSE_FORMATS` (``arrow`` for a corpus chunk's files).
     """
 
     def __init__(
@@ -384,8 +394,11 @@ class ActivationCacheWriter:
         for left, right in zip(self.shards, self.shards[1:], strict=False):
             if right.start < left.stop:
                 raise InputError(f"shards {left.name} and {right.name} overlap")
+        if statistics not in STATISTICS_KINDS:
+            raise InputError(f"statistics must be one of {STATISTICS_KINDS}, got {statistics!r}")
+        artifacts = ARTIFACTS if statistics == "final" else CHUNK_ARTIFACTS
         for shard in self.shards:
-            missing = set(ARTIFACTS) - set(out_paths.get(shard, {}))
+            missing = set(artifacts) - set(out_paths.get(shard, {}))
             if missing:
                 raise InputError(f"out_paths[{shard.name}] lacks {sorted(missing)}")
         self.exclude_positions = frozenset(int(p) for p in exclude_positions)
@@ -403,31 +416,37 @@ class ActivationCacheWriter:
                 "bucket_features, max_buffered_rows and row_group_rows must be positive, got "
                 f"{bucket_features}, {max_buffered_rows}, {row_group_rows}"
             )
-        if statistics not in STATISTICS_KINDS:
-            raise InputError(f"statistics must be one of {STATISTICS_KINDS}, got {statistics!r}")
         if sparse_format not in SPARSE_FORMATS:
             raise InputError(
                 f"sparse_format must be one of {SPARSE_FORMATS}, got {sparse_format!r}"
             )
         self.feature_offset = feature_offset
-        self.statistics_kind = statistics
         self.start = self.shards[0].start  # first covered feature
         self.stop = self.shards[-1].stop  # one past the last covered feature
-        # Streaming statistics over the covered range [start, stop), non-excluded positions.
-        self.statistics = FeatureStatistics(self.start, self.stop, histogram)
+        # Streaming statistics over the covered range [start, stop), non-excluded positions;
+        # none when deferred (only the tokens are counted).
+        self.histogram = histogram if histogram is not None else LogHistogramSpec()
+        self.statistics = (
+            FeatureStatistics(self.start, self.stop, self.histogram)
+            if statistics == "final"
+            else None
+        )
+        self.deferred_tokens = 0
         self.last_context = -1
         self.closed = False
 
-        self.stats_paths = {shard: Path(out_paths[shard]["feature_stats"]) for shard in self.shards}
+        record = "feature_stats" if statistics == "final" else "tokens"
+        sparse_artifacts = [name for name in SPARSE_LAYOUT if name in artifacts]
         self.buffers: dict[tuple[Shard, str], _FeatureBucketBuffer | _StreamBuffer] = {}
         self.sparse_files: list[_SparseFile] = []
         self.temporary_stats: dict[Shard, Path] = {}
-        rows_per_buffer = max(1, max_buffered_rows // (2 * len(self.shards)))
+        rows_per_buffer = max(1, max_buffered_rows // (len(sparse_artifacts) * len(self.shards)))
         self.exit_stack = contextlib.ExitStack()
         self.writes = _BackgroundWrites(background_writes)
         try:
             for shard in self.shards:
-                for artifact, (schema, _, _) in SPARSE_LAYOUT.items():
+                for artifact in sparse_artifacts:
+                    schema = SPARSE_LAYOUT[artifact][0]
                     temporary = self.exit_stack.enter_context(
                         atomic_path(out_paths[shard][artifact])
                     )
@@ -441,7 +460,7 @@ class ActivationCacheWriter:
                         else _StreamBuffer(file, self.writes, schema, rows_per_buffer)
                     )
                 self.temporary_stats[shard] = self.exit_stack.enter_context(
-                    atomic_path(out_paths[shard]["feature_stats"])
+                    atomic_path(out_paths[shard][record])
                 )
         except BaseException as error:
             self._discard(error)
@@ -485,6 +504,21 @@ class ActivationCacheWriter:
         excluded_mask = self._excluded_mask(excluded, len(contexts), n_positions, activations)
         sparse = _sparse_by_feature(activations[..., first:last], excluded_mask)
         _check_values(sparse.activation)
+        n_tokens = int((~excluded_mask).sum().item())
+        global_context = contexts.astype(np.int32)
+        start = np.int32(self.start)
+        activation_rows = {
+            "feature": sparse.feature + start if start else sparse.feature,
+            "context": global_context[sparse.batch_index],
+            "position": sparse.position,
+            "activation": sparse.activation,
+            "excluded": sparse.excluded,
+        }
+        if self.statistics is None:  # deferred: the merge derives maxima and statistics
+            self.last_context = int(contexts[-1])
+            self.deferred_tokens += n_tokens
+            self._buffer("activations", activation_rows)
+            return
 
         if sparse.excluded.any():
             counted = ~sparse.excluded
@@ -497,7 +531,7 @@ class ActivationCacheWriter:
             feature, batch_index = sparse.feature, sparse.batch_index
             position, value = sparse.position, sparse.activation
             excluded_feature = sparse.feature[:0]
-        maxima_index, max_value, max_position = _maxima(
+        maxima_index, max_value, max_position = context_maxima(
             feature, batch_index, position, value, n_positions
         )
 
@@ -505,38 +539,21 @@ class ActivationCacheWriter:
         self.last_context = int(contexts[-1])
         maxima_feature = feature[maxima_index]  # (n_maxima,) sorted
         self.statistics.add(
-            n_tokens=int((~excluded_mask).sum().item()),
+            n_tokens=n_tokens,
             feature=feature,
             value=value,
             excluded_feature=excluded_feature,
             maxima_feature=maxima_feature,
             max_value=max_value,
         )
-        global_context = contexts.astype(np.int32)
-        start = np.int32(self.start)
-        activation_rows = {
-            "feature": sparse.feature + start if start else sparse.feature,
-            "context": global_context[sparse.batch_index],
-            "position": sparse.position,
-            "activation": sparse.activation,
-            "excluded": sparse.excluded,
-        }
         maxima_rows = {
             "feature": maxima_feature + start if start else maxima_feature,
             "context": global_context[batch_index[maxima_index]],
             "max_activation": max_value,
             "max_position": max_position,
         }
-        shard_edges = [[shard.start, shard.stop] for shard in self.shards]
-        for artifact, rows in (("activations", activation_rows), ("maxima", maxima_rows)):
-            if len(self.shards) == 1:
-                self.buffers[self.shards[0], artifact].add(rows)
-                continue
-            bounds = np.searchsorted(rows["feature"], shard_edges)
-            for shard, (begin, end) in zip(self.shards, bounds, strict=True):
-                if end > begin:
-                    chunk = {name: values[begin:end] for name, values in rows.items()}
-                    self.buffers[shard, artifact].add(chunk)
+        self._buffer("activations", activation_rows)
+        self._buffer("maxima", maxima_rows)
 
     def close(self) -> None:
         """Write what is buffered and the statistics, then move every artifact into place."""
@@ -550,8 +567,8 @@ class ActivationCacheWriter:
             for file in self.sparse_files:
                 file.close()
             for shard in self.shards:
-                if self.statistics_kind == "parts":
-                    table = self.statistics.parts_table(shard)
+                if self.statistics is None:
+                    table = tokens_table(self.deferred_tokens, self.histogram)
                 else:
                     table = pa.Table.from_pandas(
                         self.statistics.frame(shard),
@@ -587,13 +604,28 @@ class ActivationCacheWriter:
     @property
     def n_tokens_total(self) -> int:
         """Non-excluded tokens seen so far."""
+        if self.statistics is None:
+            return self.deferred_tokens
         return self.statistics.n_tokens_total
 
     def feature_statistics(self) -> pd.DataFrame:
         """The statistics so far, one row per covered feature (columns of FEATURE_STATS_SCHEMA)."""
+        if self.statistics is None:
+            raise InputError("a writer with statistics='deferred' computes no statistics")
         return self.statistics.frame()
 
     # --- internals -------------------------------------------------------------------------
+
+    def _buffer(self, artifact: str, rows: dict[str, np.ndarray]) -> None:
+        """Hand ``rows`` (sorted by feature, covering every shard) to each shard's buffer."""
+        if len(self.shards) == 1:
+            self.buffers[self.shards[0], artifact].add(rows)
+            return
+        bounds = np.searchsorted(rows["feature"], [[s.start, s.stop] for s in self.shards])
+        for shard, (begin, end) in zip(self.shards, bounds, strict=True):
+            if end > begin:
+                chunk = {name: values[begin:end] for name, values in rows.items()}
+                self.buffers[shard, artifact].add(chunk)
 
     def _discard(self, error: BaseException) -> None:
         self.closed = True
@@ -723,14 +755,16 @@ def _check_values(values: np.ndarray) -> None:
         )
 
 
-def _maxima(
+def context_maxima(
     feature: np.ndarray,
     batch_index: np.ndarray,
     position: np.ndarray,
     value: np.ndarray,
     n_positions: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per (feature, context) segment of counted rows sorted by (feature, batch, position).
+    """Per (feature, context) segment of counted rows sorted by (feature, batch, position);
+    ``batch_index`` may be any per-context id (the merge passes the context ids), and
+    ``n_positions`` any bound above every position (at most ``2**32``).
 
     Returns the index of each segment's first row, its maximum value and the position of its
     first maximum (the earliest position on ties). One ``reduceat`` finds both: the bits of a

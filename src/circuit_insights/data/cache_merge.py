@@ -1,31 +1,37 @@
 """The cache of one (layer, shard) from the caches of consecutive corpus chunks, exactly.
 
 Rule cache writes, per corpus chunk (a range of context ids), every layer's and shard's
-``activations`` and ``maxima`` as :class:`~circuit_insights.data.cache.ActivationCacheWriter`
-writes them and, instead of ``feature_stats``, the raw counters behind it
-(``statistics="parts"``). :func:`merge_shard` makes of the chunks of one (layer, shard) the files
-one writer over the whole corpus makes:
+non-zeros (``activations``) and the chunk's token count (``tokens``) as
+:class:`~circuit_insights.data.cache.ActivationCacheWriter` writes them with
+``statistics="deferred"``: no maxima, no statistics, so that the job holding the model spends
+nothing on them. :func:`merge_shard` makes of the chunks of one (layer, shard) the files one
+writer over the whole corpus makes:
 
-- ``activations`` / ``maxima``: one row group per feature bucket (at most ``row_group_rows``
-  rows each), its rows the bucket's row groups of every chunk, chunk after chunk, stably sorted
-  by feature. Within a chunk a feature's rows over its bucket's row groups are in (context,
-  position) order and the chunks' contexts increase, so each row group is sorted by (feature,
-  context, position) and a reader gets the rows of a single-writer cache, in its order;
-- ``feature_stats``: the chunks' counters added (integers and extremes: exact in any grouping,
-  :class:`~circuit_insights.data.cache_stats.FeatureStatistics`), then the statistics computed
+- ``activations``: one row group per feature bucket (at most ``row_group_rows`` rows each), its
+  rows the bucket's rows of every chunk, chunk after chunk, stably sorted by feature. Within a
+  chunk a feature's rows are in (context, position) order and the chunks' contexts increase, so
+  each row group is sorted by (feature, context, position) and a reader gets the rows of a
+  single-writer cache, in its order;
+- ``maxima``: per (feature, context), from the bucket's sorted non-excluded rows, the maximum
+  and its earliest position, as the writer finds them per batch (a context lies whole in one
+  batch of one chunk); one row group per bucket;
+- ``feature_stats``: the bucket's rows folded into one
+  :class:`~circuit_insights.data.cache_stats.FeatureStatistics` of the shard (integer counters
+  and extremes: exact in any grouping), the tokens the chunks' sum, then the statistics computed
   once, as the single writer computes them.
 
-A chunk's sparse files are read in either format of the writer (``sparse_format``): the Arrow
-IPC files rule cache writes (record batches in stream order, unsorted across the writer's
-batches: each bucket's rows are found in every run of rows sorted by feature, and sorted here)
-or parquet files (one sorted row group per bucket and flush).
+A chunk's non-zeros are read in either format of the writer (``sparse_format``): the Arrow IPC
+files rule cache writes (record batches in stream order, unsorted across the writer's batches:
+each bucket's rows are found in every run of rows sorted by feature, and sorted here) or parquet
+files (one sorted row group per bucket and flush).
 
 Memory: one feature bucket of every chunk at a time (plus, per Arrow chunk file, the row bounds
-of each bucket in each of its runs).
+of each bucket in each of its runs), and the shard's statistics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -36,14 +42,23 @@ import pyarrow.parquet as pq
 
 from circuit_insights.core.errors import InputError
 from circuit_insights.core.io import atomic_path
-from circuit_insights.data.cache import ARTIFACTS, SPARSE_LAYOUT, open_sparse_writer
-from circuit_insights.data.cache_stats import FeatureStatistics
-from circuit_insights.data.schemas import FEATURE_STATS_SCHEMA
+from circuit_insights.data.cache import (
+    ARTIFACTS,
+    CHUNK_ARTIFACTS,
+    SPARSE_LAYOUT,
+    context_maxima,
+    open_sparse_writer,
+)
+from circuit_insights.data.cache_stats import FeatureStatistics, LogHistogramSpec, read_tokens_table
+from circuit_insights.data.schemas import ACTIVATIONS_SCHEMA, FEATURE_STATS_SCHEMA, MAXIMA_SCHEMA
 from circuit_insights.data.shards import Shard
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
+
+#: Above every position: the bound :func:`context_maxima` needs, where contexts of any length meet.
+_POSITION_BOUND = 2**31
 
 
 def merge_shard(
@@ -56,55 +71,100 @@ def merge_shard(
 ) -> dict[str, int]:
     """Merge the caches of ``shard`` over consecutive corpus chunks into one cache.
 
-    ``chunk_paths``: per chunk, in increasing context order, each of :data:`ARTIFACTS` -> its
-    file (``feature_stats``: the FEATURE_STATS_PARTS_SCHEMA counters). ``out_paths``: each of
-    :data:`ARTIFACTS` -> the merged file, written atomically. ``bucket_features`` must be the
-    chunk writers' (a chunk row group spanning two buckets is refused). Returns the rows written
-    per artifact.
+    ``chunk_paths``: per chunk, in increasing context order, each of :data:`CHUNK_ARTIFACTS`
+    -> its file. ``out_paths``: each of :data:`ARTIFACTS` -> the merged file, written
+    atomically. ``bucket_features`` must be the chunk writers' for parquet chunk files (a chunk
+    row group spanning two buckets is refused). Returns the rows written per artifact.
     """
     if not chunk_paths:
         raise InputError(f"shard {shard.name}: no chunk caches to merge")
     for index, paths in enumerate(chunk_paths):
-        missing = set(ARTIFACTS) - set(paths)
+        missing = set(CHUNK_ARTIFACTS) - set(paths)
         if missing:
             raise InputError(f"chunk {index} of shard {shard.name} lacks {sorted(missing)}")
     missing = set(ARTIFACTS) - set(out_paths)
     if missing:
         raise InputError(f"merged shard {shard.name} lacks out paths {sorted(missing)}")
-    rows = {
-        artifact: _merge_sparse(
-            [paths[artifact] for paths in chunk_paths],
-            out_paths[artifact],
-            artifact,
-            shard,
-            bucket_features=bucket_features,
-            row_group_rows=row_group_rows,
+    n_tokens, spec = chunk_tokens([paths["tokens"] for paths in chunk_paths])
+    files = _chunk_files([paths["activations"] for paths in chunk_paths], shard, bucket_features)
+    statistics = FeatureStatistics(shard.start, shard.stop, spec)
+    statistics.n_tokens_total = n_tokens
+    rows = {"activations": 0, "maxima": 0}
+    with contextlib.ExitStack() as stack:
+        temporary = {name: stack.enter_context(atomic_path(out_paths[name])) for name in ARTIFACTS}
+        writers = {name: open_sparse_writer(temporary[name], name) for name in SPARSE_LAYOUT}
+        try:
+            for bucket in range(-(-shard.size // bucket_features)):
+                table = _bucket_rows(files, bucket, shard, bucket_features)
+                if table is None:
+                    continue
+                maxima = _fold_bucket(table, shard, statistics)
+                for name, rows_of in (("activations", table), ("maxima", maxima)):
+                    if rows_of.num_rows:
+                        writers[name].write_table(rows_of, row_group_size=row_group_rows)
+                        rows[name] += rows_of.num_rows
+        finally:
+            for writer in writers.values():
+                writer.close()
+        stats = pa.Table.from_pandas(
+            statistics.frame(shard), schema=FEATURE_STATS_SCHEMA, preserve_index=False
         )
-        for artifact in SPARSE_LAYOUT
-    }
-    statistics = merged_statistics([paths["feature_stats"] for paths in chunk_paths], shard)
-    table = pa.Table.from_pandas(
-        statistics.frame(shard), schema=FEATURE_STATS_SCHEMA, preserve_index=False
-    )
-    with atomic_path(out_paths["feature_stats"]) as temporary:
-        pq.write_table(table, temporary)
-    rows["feature_stats"] = table.num_rows
+        pq.write_table(stats, temporary["feature_stats"])
+    rows["feature_stats"] = stats.num_rows
     return rows
 
 
-def merged_statistics(paths: Sequence[PathLike], shard: Shard) -> FeatureStatistics:
-    """The counters of ``shard`` in every parts file of ``paths``, added up."""
-    total: FeatureStatistics | None = None
+def chunk_tokens(paths: Sequence[PathLike]) -> tuple[int, LogHistogramSpec]:
+    """The tokens of every chunk's token record of ``paths``, added up, and their (common)
+    histogram spec."""
+    total, spec = 0, None
     for path in paths:
         if not os.path.isfile(path):
-            raise InputError(f"statistics parts file {path} does not exist")
-        part = FeatureStatistics.from_parts_table(pq.read_table(path), shard, str(path))
-        if total is None:
-            total = part
-        else:
-            total.merge(part)
-    assert total is not None  # paths is not empty: checked by the caller
-    return total
+            raise InputError(f"chunk token record {path} does not exist")
+        n_tokens, its_spec = read_tokens_table(pq.read_table(path), str(path))
+        if spec is not None and its_spec != spec:
+            raise InputError(f"{path}: histogram {its_spec} differs from the other chunks' {spec}")
+        total, spec = total + n_tokens, its_spec
+    assert spec is not None  # paths is not empty: checked by the caller
+    return total, spec
+
+
+def _fold_bucket(table: pa.Table, shard: Shard, statistics: FeatureStatistics) -> pa.Table:
+    """Fold one bucket's rows, sorted by (feature, context, position), into ``statistics``;
+    return the bucket's maxima (MAXIMA_SCHEMA) in (feature, context) order."""
+    feature = table.column("feature").to_numpy() - np.int32(shard.start)  # (rows,) local
+    context = table.column("context").to_numpy()
+    position = table.column("position").to_numpy()
+    value = table.column("activation").to_numpy()
+    excluded = table.column("excluded").to_numpy()
+    if excluded.any():
+        counted = ~excluded
+        excluded_feature = feature[excluded]
+        feature, context = feature[counted], context[counted]
+        position, value = position[counted], value[counted]
+    else:
+        excluded_feature = feature[:0]
+    starts, max_value, max_position = context_maxima(
+        feature, context, position, value, _POSITION_BOUND
+    )
+    maxima_feature = feature[starts]  # (n_maxima,) sorted
+    statistics.add(
+        n_tokens=0,
+        feature=feature,
+        value=value,
+        excluded_feature=excluded_feature,
+        maxima_feature=maxima_feature,
+        max_value=max_value,
+    )
+    columns = {
+        "feature": maxima_feature + np.int32(shard.start),
+        "context": context[starts],
+        "max_activation": max_value,
+        "max_position": max_position,
+    }
+    return pa.Table.from_arrays(
+        [pa.array(columns[name]) for name in MAXIMA_SCHEMA.names], schema=MAXIMA_SCHEMA
+    )
 
 
 _PARQUET_MAGIC, _ARROW_MAGIC = b"PAR1", b"ARROW1"
@@ -227,17 +287,11 @@ class _ChunkFile:
         return self.parquet.read_row_groups(groups), len(groups) == 1
 
 
-def _merge_sparse(
-    paths: Sequence[PathLike],
-    out_path: PathLike,
-    artifact: str,
-    shard: Shard,
-    *,
-    bucket_features: int,
-    row_group_rows: int,
-) -> int:
-    """Merge one sparse artifact (``activations`` or ``maxima``) of the chunks; rows written."""
-    schema = SPARSE_LAYOUT[artifact][0]
+def _chunk_files(
+    paths: Sequence[PathLike], shard: Shard, bucket_features: int
+) -> list[_ChunkFile | _ArrowChunkFile]:
+    """The chunks' non-zero files that hold rows, checked to follow each other in context
+    order."""
     files = [_chunk_file(path, shard, bucket_features) for path in paths]
     filled = [file for file in files if file.first_context is not None]
     for before, after in zip(filled, filled[1:], strict=False):
@@ -248,24 +302,21 @@ def _merge_sparse(
                 f"{after.first_context}, not after {before.path}'s last context "
                 f"{before.last_context}"
             )
-    key_dtype = np.uint8 if bucket_features <= 256 else np.int32
-    n_rows = 0
-    with atomic_path(out_path) as temporary:
-        writer = open_sparse_writer(temporary, artifact)
-        try:
-            for bucket in range(-(-shard.size // bucket_features)):
-                parts = [part for file in filled if (part := file.bucket(bucket)) is not None]
-                if not parts:
-                    continue
-                table = pa.concat_tables([table for table, _ in parts]).cast(schema)
-                if len(parts) > 1 or not parts[0][1]:  # not one piece sorted by feature
-                    local = table.column("feature").to_numpy() - (
-                        shard.start + bucket * bucket_features
-                    )  # (rows,) in [0, bucket_features)
-                    order = np.argsort(local.astype(key_dtype), kind="stable")
-                    table = table.take(pa.array(order))
-                writer.write_table(table, row_group_size=row_group_rows)
-                n_rows += table.num_rows
-        finally:
-            writer.close()
-    return n_rows
+    return filled
+
+
+def _bucket_rows(
+    files: Sequence[_ChunkFile | _ArrowChunkFile], bucket: int, shard: Shard, bucket_features: int
+) -> pa.Table | None:
+    """One bucket's rows of every chunk, sorted by (feature, context, position); None when no
+    chunk has any."""
+    parts = [part for file in files if (part := file.bucket(bucket)) is not None]
+    if not parts:
+        return None
+    table = pa.concat_tables([table for table, _ in parts]).cast(ACTIVATIONS_SCHEMA)
+    if len(parts) > 1 or not parts[0][1]:  # not one piece sorted by feature
+        local = table.column("feature").to_numpy() - (shard.start + bucket * bucket_features)
+        key_dtype = np.uint8 if bucket_features <= 256 else np.int32  # (rows,) bucket-local
+        order = np.argsort(local.astype(key_dtype), kind="stable")
+        table = table.take(pa.array(order))
+    return table

@@ -54,7 +54,7 @@ def cache_layers(
     0: every file is still written, empty). ``out_paths[layer][shard]``: the files of each
     layer's shards (shards must lie inside the layer's transcoder). Each batch is one forward
     pass that reads every layer's transcoder input and stops after the deepest layer; each layer
-    is encoded over its shards' feature range only. ``statistics``: ``final`` or ``parts``;
+    is encoded over its shards' feature range only. ``statistics``: ``final`` or ``deferred``;
     ``sparse_format``: ``parquet`` or ``arrow`` (:class:`ActivationCacheWriter`). Returns tokens
     and seconds.
     """
@@ -74,7 +74,7 @@ def cache_layers(
         for layer in layers
     }
     requests = {layer: [transcoders[layer].input_hook] for layer in layers}
-    # Each (layer, shard) keeps its two sparse parquet files open while the loop runs.
+    # Each (layer, shard) keeps its sparse files (at most two) open while the loop runs.
     allow_open_files(2 * sum(len(out_paths[layer]) for layer in layers) + 64)
     n_tokens, started, last_report = 0, time.perf_counter(), time.perf_counter()
     with contextlib.ExitStack() as stack:

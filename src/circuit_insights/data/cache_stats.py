@@ -1,13 +1,13 @@
-"""Per-feature statistics of the sparse activation cache: streamed, and merged exactly.
+"""Per-feature statistics of the sparse activation cache: streamed, exact in any grouping.
 
 :class:`FeatureStatistics` holds, for a range of features, the raw counters that
 ``feature_stats`` is computed from: token counts, exact sums, exact extremes and a fixed
 log-spaced histogram of the active values (:class:`LogHistogramSpec`), so that memory does not
-grow with the corpus. Every counter is an integer or an extreme, so the statistics of parts of a
-corpus add up (:meth:`FeatureStatistics.merge`) to exactly those of the whole, in any grouping:
-the cache of one corpus chunk writes them raw (:meth:`FeatureStatistics.parts_table`,
-``FEATURE_STATS_PARTS_SCHEMA``) and the merge of the chunks reads them back
-(:meth:`FeatureStatistics.from_parts_table`).
+grow with the corpus. Every counter is an integer or an extreme, so folding the non-zeros in
+batch by batch (the single writer) or feature bucket by feature bucket (the merge of corpus
+chunks, :mod:`circuit_insights.data.cache_merge`) gives exactly the same statistics. A corpus
+chunk's cache records only its token count beside its non-zeros (:func:`tokens_table`,
+``CHUNK_TOKENS_SCHEMA``), read back by :func:`read_tokens_table`.
 
 Exact sums: a non-negative float32 value is ``m * 2**(e - 150)`` with integer mantissa ``m < 2**24``
 and biased exponent ``e`` (``max(e, 1)`` for subnormals). Its sum is kept per feature in
@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from circuit_insights.core.errors import InputError
-from circuit_insights.data.schemas import FEATURE_STATS_PARTS_SCHEMA
+from circuit_insights.data.schemas import CHUNK_TOKENS_SCHEMA
 from circuit_insights.data.shards import Shard
 
 #: Quantiles of the active values in ``feature_stats``, with their column names.
@@ -157,7 +157,7 @@ def exact_sums(cells: np.ndarray) -> np.ndarray:
 
 
 class FeatureStatistics:
-    """Streaming, exactly mergeable statistics of the features ``[start, stop)``.
+    """Streaming statistics, exact in any grouping of the rows, of the features ``[start, stop)``.
 
     Over non-excluded positions: tokens seen, per feature the active tokens, the contexts with an
     active token, the exact sum, minimum and maximum of the active values, their histogram; and
@@ -232,22 +232,6 @@ class FeatureStatistics:
                 self.activation_max[present], np.maximum.reduceat(max_value, maxima_starts)
             )
 
-    def merge(self, other: FeatureStatistics) -> None:
-        """Add ``other`` (the same features and histogram, other contexts) in place."""
-        if (other.start, other.stop, other.spec) != (self.start, self.stop, self.spec):
-            raise InputError(
-                f"cannot merge statistics of features [{other.start}, {other.stop}) with "
-                f"{other.spec} into [{self.start}, {self.stop}) with {self.spec}"
-            )
-        self.n_tokens_total += other.n_tokens_total
-        self.n_active_tokens += other.n_active_tokens
-        self.n_active_excluded_tokens += other.n_active_excluded_tokens
-        self.n_active_contexts += other.n_active_contexts
-        self.sum_cells += other.sum_cells
-        np.minimum(self.activation_min, other.activation_min, out=self.activation_min)
-        np.maximum(self.activation_max, other.activation_max, out=self.activation_max)
-        self.histogram_counts += other.histogram_counts
-
     def frame(self, shard: Shard | None = None) -> pd.DataFrame:
         """The ``feature_stats`` rows (columns of FEATURE_STATS_SCHEMA) of ``shard`` (all when
         None), one per feature, dead ones included."""
@@ -284,73 +268,6 @@ class FeatureStatistics:
             frame[name] = quantiles[:, column].astype(np.float32)
         return frame
 
-    def parts_table(self, shard: Shard | None = None) -> pa.Table:
-        """The raw counters of ``shard`` (all when None) as a FEATURE_STATS_PARTS_SCHEMA table,
-        the histogram spec in its metadata: what :meth:`from_parts_table` reads back."""
-        rows = self._rows(shard)
-        n = rows.stop - rows.start
-        active = self.n_active_tokens[rows] > 0
-        counts = self.histogram_counts[rows]
-        feature_index, bins = np.nonzero(counts)  # (n_cells,) in (feature, bin) order
-        offsets = np.zeros(n + 1, np.int32)
-        offsets[1:] = np.cumsum(np.bincount(feature_index, minlength=n))
-        sum_offsets = np.arange(n + 1, dtype=np.int32) * SUM_GROUPS
-        columns = {
-            "feature": pa.array(
-                np.arange(self.start + rows.start, self.start + rows.stop, dtype=np.int32)
-            ),
-            "n_tokens_total": pa.array(np.full(n, self.n_tokens_total, np.int64)),
-            "n_active_tokens": pa.array(self.n_active_tokens[rows]),
-            "n_active_excluded_tokens": pa.array(self.n_active_excluded_tokens[rows]),
-            "n_active_contexts": pa.array(self.n_active_contexts[rows]),
-            "activation_min": pa.array(self.activation_min[rows].astype(np.float32), mask=~active),
-            "activation_max": pa.array(self.activation_max[rows].astype(np.float32), mask=~active),
-            "sum_cells": pa.ListArray.from_arrays(
-                pa.array(sum_offsets), pa.array(self.sum_cells[rows].reshape(-1))
-            ),
-            "histogram_bins": pa.ListArray.from_arrays(
-                pa.array(offsets), pa.array(bins.astype(np.int16))
-            ),
-            "histogram_counts": pa.ListArray.from_arrays(
-                pa.array(offsets), pa.array(counts[feature_index, bins])
-            ),
-        }
-        schema = FEATURE_STATS_PARTS_SCHEMA.with_metadata(
-            {_METADATA_KEY: json.dumps(asdict(self.spec)).encode()}
-        )
-        return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
-
-    @classmethod
-    def from_parts_table(cls, table: pa.Table, shard: Shard, where: str) -> FeatureStatistics:
-        """Read back :meth:`parts_table` of ``shard``; ``where`` names the file in errors."""
-        metadata = table.schema.metadata or {}
-        if _METADATA_KEY not in metadata:
-            raise InputError(f"{where}: not a feature-statistics parts file (no histogram spec)")
-        spec = LogHistogramSpec(**json.loads(metadata[_METADATA_KEY]))
-        stats = cls(shard.start, shard.stop, spec)
-        feature = table.column("feature").to_numpy()
-        if not np.array_equal(feature, np.arange(shard.start, shard.stop)):
-            raise InputError(f"{where}: its rows are not the features of shard {shard.name}")
-        n_tokens = table.column("n_tokens_total").to_numpy()
-        if len(n_tokens) and (n_tokens != n_tokens[0]).any():
-            raise InputError(f"{where}: n_tokens_total differs between features")
-        stats.n_tokens_total = int(n_tokens[0]) if len(n_tokens) else 0
-        for name in ("n_active_tokens", "n_active_excluded_tokens", "n_active_contexts"):
-            getattr(stats, name)[:] = table.column(name).to_numpy()
-        for name, empty in (("activation_min", np.inf), ("activation_max", -np.inf)):
-            values = table.column(name).to_numpy(zero_copy_only=False)  # NaN where null
-            getattr(stats, name)[:] = np.where(np.isnan(values), empty, values)
-        sums = table.column("sum_cells").combine_chunks()
-        stats.sum_cells[:] = sums.flatten().to_numpy().reshape(shard.size, SUM_GROUPS)
-        bins = table.column("histogram_bins").combine_chunks()
-        counts = table.column("histogram_counts").combine_chunks()
-        lengths = bins.value_lengths().to_numpy()
-        rows = np.repeat(np.arange(shard.size), lengths)
-        stats.histogram_counts[rows, bins.flatten().to_numpy().astype(np.int64)] = (
-            counts.flatten().to_numpy()
-        )
-        return stats
-
     def _rows(self, shard: Shard | None) -> slice:
         """The rows of ``shard``'s features (all rows when None)."""
         if shard is None:
@@ -360,3 +277,21 @@ class FeatureStatistics:
                 f"shard {shard.name} is not inside the features [{self.start}, {self.stop})"
             )
         return slice(shard.start - self.start, shard.stop - self.start)
+
+
+def tokens_table(n_tokens: int, spec: LogHistogramSpec) -> pa.Table:
+    """A corpus chunk's token record (CHUNK_TOKENS_SCHEMA, one row): its non-excluded tokens,
+    the histogram spec of the statistics in the metadata: what :func:`read_tokens_table` reads."""
+    schema = CHUNK_TOKENS_SCHEMA.with_metadata({_METADATA_KEY: json.dumps(asdict(spec)).encode()})
+    return pa.Table.from_arrays([pa.array([int(n_tokens)], pa.int64())], schema=schema)
+
+
+def read_tokens_table(table: pa.Table, where: str) -> tuple[int, LogHistogramSpec]:
+    """The tokens and the histogram spec of :func:`tokens_table`; ``where`` names the file."""
+    metadata = table.schema.metadata or {}
+    if _METADATA_KEY not in metadata or table.schema.names != CHUNK_TOKENS_SCHEMA.names:
+        raise InputError(f"{where}: not a chunk's token record (n_tokens_total, histogram spec)")
+    if table.num_rows != 1:
+        raise InputError(f"{where}: a chunk's token record has one row, not {table.num_rows}")
+    spec = LogHistogramSpec(**json.loads(metadata[_METADATA_KEY]))
+    return int(table.column("n_tokens_total")[0].as_py()), spec

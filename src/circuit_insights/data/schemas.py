@@ -75,26 +75,12 @@ FEATURE_STATS_SCHEMA = pa.schema(
     ]
 )
 
-#: The raw, exactly mergeable counters behind ``feature_stats`` of one shard over one corpus
-#: chunk (``circuit_insights.data.cache_stats.FeatureStatistics``), one row per feature: the
-#: counts as in FEATURE_STATS_SCHEMA; the exact extremes of the active values (null for a feature
-#: that never fires); ``sum_cells``, the exact sum as 32 int64 cells (one per group of 8 float32
-#: exponents); the log histogram as its non-empty bins and their counts. The histogram's spec is
-#: in the file's metadata. Written per chunk by rule cache, merged by rule merge_cache.
-FEATURE_STATS_PARTS_SCHEMA = pa.schema(
-    [
-        pa.field("feature", pa.int32(), nullable=False),
-        pa.field("n_tokens_total", pa.int64(), nullable=False),
-        pa.field("n_active_tokens", pa.int64(), nullable=False),
-        pa.field("n_active_excluded_tokens", pa.int64(), nullable=False),
-        pa.field("n_active_contexts", pa.int64(), nullable=False),
-        pa.field("activation_min", pa.float32()),
-        pa.field("activation_max", pa.float32()),
-        pa.field("sum_cells", pa.list_(pa.int64()), nullable=False),
-        pa.field("histogram_bins", pa.list_(pa.int16()), nullable=False),
-        pa.field("histogram_counts", pa.list_(pa.int64()), nullable=False),
-    ]
-)
+#: What rule cache writes per (layer, split, shard) of a corpus chunk besides its non-zeros: the
+#: chunk's tokens at non-excluded positions (one row), which the non-zeros alone do not give; the
+#: histogram spec of the statistics is in the file's metadata. Rule merge_cache derives the
+#: maxima and every statistic from the merged non-zeros and these counts
+#: (``circuit_insights.data.cache_merge``).
+CHUNK_TOKENS_SCHEMA = pa.schema([pa.field("n_tokens_total", pa.int64(), nullable=False)])
 
 # --- sampling --------------------------------------------------------------------------------
 

@@ -98,11 +98,11 @@ def cache_chunk_dir(results: str, model: str, chunk: str) -> str:
 
 
 def cache_chunk_file(chunk_dir: str, layer: int | str, kind: str, shard: str) -> str:
-    """One file of a chunk's cache: ``kind`` is ``activations`` or ``maxima`` (Arrow IPC files,
-    ``.arrow``, which only merge_cache reads) or ``feature_stats_parts`` (parquet: the raw
-    counters that merge_cache adds up), each also with the held-out split's prefix
-    ``heldout_``."""
-    extension = "parquet" if kind.endswith("feature_stats_parts") else "arrow"
+    """One file of a chunk's cache: ``kind`` is ``activations`` (the non-zeros: an Arrow IPC
+    file, ``.arrow``, which only merge_cache reads) or ``tokens`` (parquet: the chunk's token
+    count, from which with the non-zeros merge_cache derives the maxima and statistics), each
+    also with the held-out split's prefix ``heldout_``."""
+    extension = "parquet" if kind.endswith("tokens") else "arrow"
     return f"{chunk_dir}/layer{layer}/{kind}/{shard}.{extension}"
 
 

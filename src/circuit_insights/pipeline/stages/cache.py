@@ -18,14 +18,12 @@ log = logging.getLogger(__name__)
 
 
 def chunk_shard_paths(chunk_dir: str, layer: int, prefix: str, shard: Shard) -> dict[str, str]:
-    """A chunk's files of one (layer, split, shard), by writer artifact (``feature_stats``: the
-    raw counters, kind ``feature_stats_parts``). ``prefix``: the split's (``""``, ``heldout_``)."""
+    """A chunk's files of one (layer, split, shard), by writer artifact
+    (``data.cache.CHUNK_ARTIFACTS``: the non-zeros and the token record; rule merge_cache
+    derives the maxima and statistics). ``prefix``: the split's (``""``, ``heldout_``)."""
     return {
         "activations": cache_chunk_file(chunk_dir, layer, f"{prefix}activations", shard.name),
-        "maxima": cache_chunk_file(chunk_dir, layer, f"{prefix}maxima", shard.name),
-        "feature_stats": cache_chunk_file(
-            chunk_dir, layer, f"{prefix}feature_stats_parts", shard.name
-        ),
+        "tokens": cache_chunk_file(chunk_dir, layer, f"{prefix}tokens", shard.name),
     }
 
 
@@ -86,7 +84,7 @@ def run_cache(
             },
             batch_size=cache_config["batch_size"],
             exclude_bos=cache_config["exclude_bos"],
-            statistics="parts",
+            statistics="deferred",
             sparse_format="arrow",
             label=f"{split} {chunk.name}",
         )
