@@ -648,21 +648,28 @@ def test_compact_prompt_logprobs_reads_vllms_answer() -> None:
     assert compact_prompt_logprobs([None, {"1": {"rank": 1}}], "\t") is None
 
 
-def test_simulation_by_expected_value_matches_the_rule_on_a_planted_feature() -> None:
+def simulate_planted(
+    backend: FakeBackend, rules: list[Rule] | None = None, **config: object
+) -> pd.DataFrame:
+    """score_shard's simulation of the planted feature, described as "the token A"."""
     corpus, activations = planted()
-    backend = FakeVLLM(knows_a)
-    frame = score_shard(
+    return score_shard(
         layer=3,
         heldout_activations=activations,
         heldout_tokens=corpus,
-        config=dataclasses.replace(CONFIG, scorers=("simulation",)),
+        config=dataclasses.replace(CONFIG, scorers=("simulation",), **config),
         seed=0,
         bos_token_id=BOS,
         descriptions=descriptions("the token A"),
         backend=backend,
-        rules=[token_rule(A)],
+        rules=rules,
         display=token_text,
     )
+
+
+def test_simulation_by_expected_value_matches_the_rule_on_a_planted_feature() -> None:
+    backend = FakeVLLM(knows_a)
+    frame = simulate_planted(backend, rules=[token_rule(A)])
     assert len(backend.requests) == 100  # one per sequence, nothing generated
     request = backend.requests[0]
     assert request.max_tokens == 1 and request.prompt_logprobs == 15
@@ -675,44 +682,21 @@ def test_simulation_by_expected_value_matches_the_rule_on_a_planted_feature() ->
     # predicted 8.8 / 0.9 on A and 0.2 / 0.8 elsewhere: an affine image of the rule's 1 / 0
     assert llm["correlation"] == pytest.approx(rule["correlation"]) == pytest.approx(1.0)
 
+    # OpenAI's format with several sequences per prompt: the same predictions, fewer prompts
+    packed_backend = FakeVLLM(knows_a)
+    packed = simulate_planted(packed_backend, simulation_sequences_per_prompt=30)
+    assert len(packed_backend.requests) == 4  # 30 + 30 + 30 + 10 sequences
+    assert packed_backend.requests[0].messages[-1][1].count("<start>") == 30
+    usage = ["llm_calls", "llm_tokens_in", "llm_tokens_out"]
+    pd.testing.assert_frame_equal(
+        packed.drop(columns=usage),
+        frame[frame["rater"] == "llm"].reset_index(drop=True).drop(columns=usage),
+    )
+
     def no_digits_after_b(token: str) -> dict[str, float]:
         return {"cat": 0.9} if token == token_text(B) else knows_a(token)
 
-    # OpenAI's format with several sequences per prompt: the same predictions, fewer prompts
-    packed_backend = FakeVLLM(knows_a)
-    packed = score_shard(
-        layer=3,
-        heldout_activations=activations,
-        heldout_tokens=corpus,
-        config=dataclasses.replace(
-            CONFIG, scorers=("simulation",), simulation_sequences_per_prompt=30
-        ),
-        seed=0,
-        bos_token_id=BOS,
-        descriptions=descriptions("the token A"),
-        backend=packed_backend,
-        display=token_text,
-    )
-    assert len(packed_backend.requests) == 4  # 30 + 30 + 30 + 10 sequences
-    assert packed_backend.requests[0].messages[-1][1].count("<start>") == 30
-    pd.testing.assert_frame_equal(
-        packed.drop(columns=["llm_calls", "llm_tokens_in", "llm_tokens_out"]),
-        frame[frame["rater"] == "llm"]
-        .reset_index(drop=True)
-        .drop(columns=["llm_calls", "llm_tokens_in", "llm_tokens_out"]),
-    )
-
-    failing = score_shard(
-        layer=3,
-        heldout_activations=activations,
-        heldout_tokens=corpus,
-        config=dataclasses.replace(CONFIG, scorers=("simulation",)),
-        seed=0,
-        bos_token_id=BOS,
-        descriptions=descriptions("the token A"),
-        backend=FakeVLLM(no_digits_after_b),
-        display=token_text,
-    )
+    failing = simulate_planted(FakeVLLM(no_digits_after_b))
     row = failing[failing["group"] == "all"].iloc[0]
     shown = [r.messages[-1][1] for r in backend.requests]
     with_b = sum(f"\n{token_text(B)}\tunknown" in text for text in shown)
