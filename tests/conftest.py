@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -46,3 +47,14 @@ def gemma3_270m_dir(tmp_path_factory):
     if (built / "model.safetensors").is_file():
         return built
     return build_gemma3_270m(tmp_path_factory.mktemp("gemma-3-270m") / "model")
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """Torch on one thread for the test: tiny matrices run fastest, and training runs identically
+    (it is deterministic per thread count). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,8 +3,6 @@ values as a forward per layer, the same file back, and the same trained transcod
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -22,13 +20,7 @@ from circuit_insights.transcoders.pairs import (
 LAYERS = [0, 1, 2]
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny matrices run identically on one thread (training is deterministic per thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def contexts(model: SubjectModel, n: int, length: int, seed: int) -> np.ndarray:

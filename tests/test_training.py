@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,13 +16,7 @@ N_TRUE = 32
 TRUE_L0 = 3.0
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny matrices run fastest (and identically) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class SparseMap:

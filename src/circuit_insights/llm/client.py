@@ -34,6 +34,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
+
 from circuit_insights.core.errors import InputError
 
 #: Roles of the OpenAI chat format.
@@ -286,11 +288,6 @@ def schema_problem(value: Any, json_schema: Mapping[str, Any]) -> str | None:
     return f"{where}: {error.message}"
 
 
-def _logaddexp(a: float, b: float) -> float:
-    high, low = max(a, b), min(a, b)
-    return high + math.log1p(math.exp(low - high))
-
-
 def compact_prompt_logprobs(prompt_logprobs: Any, after: str | None) -> list[dict[str, Any]] | None:
     """vLLM's ``prompt_logprobs`` (one entry per prompt token: None for the first, else a
     mapping token id -> ``{"logprob", "rank", "decoded_token"}`` whose first entry is the prompt
@@ -314,7 +311,7 @@ def compact_prompt_logprobs(prompt_logprobs: Any, after: str | None) -> list[dic
             top: dict[str, float] = {}
             for item in items:
                 text, value = str(item["decoded_token"]), float(item["logprob"])
-                top[text] = _logaddexp(top[text], value) if text in top else value
+                top[text] = float(np.logaddexp(top[text], value)) if text in top else value
             texts.append(str(items[0]["decoded_token"]))
             tops.append(top)
     except (AttributeError, KeyError, TypeError, ValueError):
